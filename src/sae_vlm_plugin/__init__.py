@@ -1,0 +1,39 @@
+"""sae_vlm_plugin: sparse autoencoders for vision and vision-language models.
+
+A plugin to SAELens, nnsight and SAEDashboard implementing Pach et al., "Sparse Autoencoders
+Learn Monosemantic Features in Vision-Language Models" (NeurIPS 2025).
+
+Importing the package only makes its API available (lazily, so that ``import sae_vlm_plugin``
+does not pay for torch, transformers or nnsight until they are used) and registers with SAELens
+what the plugin adds to it. It configures no logging, prints nothing and touches no network.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# Public name -> module that defines it. Resolved on first attribute access (PEP 562).
+_LAZY_API: dict[str, str] = {
+    "environment_report": "sae_vlm_plugin.environment",
+}
+
+if TYPE_CHECKING:
+    from sae_vlm_plugin.environment import environment_report as environment_report
+
+__all__ = ["__version__", *sorted(_LAZY_API)]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY_API.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'sae_vlm_plugin' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,35 @@
+"""The one place for workarounds of dependency bugs. Each is applied explicitly, never at import.
+
+``datasets`` 3.x formats torch columns by checking ``isinstance(value, torchvision.io.VideoReader)``
+whenever torchvision is imported, but torchvision >= 0.28 removed ``VideoReader``, so
+``Dataset.set_format("torch")`` (which SAELens' ``ActivationsStore`` calls) raises ``ImportError``.
+The fix gives ``torchvision.io`` a placeholder class that nothing is an instance of, which is
+exactly the behaviour datasets had before the removal.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+class _NoVideoReader:
+    """Stand-in for the removed ``torchvision.io.VideoReader``; never instantiated."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("torchvision.io.VideoReader was removed in torchvision 0.28")
+
+
+def patch_datasets_torch_formatting() -> bool:
+    """Let ``datasets`` 3.x torch-format columns when torchvision >= 0.28 is imported.
+
+    Returns True if the placeholder was installed, False if nothing needed fixing (torchvision
+    not imported, or it still has ``VideoReader``). Safe to call any number of times.
+    """
+    if "torchvision" not in sys.modules:
+        return False
+    import torchvision.io as torchvision_io
+
+    if hasattr(torchvision_io, "VideoReader"):
+        return False
+    torchvision_io.VideoReader = _NoVideoReader
+    return True

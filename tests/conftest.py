@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny random models of every supported family and synthetic images.
+
+Builders live in ``tiny_models.py`` so that benchmarks and examples can import them too.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tiny_models
+
+
+@pytest.fixture(params=sorted(tiny_models.VISION_BUILDERS))
+def vision_build(request) -> tuple[str, torch.nn.Module]:
+    """Each tiny vision encoder build in turn, as ``(short_name, model)``."""
+    return request.param, tiny_models.VISION_BUILDERS[request.param]()
+
+
+@pytest.fixture
+def clip_vision_model() -> torch.nn.Module:
+    return tiny_models.clip_vision_model()
+
+
+@pytest.fixture
+def clip_vision_model_with_projection() -> torch.nn.Module:
+    return tiny_models.clip_vision_model_with_projection()
+
+
+@pytest.fixture
+def siglip_vision_model() -> torch.nn.Module:
+    return tiny_models.siglip_vision_model()
+
+
+@pytest.fixture
+def aimv2_vision_model() -> torch.nn.Module:
+    return tiny_models.aimv2_vision_model()
+
+
+@pytest.fixture
+def webssl_mae_model() -> torch.nn.Module:
+    return tiny_models.webssl_mae_model()
+
+
+@pytest.fixture
+def webssl_dino_model() -> torch.nn.Module:
+    return tiny_models.webssl_dino_model()
+
+
+@pytest.fixture
+def open_clip_vit_model() -> torch.nn.Module:
+    return tiny_models.open_clip_vit_model()
+
+
+@pytest.fixture
+def open_clip_siglip_model() -> torch.nn.Module:
+    return tiny_models.open_clip_siglip_model()
+
+
+@pytest.fixture
+def tiny_llava() -> tiny_models.TinyLlava:
+    return tiny_models.llava_model()
+
+
+@pytest.fixture
+def synthetic_images():
+    """18 labelled PIL images (3 shapes x 3 colours, twice) as ``(images, labels)``."""
+    return tiny_models.synthetic_images(18)
+
+
+@pytest.fixture
+def pixel_batch() -> torch.Tensor:
+    """A ``(4, 3, 32, 32)`` tensor of preprocessed pixels."""
+    return tiny_models.pixel_batch(4)
+
+
+@pytest.fixture
+def image_folder(tmp_path, synthetic_images):
+    """An ImageNet-style tree ``root/<label>/<n>.png`` holding the synthetic images."""
+    images, labels = synthetic_images
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        class_dir = tmp_path / "images" / label
+        class_dir.mkdir(parents=True, exist_ok=True)
+        image.save(class_dir / f"{i:04d}.png")
+    return tmp_path / "images"
