@@ -17,11 +17,29 @@ __version__ = "0.1.0"
 
 # Public name -> module that defines it. Resolved on first attribute access (PEP 562).
 _LAZY_API: dict[str, str] = {
+    "ActivationCache": "sae_vlm_plugin.cache",
+    "TokenSelection": "sae_vlm_plugin.tokens",
+    "VisionFamily": "sae_vlm_plugin.families.base",
+    "VisionModel": "sae_vlm_plugin.model",
     "environment_report": "sae_vlm_plugin.environment",
+    "extract_activations": "sae_vlm_plugin.activations",
+    "extract_to_cache": "sae_vlm_plugin.cache",
+    "list_families": "sae_vlm_plugin.families.registry",
+    "open_image_source": "sae_vlm_plugin.images",
+    "register_family": "sae_vlm_plugin.families.registry",
 }
 
 if TYPE_CHECKING:
+    from sae_vlm_plugin.activations import extract_activations as extract_activations
+    from sae_vlm_plugin.cache import ActivationCache as ActivationCache
+    from sae_vlm_plugin.cache import extract_to_cache as extract_to_cache
     from sae_vlm_plugin.environment import environment_report as environment_report
+    from sae_vlm_plugin.families.base import VisionFamily as VisionFamily
+    from sae_vlm_plugin.families.registry import list_families as list_families
+    from sae_vlm_plugin.families.registry import register_family as register_family
+    from sae_vlm_plugin.images import open_image_source as open_image_source
+    from sae_vlm_plugin.model import VisionModel as VisionModel
+    from sae_vlm_plugin.tokens import TokenSelection as TokenSelection
 
 __all__ = ["__version__", *sorted(_LAZY_API)]
 

@@ -19,6 +19,83 @@ def _cmd_env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from sae_vlm_plugin.cache import extract_to_cache
+    from sae_vlm_plugin.model import VisionModel
+
+    model = VisionModel(args.model, family=args.family, device=args.device)
+    cache = extract_to_cache(
+        model,
+        args.images,
+        args.hook,
+        args.out,
+        tokens=args.tokens,
+        batch_size=args.batch_size,
+        k=args.k,
+        seed=args.seed,
+        dtype=args.dtype,
+        images_per_shard=args.images_per_shard,
+        skip_unreadable=args.skip_unreadable,
+        num_workers=args.workers,
+    )
+    for hook in cache.hooks:
+        print(f"{hook}: {cache.n_rows(hook)} rows x {cache.d_in(hook)} -> {cache.path / hook}")
+    return 0
+
+
+def _cmd_families(args: argparse.Namespace) -> int:
+    from sae_vlm_plugin.families import list_families
+
+    families = list_families()
+    width = max(map(len, families))
+    for name, description in families.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def _add_extract(commands: argparse._SubParsersAction) -> None:
+    extract = commands.add_parser(
+        "extract",
+        help="stream activations of a hook into a resumable on-disk cache",
+        description="Extract activations into a cache directory that SAE training reads. "
+        "Re-running the same command resumes an interrupted extraction.",
+    )
+    extract.add_argument(
+        "--model", required=True, help="hub id, local path, open_clip:ARCH/TAG or hf-hub:ORG/REPO"
+    )
+    extract.add_argument("--family", help="force a model family (see `sae-vlm families`)")
+    extract.add_argument(
+        "--hook",
+        required=True,
+        action="append",
+        help="canonical hook name, e.g. blocks.22.hook_resid_post (repeatable)",
+    )
+    extract.add_argument(
+        "--tokens", default="cls", help="cls | patches | all | mean | random_k (default: cls)"
+    )
+    extract.add_argument(
+        "--k", type=int, default=2, help="tokens per image for random_k (default: 2)"
+    )
+    extract.add_argument(
+        "--seed", type=int, default=0, help="seed of the random_k draw (default: 0)"
+    )
+    extract.add_argument(
+        "--images", required=True, help="an image folder (ImageNet-style tree or flat)"
+    )
+    extract.add_argument(
+        "--out", required=True, help="cache directory (created; resumed if it exists)"
+    )
+    extract.add_argument("--batch-size", type=int, default=64)
+    extract.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    extract.add_argument("--images-per-shard", type=int, default=256)
+    extract.add_argument(
+        "--skip-unreadable", action="store_true", help="skip corrupt images and report the count"
+    )
+    extract.add_argument("--workers", type=int, default=0, help="image decoding worker processes")
+    extract.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: where the model loads)")
+    extract.set_defaults(handler=_cmd_extract)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sae-vlm",
@@ -30,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     env = commands.add_parser("env", help="print library versions and the device, for bug reports")
     env.set_defaults(handler=_cmd_env)
+    families = commands.add_parser("families", help="list the supported model families")
+    families.set_defaults(handler=_cmd_families)
+    _add_extract(commands)
     return parser
 
 

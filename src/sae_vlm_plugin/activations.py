@@ -1,0 +1,216 @@
+"""Activation extraction: images -> one forward pass per batch -> selected tokens of each hook.
+
+``extract_activations`` returns them in memory; ``cache.extract_to_cache`` streams the same
+batches to disk. Several hooks come from one pass, which stops after the deepest hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from sae_vlm_plugin.families.base import Preprocessor
+from sae_vlm_plugin.hooks import HookPoint
+from sae_vlm_plugin.images import ImageReadError, ImageSource, open_image_source
+from sae_vlm_plugin.model import VisionModel
+from sae_vlm_plugin.tokens import TokenSelection
+
+
+@dataclass
+class HookBatch:
+    """Selected rows of one hook for one batch of images."""
+
+    activations: torch.Tensor
+    """``(rows, d)``"""
+    image_index: torch.Tensor
+    """``(rows,)`` position of each row's image in the source"""
+    token_index: torch.Tensor
+    """``(rows,)`` token position of each row (-1 for ``mean`` and token-less hooks)"""
+
+
+@dataclass
+class ExtractedBatch:
+    image_indices: list[int]
+    """Source positions of the images that were read, in order."""
+    skipped: list[str]
+    """Ids of unreadable images skipped in this batch."""
+    hooks: dict[str, HookBatch]
+
+
+def resolve_hooks(
+    model: VisionModel, hooks: str | Sequence[str], tokens: TokenSelection
+) -> list[HookPoint]:
+    """The hook points for ``hooks``, checked against the token selection."""
+    names = [hooks] if isinstance(hooks, str) else list(hooks)
+    if not names:
+        raise ValueError(
+            f"no hooks requested; {model.model_name} offers: {', '.join(model.hook_points)}"
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"hooks requested more than once: {names}")
+    points = [model.hook_point(name) for name in names]
+    for point in points:
+        if point.has_tokens:
+            if tokens.kind == "cls" and not point.has_cls:
+                where = (
+                    f"the {model.family.name} family"
+                    if point.name.startswith(("blocks", "vision"))
+                    else point.name
+                )
+                raise ValueError(
+                    f"tokens='cls' needs a CLS token, and {where} has none ({point.name}); use "
+                    "'mean', 'patches', 'all' or 'random_k' (the paper takes two random tokens "
+                    "per image from encoders without CLS)"
+                )
+        elif tokens.kind in ("patches", "random_k"):
+            raise ValueError(
+                f"{point.name} is one vector per image, so tokens={tokens.kind!r} does not apply; "
+                "use 'cls', 'mean' or 'all' (they all give that vector)"
+            )
+    return points
+
+
+def select_rows(
+    point: HookPoint,
+    value: torch.Tensor,
+    tokens: TokenSelection,
+    image_ids: Sequence[str],
+    image_indices: Sequence[int],
+) -> HookBatch:
+    """Apply the token selection to one hook's value for a batch."""
+    if point.has_tokens:
+        rows, token_index = tokens.select(value, image_ids, point.n_prefix_tokens)
+        per_image = rows.shape[0] // len(image_ids)
+    else:
+        rows, token_index, per_image = value, torch.full((value.shape[0],), -1), 1
+    image_index = torch.tensor(image_indices, dtype=torch.long).repeat_interleave(per_image)
+    return HookBatch(rows, image_index, token_index.to(torch.long))
+
+
+class _PreprocessedImages(Dataset):
+    """Source images at given positions, preprocessed one by one (runs in DataLoader workers)."""
+
+    def __init__(
+        self,
+        source: ImageSource,
+        indices: Sequence[int],
+        preprocess: Preprocessor,
+        skip_unreadable: bool,
+    ) -> None:
+        self.source, self.indices, self.preprocess = source, list(indices), preprocess
+        self.skip_unreadable = skip_unreadable
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[int, torch.Tensor | None]:
+        index = self.indices[position]
+        if self.source.pixels is not None:
+            return index, self.source.pixels[index]
+        try:
+            image = self.source.load(index)
+        except ImageReadError:
+            if self.skip_unreadable:
+                return index, None
+            raise
+        return index, self.preprocess([image])[0]
+
+
+def _collate(
+    items: list[tuple[int, torch.Tensor | None]],
+) -> tuple[list[int], list[int], torch.Tensor | None]:
+    read = [(i, pixels) for i, pixels in items if pixels is not None]
+    skipped = [i for i, pixels in items if pixels is None]
+    pixels = torch.stack([p for _, p in read]) if read else None
+    return [i for i, _ in read], skipped, pixels
+
+
+def iter_extracted_batches(
+    model: VisionModel,
+    source: ImageSource,
+    points: Sequence[HookPoint],
+    tokens: TokenSelection,
+    indices: Sequence[int],
+    batch_size: int,
+    *,
+    skip_unreadable: bool = False,
+    num_workers: int = 0,
+) -> Iterator[ExtractedBatch]:
+    """Extract ``points`` for the images at ``indices``, ``batch_size`` images at a time."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dataset = _PreprocessedImages(source, indices, model.preprocess, skip_unreadable)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
+    )
+    names = [p.name for p in points]
+    for image_indices, skipped_indices, pixels in loader:
+        skipped = [source.ids[i] for i in skipped_indices]
+        if pixels is None:
+            yield ExtractedBatch([], skipped, {})
+            continue
+        values = model.capture(pixels, names)
+        image_ids = [source.ids[i] for i in image_indices]
+        yield ExtractedBatch(
+            image_indices,
+            skipped,
+            {
+                p.name: select_rows(p, values[p.name], tokens, image_ids, image_indices)
+                for p in points
+            },
+        )
+
+
+def extract_activations(
+    model: VisionModel | torch.nn.Module | str,
+    images: Any,
+    hooks: str | Sequence[str],
+    tokens: str | TokenSelection = "cls",
+    batch_size: int = 32,
+    *,
+    k: int = 2,
+    seed: int = 0,
+    skip_unreadable: bool = False,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Activations of ``hooks`` on ``images``, in memory: ``{hook_name: (rows, d) tensor}``.
+
+    ``images``: PIL images, paths, a folder, an HF dataset or a ``(n, 3, h, w)`` pixel tensor.
+    ``tokens``: ``cls``, ``patches``, ``all``, ``mean`` or ``random_k`` (``k`` tokens per image,
+    seeded by ``seed`` and the image id). Rows are grouped by image in source order. Each batch
+    is one forward pass that stops after the deepest requested hook.
+    """
+    from tqdm.auto import tqdm
+
+    vision_model = model if isinstance(model, VisionModel) else VisionModel(model)
+    selection = TokenSelection.parse(tokens, k=k, seed=seed)
+    source = open_image_source(images)
+    points = resolve_hooks(vision_model, hooks, selection)
+    collected: dict[str, list[torch.Tensor]] = {p.name: [] for p in points}
+    n_skipped = 0
+    bar = tqdm(total=len(source), desc="extract", unit="img", disable=not progress)
+    for batch in iter_extracted_batches(
+        vision_model,
+        source,
+        points,
+        selection,
+        range(len(source)),
+        batch_size,
+        skip_unreadable=skip_unreadable,
+        num_workers=num_workers,
+    ):
+        n_skipped += len(batch.skipped)
+        for name, rows in batch.hooks.items():
+            collected[name].append(rows.activations.float().cpu())
+        bar.update(len(batch.image_indices) + len(batch.skipped))
+    bar.close()
+    if n_skipped and progress:
+        print(f"skipped {n_skipped} unreadable image(s) of {len(source)}")
+    if all(not parts for parts in collected.values()):
+        raise ValueError(f"no readable images in {source.description}")
+    return {name: torch.cat(parts) for name, parts in collected.items()}

@@ -1,0 +1,365 @@
+"""A resumable on-disk activation cache, and the batch provider SAELens' ``SAETrainer`` reads.
+
+Layout of a cache directory::
+
+    cache.json                      settings, per-hook widths, progress, library versions
+    images.json                     image ids and labels, in source order
+    <hook name>/shard_000000.safetensors
+                                    rows of images [s * images_per_shard, (s + 1) * images_per_shard):
+                                    ``activations`` (rows, d_in), ``image_index``, ``token_index``
+
+Shards cover fixed image ranges and are written atomically (temporary file, then rename), so an
+extraction killed at any point and started again with the same settings redoes only the shards
+that are missing: the result has exactly the rows of an uninterrupted run. A directory holding a
+run with different settings is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sae_vlm_plugin.activations import iter_extracted_batches, resolve_hooks
+from sae_vlm_plugin.environment import library_versions
+from sae_vlm_plugin.images import open_image_source
+from sae_vlm_plugin.model import VisionModel
+from sae_vlm_plugin.tokens import TokenSelection
+
+CACHE_FORMAT = "sae_vlm_plugin.activation_cache"
+CACHE_VERSION = 1
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _write_json_atomic(path: Path, payload: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+def _shard_name(shard: int) -> str:
+    return f"shard_{shard:06d}.safetensors"
+
+
+def _fingerprint(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Everything that decides a cache's contents; a resume must match it exactly."""
+
+    model: str
+    family: str
+    hooks: tuple[str, ...]
+    tokens: str
+    dtype: str
+    images_per_shard: int
+    n_images: int
+    image_ids_sha256: str
+
+    def differences(self, other: CacheSettings) -> list[str]:
+        mine, theirs = vars(self), vars(other)
+        return [
+            f"{key}: {theirs[key]!r} in the cache, {mine[key]!r} now"
+            for key in mine
+            if mine[key] != theirs[key]
+        ]
+
+
+def extract_to_cache(
+    model: VisionModel | torch.nn.Module | str,
+    images: Any,
+    hooks: str | Sequence[str],
+    out_dir: str | os.PathLike,
+    tokens: str | TokenSelection = "cls",
+    batch_size: int = 32,
+    *,
+    k: int = 2,
+    seed: int = 0,
+    dtype: str = "float32",
+    images_per_shard: int = 256,
+    skip_unreadable: bool = False,
+    num_workers: int = 0,
+    dataset_name: str | None = None,
+    progress: bool = True,
+) -> ActivationCache:
+    """Stream activations of ``hooks`` on ``images`` into the cache at ``out_dir``; resumable.
+
+    Arguments are those of ``extract_activations`` plus the storage ``dtype`` (``float32``,
+    ``float16``, ``bfloat16``) and ``images_per_shard``. Running it again on a finished or
+    interrupted cache with the same settings completes it without redoing finished shards.
+    """
+    from tqdm.auto import tqdm
+
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"unknown storage dtype {dtype!r}; valid: {', '.join(STORAGE_DTYPES)}")
+    if images_per_shard < 1:
+        raise ValueError(f"images_per_shard must be >= 1, got {images_per_shard}")
+    vision_model = model if isinstance(model, VisionModel) else VisionModel(model)
+    selection = TokenSelection.parse(tokens, k=k, seed=seed)
+    source = open_image_source(images)
+    points = resolve_hooks(vision_model, hooks, selection)
+    settings = CacheSettings(
+        model=vision_model.model_name,
+        family=vision_model.family.name,
+        hooks=tuple(p.name for p in points),
+        tokens=selection.describe(),
+        dtype=dtype,
+        images_per_shard=images_per_shard,
+        n_images=len(source),
+        image_ids_sha256=_fingerprint(source.ids),
+    )
+    root = Path(out_dir)
+    manifest_path = root / "cache.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != CACHE_FORMAT:
+            raise ValueError(f"{root} holds a cache.json that is not an activation cache")
+        recorded = CacheSettings(
+            **{**manifest["settings"], "hooks": tuple(manifest["settings"]["hooks"])}
+        )
+        if recorded != settings:
+            raise ValueError(
+                f"{root} holds a different extraction run; refusing to mix them. Differences: "
+                + "; ".join(settings.differences(recorded))
+                + ". Use another output directory, or delete this one."
+            )
+    else:
+        root.mkdir(parents=True, exist_ok=True)
+        if any(root.iterdir()):
+            raise ValueError(
+                f"{root} is not empty and holds no activation cache; choose an empty directory"
+            )
+        manifest = {
+            "format": CACHE_FORMAT,
+            "version": CACHE_VERSION,
+            "settings": vars(settings),
+            "token_selection": vars(selection),
+            "hooks": {p.name: {"d_in": p.d_model} for p in points},
+            "source": source.description,
+            "dataset": dataset_name or source.description,
+            "library_versions": library_versions(),
+            "complete": False,
+            "skipped_images": [],
+        }
+        _write_json_atomic(root / "images.json", {"ids": source.ids, "labels": source.labels})
+        _write_json_atomic(manifest_path, manifest)
+    for point in points:
+        (root / point.name).mkdir(exist_ok=True)
+
+    n_shards = -(-len(source) // images_per_shard)
+    todo = [
+        s
+        for s in range(n_shards)
+        if not all((root / p.name / _shard_name(s)).exists() for p in points)
+    ]
+    done_images = sum(
+        min(images_per_shard, len(source) - s * images_per_shard)
+        for s in set(range(n_shards)) - set(todo)
+    )
+    bar = tqdm(
+        total=len(source), initial=done_images, desc="extract", unit="img", disable=not progress
+    )
+    skipped_all = set(manifest.get("skipped_images", []))
+    for shard in todo:
+        start, end = shard * images_per_shard, min((shard + 1) * images_per_shard, len(source))
+        parts: dict[str, list[Any]] = {p.name: [] for p in points}
+        skipped: list[str] = []
+        for batch in iter_extracted_batches(
+            vision_model,
+            source,
+            points,
+            selection,
+            range(start, end),
+            batch_size,
+            skip_unreadable=skip_unreadable,
+            num_workers=num_workers,
+        ):
+            skipped.extend(batch.skipped)
+            for name, rows in batch.hooks.items():
+                parts[name].append(rows)
+            bar.update(len(batch.image_indices) + len(batch.skipped))
+        for point in points:
+            _write_shard(
+                root / point.name / _shard_name(shard),
+                parts[point.name],
+                point.d_model,
+                dtype,
+                skipped,
+            )
+        skipped_all.update(skipped)
+    bar.close()
+    manifest["skipped_images"] = sorted(skipped_all)
+    manifest["complete"] = True
+    _write_json_atomic(manifest_path, manifest)
+    cache = ActivationCache(root)
+    if skipped_all and progress:
+        print(f"skipped {len(skipped_all)} unreadable image(s) of {len(source)}")
+    return cache
+
+
+def _write_shard(path: Path, parts: list[Any], d_in: int, dtype: str, skipped: list[str]) -> None:
+    if parts:
+        activations = torch.cat([p.activations for p in parts])
+        image_index = torch.cat([p.image_index for p in parts])
+        token_index = torch.cat([p.token_index for p in parts])
+    else:
+        activations = torch.empty(0, d_in)
+        image_index = token_index = torch.empty(0, dtype=torch.long)
+    tensors = {
+        "activations": activations.to(STORAGE_DTYPES[dtype]).contiguous().cpu(),
+        "image_index": image_index.contiguous().cpu(),
+        "token_index": token_index.contiguous().cpu(),
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"skipped": json.dumps(skipped)})
+    os.replace(tmp, path)
+
+
+class ActivationCache:
+    """A finished (or partially written) activation cache directory, for reading."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        manifest_path = self.path / "cache.json"
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"{self.path} is not an activation cache (no cache.json)")
+        self.manifest = json.loads(manifest_path.read_text())
+        if self.manifest.get("format") != CACHE_FORMAT:
+            raise ValueError(f"{manifest_path} is not an activation cache manifest")
+        if self.manifest["version"] > CACHE_VERSION:
+            raise ValueError(
+                f"{self.path} was written by cache format v{self.manifest['version']}; "
+                f"this sae_vlm_plugin reads up to v{CACHE_VERSION}"
+            )
+        self._images: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return f"ActivationCache({str(self.path)!r}, model={s['model']!r}, hooks={s['hooks']}, tokens={s['tokens']!r})"
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self.manifest["settings"]
+
+    @property
+    def hooks(self) -> list[str]:
+        return list(self.settings["hooks"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest["complete"])
+
+    def d_in(self, hook: str | None = None) -> int:
+        return int(self.manifest["hooks"][self._hook(hook)]["d_in"])
+
+    @property
+    def image_ids(self) -> list[str]:
+        return self._image_table()["ids"]
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self._image_table()["labels"]
+
+    def _image_table(self) -> dict[str, Any]:
+        if self._images is None:
+            self._images = json.loads((self.path / "images.json").read_text())
+        return self._images
+
+    def _hook(self, hook: str | None) -> str:
+        if hook is None:
+            if len(self.hooks) != 1:
+                raise ValueError(
+                    f"this cache holds several hooks; name one of: {', '.join(self.hooks)}"
+                )
+            return self.hooks[0]
+        if hook not in self.hooks:
+            raise ValueError(f"this cache has no hook {hook!r}; it holds: {', '.join(self.hooks)}")
+        return hook
+
+    def shard_paths(self, hook: str | None = None) -> list[Path]:
+        return sorted((self.path / self._hook(hook)).glob("shard_*.safetensors"))
+
+    def n_rows(self, hook: str | None = None) -> int:
+        return sum(_tensor_shapes(path)["image_index"][0] for path in self.shard_paths(hook))
+
+    def load(
+        self, hook: str | None = None, dtype: torch.dtype = torch.float32
+    ) -> dict[str, torch.Tensor]:
+        """All rows of a hook: ``{"activations": (rows, d_in), "image_index", "token_index"}``."""
+        shards = [_read_shard(p) for p in self.shard_paths(hook)]
+        return {
+            key: torch.cat([s[key] for s in shards]).to(
+                dtype if key == "activations" else torch.long
+            )
+            for key in ("activations", "image_index", "token_index")
+        }
+
+    def batches(
+        self,
+        hook: str | None = None,
+        batch_size: int = 4096,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        shards_in_buffer: int = 8,
+        loop: bool = True,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """``(batch_size, d_in)`` activation batches: a ``DataProvider`` for SAELens' ``SAETrainer``.
+
+        Each epoch visits the shards in a seeded random order, ``shards_in_buffer`` at a time,
+        and yields the buffer's rows in a seeded random order; the rows left over at the end
+        of a buffer carry into the next. With ``loop`` it cycles forever (epoch ``e`` uses seed
+        ``seed + e``), else it stops after one pass, dropping the last partial batch.
+        """
+        paths = self.shard_paths(hook)
+        if not paths:
+            raise ValueError(f"{self.path} has no shards for {self._hook(hook)}")
+        epoch = 0
+        carry = torch.empty(0, self.d_in(hook), dtype=dtype)
+        while True:
+            generator = torch.Generator().manual_seed(seed + epoch)
+            order = (
+                torch.randperm(len(paths), generator=generator).tolist()
+                if shuffle
+                else range(len(paths))
+            )
+            ordered = [paths[i] for i in order]
+            for first in range(0, len(ordered), shards_in_buffer):
+                rows = [
+                    _read_shard(p)["activations"].to(dtype)
+                    for p in ordered[first : first + shards_in_buffer]
+                ]
+                buffer = torch.cat([carry, *rows])
+                if shuffle:
+                    buffer = buffer[torch.randperm(len(buffer), generator=generator)]
+                n_full = len(buffer) // batch_size * batch_size
+                for start in range(0, n_full, batch_size):
+                    batch = buffer[start : start + batch_size]
+                    yield batch.to(device) if device is not None else batch
+                carry = buffer[n_full:]
+            epoch += 1
+            if not loop:
+                return
+
+
+def _read_shard(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def _tensor_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor shapes from a safetensors header (8-byte little-endian length, then JSON),
+    without reading the data."""
+    with path.open("rb") as file:
+        header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
+    return {name: entry["shape"] for name, entry in header.items() if name != "__metadata__"}

@@ -1,0 +1,162 @@
+"""Image sources: one interface over PIL images, paths, folders, HF datasets and pixel tensors.
+
+Every source has stable string ids (relative paths for folders, indices otherwise) in a fixed
+order, and labels where it has them (an ImageNet-style tree's class folder names, an HF dataset's
+``label`` column). Ids and order are what later metrics use to align activations with embeddings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+
+class ImageReadError(ValueError):
+    """An image that cannot be opened or decoded; ``image_id`` names it."""
+
+    def __init__(self, image_id: str, cause: Exception) -> None:
+        super().__init__(f"cannot read image {image_id}: {type(cause).__name__}: {cause}")
+        self.image_id = image_id
+
+
+@dataclass
+class ImageSource:
+    """An ordered collection of images with ids (and labels where known).
+
+    Exactly one of ``pixels`` (an already preprocessed ``(n, 3, h, w)`` tensor) or ``loader``
+    (``index -> PIL image``) is set.
+    """
+
+    ids: list[str]
+    labels: list[str] | None
+    description: str
+    loader: Any = None
+    pixels: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def is_pixels(self) -> bool:
+        return self.pixels is not None
+
+    def load(self, index: int) -> Image.Image:
+        """The RGB image at ``index``; raises ``ImageReadError`` naming it if unreadable."""
+        try:
+            image = self.loader(index)
+            image.load()
+            return image.convert("RGB")
+        except Exception as error:  # PIL raises many types for corrupt files
+            raise ImageReadError(self.ids[index], error) from error
+
+
+def open_image_source(images: Any, *, description: str | None = None) -> ImageSource:
+    """An ``ImageSource`` from any supported input.
+
+    Accepts: a folder path (an ImageNet-style tree ``root/<class>/<image>`` or a flat folder),
+    a list of image paths, a list of PIL images, an HF ``datasets.Dataset`` with an image column,
+    or a ``(n, 3, h, w)`` pixel tensor (already preprocessed).
+    """
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"a pixel tensor must be (n, 3, h, w), got {tuple(images.shape)}")
+        source = ImageSource(
+            ids=[str(i) for i in range(len(images))],
+            labels=None,
+            description="pixel tensor",
+            pixels=images,
+        )
+    elif isinstance(images, str | os.PathLike):
+        source = _folder_source(Path(images))
+    elif _is_hf_dataset(images):
+        source = _dataset_source(images)
+    elif isinstance(images, Sequence) and not isinstance(images, str | bytes):
+        source = _sequence_source(images)
+    else:
+        raise TypeError(
+            f"unsupported image source {type(images).__name__}; pass a folder, a list of paths, "
+            "a list of PIL images, a datasets.Dataset or a (n, 3, h, w) tensor"
+        )
+    if len(source) == 0:
+        raise ValueError(f"the image source is empty: {source.description}")
+    if description is not None:
+        source.description = description
+    return source
+
+
+def _folder_source(root: Path) -> ImageSource:
+    if not root.exists():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    if root.is_file():
+        return _sequence_source([root])
+    files = sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if not files:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}")
+    ids = [p.relative_to(root).as_posix() for p in files]
+    nested = all("/" in i for i in ids)
+    labels = [i.split("/", 1)[0] for i in ids] if nested else None
+    return ImageSource(
+        ids=ids, labels=labels, description=f"folder {root}", loader=lambda i: Image.open(files[i])
+    )
+
+
+def _sequence_source(items: Sequence[Any]) -> ImageSource:
+    if all(isinstance(item, Image.Image) for item in items):
+        return ImageSource(
+            ids=[str(i) for i in range(len(items))],
+            labels=None,
+            description=f"{len(items)} PIL images",
+            loader=lambda i: items[i],
+        )
+    if all(isinstance(item, str | os.PathLike) for item in items):
+        paths = [Path(item) for item in items]
+        return ImageSource(
+            ids=[p.as_posix() for p in paths],
+            labels=None,
+            description=f"{len(paths)} image paths",
+            loader=lambda i: Image.open(paths[i]),
+        )
+    kinds = sorted({type(item).__name__ for item in items})
+    raise TypeError(f"a list of images must hold only PIL images or only paths, got {kinds}")
+
+
+def _is_hf_dataset(obj: Any) -> bool:
+    return type(obj).__module__.startswith("datasets.") and hasattr(obj, "features")
+
+
+def _dataset_source(dataset: Any) -> ImageSource:
+    from datasets import ClassLabel
+    from datasets import Image as ImageFeature
+
+    image_columns = [n for n, f in dataset.features.items() if isinstance(f, ImageFeature)]
+    if not image_columns:
+        raise ValueError(f"the dataset has no image column; its columns: {list(dataset.features)}")
+    column = image_columns[0]
+    labels = None
+    for name in ("label", "labels", "class"):
+        feature = dataset.features.get(name)
+        if feature is not None:
+            values = dataset[name]
+            labels = (
+                [feature.int2str(v) for v in values]
+                if isinstance(feature, ClassLabel)
+                else [str(v) for v in values]
+            )
+            break
+    plain = dataset.with_format(None)
+    return ImageSource(
+        ids=[str(i) for i in range(len(dataset))],
+        labels=labels,
+        description=f"datasets.Dataset ({len(dataset)} rows, column {column!r})",
+        loader=lambda i: plain[i][column],
+    )

@@ -1,0 +1,181 @@
+"""``VisionModel``: any supported vision encoder or LLaVA as an nnsight model with one vocabulary.
+
+Inside ``model.trace(...)`` every family answers to the same short names (``model.blocks[l]``,
+``model.post_norm``; LLaVA adds ``model.projector``), and ``model.hook_points`` lists the
+canonical hook names (``hooks.py``) the model offers. ``model.capture(pixels, hooks)`` reads
+several hooks in one forward pass that stops after the deepest one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from nnsight import NNsight
+
+from sae_vlm_plugin.families.base import Preprocessor, VisionFamily, first_output
+from sae_vlm_plugin.families.registry import detect_family, get_family, load_by_name
+from sae_vlm_plugin.hooks import HookPoint, parse_block_hook
+
+
+class VisionModel(NNsight):
+    """An nnsight model of a supported family (see ``sae_vlm_plugin.list_families()``).
+
+    Args:
+        model_or_name: a built module (``CLIPVisionModel``, ``open_clip`` CLIP, LLaVA, ...) or a
+            hub id / local path (transformers), ``open_clip:ARCH/PRETRAINED`` or ``hf-hub:ORG/REPO``.
+        family: force a family instead of detecting it from the module's structure.
+        preprocess: images -> pixel tensor; defaults to the checkpoint's own processor when
+            loaded by name, else the family's standard preprocessing at the model's image size.
+        device, dtype: where and in which precision the model runs.
+        **load_kwargs: passed to ``from_pretrained`` / ``create_model_and_transforms``.
+    """
+
+    def __init__(
+        self,
+        model_or_name: torch.nn.Module | str,
+        *,
+        family: str | None = None,
+        preprocess: Preprocessor | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        **load_kwargs: Any,
+    ) -> None:
+        if isinstance(model_or_name, str):
+            module, loaded_preprocess, chosen = load_by_name(model_or_name, family, **load_kwargs)
+            name = model_or_name
+        else:
+            if load_kwargs:
+                raise TypeError(
+                    f"load arguments {sorted(load_kwargs)} need a model name, not a module"
+                )
+            module = model_or_name
+            chosen = get_family(family) if family is not None else detect_family(module)
+            loaded_preprocess = None
+            name = (
+                getattr(getattr(module, "config", None), "_name_or_path", "")
+                or type(module).__name__
+            )
+        root = chosen.vision_root(module).eval()
+        if device is not None or dtype is not None:
+            root.to(device=device, dtype=dtype)
+        rename = {
+            path: alias for path, alias in chosen.aliases(root).items() if not hasattr(root, alias)
+        }
+        with warnings.catch_warnings():
+            # ViT / DINOv2 layers have a submodule named ``output``; nnsight notes that it moves
+            # it to ``E_output``. Nothing here uses that submodule, so the notice is only noise.
+            warnings.filterwarnings("ignore", message=r".*has a submodule named 'output'")
+            super().__init__(root, rename=rename)
+        self._family = chosen
+        self._model_name = name
+        self._source_module = module
+        self._points = chosen.hook_points(root)
+        self._preprocess = preprocess or loaded_preprocess or chosen.default_preprocessor(root)
+
+    # -- what the model is --------------------------------------------------------------------
+
+    @property
+    def family(self) -> VisionFamily:
+        return self._family
+
+    @property
+    def model_name(self) -> str:
+        """Hub id / path it was loaded from, else the config's name or the class name."""
+        return self._model_name
+
+    @property
+    def source_module(self) -> torch.nn.Module:
+        """The module passed in or loaded (LLaVA's full model; a CLIPModel, not its image tower)."""
+        return self._source_module
+
+    @property
+    def preprocess(self) -> Preprocessor:
+        return self._preprocess
+
+    @property
+    def hook_points(self) -> list[str]:
+        """Canonical hook names this model offers, in forward-pass order."""
+        return [p.name for p in sorted(self._points.values(), key=lambda p: p.order)]
+
+    @property
+    def n_layers(self) -> int:
+        return sum(1 for name in self._points if parse_block_hook(name) is not None)
+
+    def hook_point(self, name: str) -> HookPoint:
+        """The ``HookPoint`` behind a canonical name; bad names raise with what is valid."""
+        if name in self._points:
+            return self._points[name]
+        parsed = parse_block_hook(name)
+        if parsed is not None:
+            prefix, layer = parsed
+            if any(n.startswith(f"{prefix}blocks.") for n in self._points):
+                raise ValueError(
+                    f"layer {layer} is out of range for {self.model_name}: its blocks are "
+                    f"0..{self.n_layers - 1} ({prefix}blocks.{{l}}.hook_resid_post)"
+                )
+        close = difflib.get_close_matches(name, self._points, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"{self.model_name} ({self.family.name}) has no hook {name!r}.{hint} "
+            f"Its hooks: {_summarise(self.hook_points)}"
+        )
+
+    # -- reading hooks ------------------------------------------------------------------------
+
+    def read_hook(self, point: HookPoint) -> Any:
+        """Inside a trace: the value of ``point`` as ``(batch, tokens, d)`` or ``(batch, d)``
+        (a tensor that nnsight lets you ``.save()``)."""
+        envoy = self.get(point.module_path) if point.module_path else self
+        value = envoy.input if point.read == "input" else envoy.output
+        value = first_output(value)
+        if point.token_major:
+            value = value.transpose(0, 1)
+        return value
+
+    def forward_inputs(self, pixel_values: torch.Tensor) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return self.family.forward_inputs(self._module, pixel_values)
+
+    def capture(
+        self, pixel_values: torch.Tensor, hooks: Iterable[str], stop: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Values of several hooks from one forward pass on ``pixel_values``.
+
+        With ``stop=True`` the pass ends right after the deepest requested hook (nnsight
+        ``tracer.stop()``), so deeper blocks never run.
+        """
+        points = sorted(
+            (self.hook_point(h) for h in hooks), key=lambda p: (p.order, p.read != "input")
+        )
+        if not points:
+            raise ValueError("no hooks requested")
+        device = self.device
+        if device is not None:
+            pixel_values = pixel_values.to(device)
+        dtype = next(self._module.parameters()).dtype
+        args, kwargs = self.forward_inputs(pixel_values.to(dtype))
+        saved: dict[str, torch.Tensor] = {}
+        with torch.no_grad(), self.trace(*args, **kwargs) as tracer:
+            for point in points:
+                saved[point.name] = self.read_hook(point).save()
+            if stop:
+                tracer.stop()
+        return saved
+
+
+def _summarise(names: list[str]) -> str:
+    """Hook names with runs of block hooks folded: ``blocks.{0..23}.hook_resid_post, ...``."""
+    folded: list[str] = []
+    blocks: dict[str, list[int]] = {}
+    for name in names:
+        parsed = parse_block_hook(name)
+        if parsed is None:
+            folded.append(name)
+        else:
+            blocks.setdefault(parsed[0], []).append(parsed[1])
+    for prefix, layers in blocks.items():
+        folded.insert(0, f"{prefix}blocks.{{{min(layers)}..{max(layers)}}}.hook_resid_post")
+    return ", ".join(folded)
