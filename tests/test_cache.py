@@ -1,0 +1,225 @@
+"""The on-disk activation cache: same rows as in memory, kill-and-resume, refusals, provider."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import tiny_models as tm
+from sae_vlm_plugin import ActivationCache, VisionModel, extract_activations, extract_to_cache
+from sae_vlm_plugin.cli import main as cli_main
+
+BLOCK = "blocks.1.hook_resid_post"
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def model() -> VisionModel:
+    return VisionModel(tm.clip_vision_model())
+
+
+def test_cache_holds_the_rows_extract_activations_returns(tmp_path, model, image_folder):
+    hooks = [BLOCK, "blocks.2.hook_resid_post"]
+    cache = extract_to_cache(
+        model,
+        image_folder,
+        hooks,
+        tmp_path / "cache",
+        tokens="random_k",
+        k=3,
+        batch_size=4,
+        images_per_shard=5,
+        progress=False,
+    )
+    in_memory = extract_activations(
+        model, image_folder, hooks, tokens="random_k", k=3, progress=False
+    )
+    assert cache.complete
+    assert cache.hooks == hooks
+    assert len(cache.shard_paths(BLOCK)) == 4  # 18 images / 5 per shard
+    loaded = cache.load(BLOCK)
+    torch.testing.assert_close(loaded["activations"], in_memory[BLOCK])
+    assert loaded["image_index"].tolist() == [i for i in range(18) for _ in range(3)]
+    assert cache.n_rows(BLOCK) == 54
+    torch.testing.assert_close(cache.load(hooks[1])["activations"], in_memory[hooks[1]])
+    assert torch.equal(cache.load(hooks[1])["token_index"], loaded["token_index"])
+    assert cache.image_ids == sorted(cache.image_ids)
+    assert sorted(set(cache.labels)) == sorted({f"{c}_{s}" for s in tm.SHAPES for c in tm.COLOURS})
+    manifest = json.loads((tmp_path / "cache" / "cache.json").read_text())
+    settings = manifest["settings"]
+    assert settings["model"] == "CLIPVisionModel"
+    assert settings["family"] == "clip"
+    assert settings["tokens"] == "random_3@seed0"
+    assert manifest["hooks"][BLOCK]["d_in"] == tm.WIDTH
+    assert manifest["library_versions"]["sae-lens"] != "missing"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "torch_dtype"), [("float16", torch.float16), ("bfloat16", torch.bfloat16)]
+)
+def test_storage_dtype(tmp_path, model, dtype, torch_dtype):
+    pixels = tm.pixel_batch(4)
+    cache = extract_to_cache(model, pixels, BLOCK, tmp_path / dtype, dtype=dtype, progress=False)
+    stored = cache.load(dtype=torch_dtype)["activations"]
+    assert stored.dtype == torch_dtype
+    full = extract_activations(model, pixels, BLOCK, progress=False)[BLOCK]
+    torch.testing.assert_close(stored.float(), full.to(torch_dtype).float())
+
+
+KILLABLE_EXTRACTION = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests_dir!r})
+    import tiny_models as tm
+    from sae_vlm_plugin import VisionModel, extract_to_cache
+
+    model = VisionModel(tm.clip_vision_model())
+    plain = model.preprocess
+
+    def slow(images):
+        time.sleep(0.05)
+        return plain(images)
+
+    extract_to_cache(
+        VisionModel(tm.clip_vision_model(), preprocess=slow), {images!r}, ["{block}", "blocks.2.hook_resid_post"],
+        {out!r}, tokens="random_k", k=2, batch_size=2, images_per_shard=3, progress=False,
+    )
+    """
+)
+
+
+def test_killed_extraction_resumes_to_exactly_the_uninterrupted_rows(tmp_path, model, image_folder):
+    hooks = [BLOCK, "blocks.2.hook_resid_post"]
+    options = {
+        "tokens": "random_k",
+        "k": 2,
+        "batch_size": 2,
+        "images_per_shard": 3,
+        "progress": False,
+    }
+    reference = extract_to_cache(model, image_folder, hooks, tmp_path / "reference", **options)
+
+    out = tmp_path / "interrupted"
+    script = KILLABLE_EXTRACTION.format(
+        tests_dir=str(TESTS_DIR), images=str(image_folder), block=BLOCK, out=str(out)
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    deadline = time.monotonic() + 120
+    try:
+        while len(list((out / BLOCK).glob("shard_*.safetensors"))) < 2:
+            assert process.poll() is None, "the extraction ended before it could be killed"
+            assert time.monotonic() < deadline, "no shard appeared in time"
+            time.sleep(0.02)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    interrupted = ActivationCache(out)
+    assert not interrupted.complete
+    assert len(interrupted.shard_paths(BLOCK)) < 6
+
+    resumed = extract_to_cache(model, image_folder, hooks, out, **options)
+    assert resumed.complete
+    for hook in hooks:
+        a, b = resumed.load(hook), reference.load(hook)
+        for key in ("activations", "image_index", "token_index"):
+            assert torch.equal(a[key], b[key]), (hook, key)
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_a_cache_of_a_different_run_is_refused(tmp_path, model):
+    pixels = tm.pixel_batch(4)
+    extract_to_cache(model, pixels, BLOCK, tmp_path / "c", tokens="cls", progress=False)
+    with pytest.raises(
+        ValueError, match=r"different extraction run.*tokens: 'cls' in the cache, 'mean' now"
+    ):
+        extract_to_cache(model, pixels, BLOCK, tmp_path / "c", tokens="mean", progress=False)
+    with pytest.raises(ValueError, match=r"n_images: 4 in the cache, 3 now"):
+        extract_to_cache(model, pixels[:3], BLOCK, tmp_path / "c", tokens="cls", progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "file.txt").write_text("x")
+    with pytest.raises(ValueError, match="not empty and holds no activation cache"):
+        extract_to_cache(model, pixels, BLOCK, tmp_path / "other", progress=False)
+    with pytest.raises(
+        ValueError, match="unknown storage dtype 'fp8'; valid: float32, float16, bfloat16"
+    ):
+        extract_to_cache(model, pixels, BLOCK, tmp_path / "d", dtype="fp8", progress=False)
+
+
+def test_batches_provider_visits_every_row_once_per_epoch_and_is_seeded(tmp_path, model):
+    cache = extract_to_cache(
+        model,
+        tm.pixel_batch(20),
+        BLOCK,
+        tmp_path / "c",
+        tokens="all",
+        images_per_shard=3,
+        progress=False,
+    )
+    rows = cache.load()["activations"]  # 20 images x 17 tokens = 340 rows
+    one_epoch = list(cache.batches(batch_size=17, loop=False, shards_in_buffer=2, seed=3))
+    assert all(b.shape == (17, tm.WIDTH) for b in one_epoch)
+    seen = torch.cat(one_epoch)
+    assert seen.shape == rows.shape
+    assert torch.equal(seen[seen[:, 0].argsort()], rows[rows[:, 0].argsort()])
+    again = list(cache.batches(batch_size=17, loop=False, shards_in_buffer=2, seed=3))
+    assert all(torch.equal(a, b) for a, b in zip(one_epoch, again, strict=True))
+    looping = cache.batches(batch_size=100, seed=3)
+    assert [next(looping).shape[0] for _ in range(7)] == [100] * 7  # past one epoch (340 rows)
+
+
+def test_cache_reader_errors(tmp_path, model):
+    with pytest.raises(FileNotFoundError, match="not an activation cache"):
+        ActivationCache(tmp_path)
+    cache = extract_to_cache(
+        model, tm.pixel_batch(2), [BLOCK, "hook_post_norm"], tmp_path / "c", progress=False
+    )
+    with pytest.raises(ValueError, match="several hooks; name one of"):
+        cache.load()
+    with pytest.raises(
+        ValueError,
+        match=r"no hook 'hook_pooled'; it holds: blocks\.1\.hook_resid_post, hook_post_norm",
+    ):
+        cache.load("hook_pooled")
+
+
+def test_cli_extract_writes_a_cache(tmp_path, image_folder, capsys):
+    checkpoint = tmp_path / "ckpt"
+    tm.clip_vision_model().save_pretrained(checkpoint)
+    from transformers import CLIPImageProcessor
+
+    CLIPImageProcessor(
+        size={"shortest_edge": tm.IMAGE_SIZE}, crop_size=tm.IMAGE_SIZE
+    ).save_pretrained(checkpoint)
+    code = cli_main(
+        [
+            "extract",
+            "--model",
+            str(checkpoint),
+            "--hook",
+            BLOCK,
+            "--tokens",
+            "cls",
+            "--images",
+            str(image_folder),
+            "--out",
+            str(tmp_path / "cache"),
+            "--batch-size",
+            "8",
+            "--dtype",
+            "float16",
+        ]
+    )
+    assert code == 0
+    assert f"{BLOCK}: 18 rows x {tm.WIDTH}" in capsys.readouterr().out
+    cache = ActivationCache(tmp_path / "cache")
+    assert cache.settings["model"] == str(checkpoint)
+    assert cache.settings["dtype"] == "float16"
