@@ -18,9 +18,10 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from sae_vlm_plugin import synthetic
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
@@ -348,42 +349,19 @@ def llava_model() -> TinyLlava:
 
 # --- images ------------------------------------------------------------------------------------
 
-SHAPES = ("square", "circle", "triangle")
-COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220)}
+SHAPES = synthetic.SHAPES
+COLOURS = synthetic.COLOURS
 
 
 def synthetic_image(shape: str, colour: str, size: int = IMAGE_SIZE, seed: int = 0) -> Image.Image:
-    """A ``shape`` in ``colour`` on a noisy grey background, jittered in place and size by ``seed``."""
-    rng = np.random.default_rng(seed)
-    background = rng.integers(90, 140, size=(size, size, 3), dtype=np.uint8)
-    image = Image.fromarray(background, mode="RGB")
-    draw = ImageDraw.Draw(image)
-    extent = int(size * rng.uniform(0.35, 0.6))
-    x0, y0 = (int(v) for v in rng.integers(0, size - extent, size=2))
-    box = (x0, y0, x0 + extent, y0 + extent)
-    fill = COLOURS[colour]
-    if shape == "square":
-        draw.rectangle(box, fill=fill)
-    elif shape == "circle":
-        draw.ellipse(box, fill=fill)
-    elif shape == "triangle":
-        draw.polygon(
-            [(x0, y0 + extent), (x0 + extent // 2, y0), (x0 + extent, y0 + extent)], fill=fill
-        )
-    else:
-        raise ValueError(f"unknown shape {shape!r}; valid: {SHAPES}")
-    return image
+    """A solid ``shape`` in ``colour`` on a noisy background (``sae_vlm_plugin.synthetic``)."""
+    return synthetic.concept_image(synthetic.Concept(shape, colour), size=size, seed=seed)
 
 
 def synthetic_images(n: int, size: int = IMAGE_SIZE) -> tuple[list[Image.Image], list[str]]:
-    """``n`` labelled images cycling through shapes x colours; returns (images, labels)."""
-    combos = [(s, c) for s in SHAPES for c in COLOURS]
-    images, labels = [], []
-    for i in range(n):
-        shape, colour = combos[i % len(combos)]
-        images.append(synthetic_image(shape, colour, size=size, seed=i))
-        labels.append(f"{colour}_{shape}")
-    return images, labels
+    """``n`` solid images cycling through shapes x colours; returns (images, labels)."""
+    images, concepts = synthetic.concept_images(n, size=size, textures=("solid",))
+    return images, [f"{c.colour}_{c.shape}" for c in concepts]
 
 
 def pixel_batch(n: int, size: int = IMAGE_SIZE, seed: int = 0) -> torch.Tensor:

@@ -43,6 +43,22 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sae_vlm_plugin.demo import DemoConfig, format_summary, run_demo
+
+    summary = run_demo(
+        DemoConfig(
+            out_dir=args.out,
+            model=args.model,
+            images=args.images,
+            n_images=args.n_images,
+            layer=args.layer,
+        )
+    )
+    print(format_summary(summary))
+    return 0
+
+
 def _cmd_families(args: argparse.Namespace) -> int:
     from sae_vlm_plugin.families import list_families
 
@@ -110,6 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     families = commands.add_parser("families", help="list the supported model families")
     families.set_defaults(handler=_cmd_families)
     _add_extract(commands)
+    demo = commands.add_parser(
+        "demo",
+        help="run the pipeline end to end offline (small random CLIP, synthetic images)",
+        description="Run the plugin's pipeline on an embedded default, or on --model/--images.",
+    )
+    demo.add_argument(
+        "--out", default="sae-vlm-demo", help="output directory (default: sae-vlm-demo)"
+    )
+    demo.add_argument("--model", help="a real checkpoint instead of the small random CLIP")
+    demo.add_argument("--images", help="an image folder instead of synthetic concept images")
+    demo.add_argument("--n-images", type=int, default=270, help="synthetic images (default: 270)")
+    demo.add_argument("--layer", type=int, help="block to read (default: second to last)")
+    demo.set_defaults(handler=_cmd_demo)
     return parser
 
 
