@@ -59,6 +59,68 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_overrides(pairs: list[str]) -> dict[str, object]:
+    """``key=value`` pairs; values are parsed as YAML scalars/lists (``k=32``, ``lr=1e-4``)."""
+    import yaml
+
+    overrides: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set expects key=value, got {pair!r}")
+        overrides[key.replace("-", "_")] = yaml.safe_load(value)
+    return overrides
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sae_vlm_plugin.training.presets import list_presets, preset_config
+    from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
+    from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+
+    if args.list_presets:
+        presets = list_presets()
+        width = max(map(len, presets))
+        for name, description in presets.items():
+            print(f"{name:<{width}}  {description}")
+        return 0
+    overrides = _parse_overrides(args.set or [])
+    for key in ("images", "cache_path", "run_dir", "model", "device"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    if args.config is not None:
+        values = VisionSAERunnerConfig.from_file(args.config).to_dict()
+        config = VisionSAERunnerConfig.from_dict({**values, **overrides})
+    elif args.preset is not None:
+        config = preset_config(args.preset, **overrides)
+    else:
+        raise SystemExit("give --preset NAME or --config FILE (see --list-presets)")
+    sae = VisionSAETrainingRunner(config).run()
+    print(f"trained {config.architecture} d_sae={sae.cfg.d_sae} -> {config.run_dir}/final")
+    return 0
+
+
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train a vision SAE with SAELens (a paper preset or a config file)",
+        description="Train a vision SAE through SAELens' SAETrainer. Re-running the same command "
+        "resumes from the run directory's latest checkpoint.",
+    )
+    train.add_argument("--preset", help="a paper preset (see --list-presets)")
+    train.add_argument("--config", help="a YAML or JSON VisionSAERunnerConfig")
+    train.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    train.add_argument("--images", help="train from this image folder (extracting on the fly)")
+    train.add_argument("--cache", dest="cache_path", help="train from this activation cache")
+    train.add_argument("--model", help="override the preset's model")
+    train.add_argument("--run-dir", help="checkpoints, log.jsonl and final/ go here")
+    train.add_argument("--device", help="cpu, cuda, cuda:1 ...")
+    train.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override any config field (repeatable)"
+    )
+    train.set_defaults(handler=_cmd_train)
+
+
 def _cmd_families(args: argparse.Namespace) -> int:
     from sae_vlm_plugin.families import list_families
 
@@ -126,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     families = commands.add_parser("families", help="list the supported model families")
     families.set_defaults(handler=_cmd_families)
     _add_extract(commands)
+    _add_train(commands)
     demo = commands.add_parser(
         "demo",
         help="run the pipeline end to end offline (small random CLIP, synthetic images)",

@@ -1,0 +1,166 @@
+"""``VisionSAERunnerConfig``: one dataclass for a vision SAE training run (SAELens style).
+
+It mirrors SAELens' ``LanguageModelSAERunnerConfig``: where the activations come from (a model
++ hook + token selection + image folder, or an activation cache), the SAE architecture, and the
+trainer settings. Defaults are the paper's (Matryoshka-BatchTopK, k = 20, batch 4096, 100k steps,
+lr = 2e-4 / sqrt(d_sae / 2^14) with 1000 warm-up steps, auxk_alpha = 1/32).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+Architecture = Literal[
+    "paper_matryoshka_batchtopk", "paper_batchtopk", "matryoshka_batchtopk", "batchtopk"
+]
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+
+
+@dataclass
+class VisionSAERunnerConfig:
+    """A vision SAE training run. Exactly one of ``cache_path`` or (``model`` and ``images``)."""
+
+    # -- activations ----------------------------------------------------------------------
+    hook_name: str = "blocks.22.hook_resid_post"
+    """Canonical hook the SAE reads (``sae_vlm_plugin.hooks``)."""
+    tokens: str = "cls"
+    """Token selection: cls | patches | all | mean | random_k."""
+    tokens_per_image: int = 2
+    """k of ``random_k`` (the paper's steering SAE: 2 random tokens per image)."""
+    cache_path: str | None = None
+    """Train from this activation cache (``sae-vlm extract``)."""
+    model: str | None = None
+    """Train from images: hub id / path / ``open_clip:...`` of the model to extract from."""
+    images: str | None = None
+    """Train from images: an image folder (ImageNet-style tree or flat)."""
+    dataset_name: str | None = None
+    """Recorded in the SAE's metadata (default: the image folder or the cache's source)."""
+    extraction_batch_size: int = 64
+    """Images per forward pass when training from images."""
+    mixing_buffer_batches: int = 16
+    """Training from images: batches of rows held and shuffled together before training on them."""
+
+    # -- SAE ------------------------------------------------------------------------------
+    architecture: Architecture = "paper_matryoshka_batchtopk"
+    """``paper_*``: the paper's recipe (dictionary_learning); the others: SAELens' built-ins."""
+    expansion_factor: int = 16
+    """d_sae = expansion_factor * d_in (ignored if ``d_sae`` is set)."""
+    d_sae: int | None = None
+    k: int = 20
+    """Active latents per input (BatchTopK keeps k * batch_size entries of each batch)."""
+    group_fractions: list[float] | None = None
+    """Matryoshka group fractions (None: the paper's 1/16, 1/8, 1/4, 9/16)."""
+    auxk_alpha: float = 1 / 32
+    dead_feature_threshold: int = 10_000_000
+    """Paper architectures: a latent is dead after this many inputs without firing."""
+    threshold_start_step: int = 1000
+    """Paper architectures: the inference threshold's EMA starts after this step."""
+
+    # -- trainer --------------------------------------------------------------------------
+    batch_size: int = 4096
+    training_steps: int = 100_000
+    lr: float | None = None
+    """None: the paper's 2e-4 / sqrt(d_sae / 2^14)."""
+    warmup_steps: int = 1000
+    scale_inputs: bool = True
+    """Divide activations by sqrt(mean ||x||^2) while training; folded into the saved SAE."""
+    n_batches_for_scaling: int = 100
+    seed: int = 0
+    device: str = "cpu"
+
+    # -- run ------------------------------------------------------------------------------
+    run_dir: str = "runs/vision-sae"
+    """Checkpoints, ``log.jsonl`` and the exported SAE (``final/``) go here."""
+    checkpoint_every_steps: int = 5000
+    """0 disables intermediate checkpoints (the final SAE is always written)."""
+    log_every_steps: int = 100
+    eval_every_steps: int = 1000
+    """How often the evaluator (e.g. MS on held-out images) runs, if one is given."""
+    log_to_wandb: bool = False
+    wandb_project: str = "sae_vlm_plugin"
+    preset: str | None = None
+    """Name of the preset this config came from (recorded in metadata)."""
+    extra_metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from_cache = self.cache_path is not None
+        from_images = self.model is not None or self.images is not None
+        if from_cache == from_images:
+            raise ValueError(
+                "give either cache_path (train from an activation cache) or model and images "
+                "(train from images, extracting on the fly), not both and not neither"
+            )
+        if from_images and (self.model is None or self.images is None):
+            raise ValueError("training from images needs both model and images")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"unknown architecture {self.architecture!r}; valid: {', '.join(ARCHITECTURES)}"
+            )
+        positive = {
+            "batch_size": self.batch_size,
+            "training_steps": self.training_steps,
+            "k": self.k,
+            "expansion_factor": self.expansion_factor,
+            "tokens_per_image": self.tokens_per_image,
+            "extraction_batch_size": self.extraction_batch_size,
+            "mixing_buffer_batches": self.mixing_buffer_batches,
+            "log_every_steps": self.log_every_steps,
+            "eval_every_steps": self.eval_every_steps,
+            "n_batches_for_scaling": self.n_batches_for_scaling,
+        }
+        bad = {name: value for name, value in positive.items() if value < 1}
+        if bad:
+            raise ValueError(f"these settings must be >= 1: {bad}")
+        if self.d_sae is not None and self.k > self.d_sae:
+            raise ValueError(f"k={self.k} is larger than d_sae={self.d_sae}")
+        if not 0 <= self.warmup_steps < self.training_steps:
+            raise ValueError(
+                f"warmup_steps must be in [0, training_steps={self.training_steps}), got {self.warmup_steps}"
+            )
+        if self.checkpoint_every_steps < 0:
+            raise ValueError(
+                f"checkpoint_every_steps must be >= 0, got {self.checkpoint_every_steps}"
+            )
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    def sae_width(self, d_in: int) -> int:
+        width = self.d_sae if self.d_sae is not None else self.expansion_factor * d_in
+        if self.k > width:
+            raise ValueError(f"k={self.k} is larger than d_sae={width}")
+        return width
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> VisionSAERunnerConfig:
+        """A config from a dict; unknown keys raise, naming the valid ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown config keys {unknown}; valid keys: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> VisionSAERunnerConfig:
+        """A config from a YAML (``safe_load``) or JSON file."""
+        path = Path(path)
+        text = path.read_text()
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"{path} must hold a mapping of config keys, got {type(values).__name__}"
+            )
+        return cls.from_dict(values)
