@@ -15,7 +15,7 @@ from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 
 from paper_reference import ReferencePaperTrainer, reference_norm_factor
 from sae_vlm_plugin.training import estimate_paper_scaling_factor, prepare_paper_trainer
-from training_helpers import make_trainer, paper_sae, synthetic_activations
+from training_helpers import make_trainer, one_torch_thread, paper_sae, synthetic_activations  # noqa: F401
 
 N_STEPS, BATCH, D_IN, D_SAE, K = 60, 32, 16, 128, 4
 WARMUP, THRESHOLD_START, LR = 10, 20, 1e-2
@@ -24,6 +24,8 @@ SCHEDULE = {
     "threshold_start_step": THRESHOLD_START,
     "threshold_beta": 0.9,
 }
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def close(actual: float, expected: float, what: str, step: int) -> None:
@@ -71,7 +73,10 @@ def test_saetrainer_fit_matches_reference_step_by_step(architecture, tmp_path):
         weights, output = records[step]
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             torch.testing.assert_close(
-                weights[name], getattr(reference, name).detach(), rtol=1e-8, atol=1e-12,
+                weights[name],
+                getattr(reference, name).detach(),
+                rtol=1e-8,
+                atol=1e-12,
                 msg=lambda m, n=name, s=step: f"{n} before step {s}: {m}",
             )
         expected = reference.update(step, batch / norm_factor)
@@ -88,11 +93,21 @@ def test_saetrainer_fit_matches_reference_step_by_step(architecture, tmp_path):
     assert saw_aux, "the schedule never made a latent dead; the test lost its aux-loss coverage"
 
     # fit() folded the input scaling into the SAE: dictionary_learning's scale_biases(norm_factor)
-    for name, scale in (("W_enc", 1.0), ("W_dec", 1.0), ("b_enc", norm_factor), ("b_dec", norm_factor)):
+    for name, scale in (
+        ("W_enc", 1.0),
+        ("W_dec", 1.0),
+        ("b_enc", norm_factor),
+        ("b_dec", norm_factor),
+    ):
         torch.testing.assert_close(
-            getattr(sae, name).detach(), getattr(reference, name).detach() * scale, rtol=1e-8, atol=1e-12
+            getattr(sae, name).detach(),
+            getattr(reference, name).detach() * scale,
+            rtol=1e-8,
+            atol=1e-12,
         )
-    close(float(sae.threshold), float(reference.threshold) * norm_factor, "folded threshold", N_STEPS)
+    close(
+        float(sae.threshold), float(reference.threshold) * norm_factor, "folded threshold", N_STEPS
+    )
 
     # ... and the saved inference SAE is plain SAELens JumpReLU, exact on raw activations
     sae.save_inference_model(tmp_path / "sae")
@@ -102,4 +117,6 @@ def test_saetrainer_fit_matches_reference_step_by_step(architecture, tmp_path):
     expected_code = reference.inference_code(raw / norm_factor) * norm_factor
     torch.testing.assert_close(loaded.encode(raw).double(), expected_code, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(loaded.encode(raw), sae.encode(raw), rtol=0, atol=0)
-    torch.testing.assert_close(loaded.decode(loaded.encode(raw)), sae.decode(sae.encode(raw)), rtol=0, atol=0)
+    torch.testing.assert_close(
+        loaded.decode(loaded.encode(raw)), sae.decode(sae.encode(raw)), rtol=0, atol=0
+    )

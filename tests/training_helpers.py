@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import pytest
 import torch
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.training.sae_trainer import SAETrainer
@@ -57,7 +58,12 @@ def paper_sae(
 
 
 def make_trainer(
-    sae: torch.nn.Module, batches: Iterator[torch.Tensor], *, n_steps: int, batch_size: int, lr: float
+    sae: torch.nn.Module,
+    batches: Iterator[torch.Tensor],
+    *,
+    n_steps: int,
+    batch_size: int,
+    lr: float,
 ) -> SAETrainer:
     """SAELens' SAETrainer for ``n_steps`` steps, constant lr, no wandb, no checkpoints."""
     cfg = SAETrainerConfig(
@@ -69,3 +75,13 @@ def make_trainer(
         logger=LoggingConfig(log_to_wandb=False),
     )
     return SAETrainer(cfg, sae, batches, evaluator=None)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny shapes gain nothing from threads, and on a shared CPU each op's thread barrier can
+    wait for a time slice; run a test on one thread and restore the setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -96,7 +96,9 @@ class PaperBatchTopKTrainingSAEConfig(TrainingSAEConfig):
 
     def _check(self) -> None:
         if self.d_in < 1 or self.d_sae < 1:
-            raise ValueError(f"d_in and d_sae must be >= 1, got d_in={self.d_in}, d_sae={self.d_sae}")
+            raise ValueError(
+                f"d_in and d_sae must be >= 1, got d_in={self.d_in}, d_sae={self.d_sae}"
+            )
         if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= self.d_sae:
             raise ValueError(f"k must be an integer in [1, d_sae={self.d_sae}], got k={self.k!r}")
         if self.auxk_alpha < 0:

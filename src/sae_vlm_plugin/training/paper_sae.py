@@ -66,7 +66,7 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
     sparse (``sparse_ops``). Training skips the SAE's hook points.
     """
 
-    cfg: PaperBatchTopKTrainingSAEConfig  # type: ignore[assignment]
+    cfg: PaperBatchTopKTrainingSAEConfig
     b_enc: nn.Parameter
     threshold: torch.Tensor
     n_tokens_since_fired: torch.Tensor
@@ -102,7 +102,9 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
         sae_in = self.process_sae_in(x)
         hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
         base_acts = self.activation_fn(hidden_pre)
-        return self.hook_sae_acts_post(base_acts * (hidden_pre > self.threshold).to(base_acts.dtype))
+        return self.hook_sae_acts_post(
+            base_acts * (hidden_pre > self.threshold).to(base_acts.dtype)
+        )
 
     @override
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
@@ -153,11 +155,13 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
             dead = self.n_tokens_since_fired >= self.cfg.dead_feature_threshold
             n_dead = int(dead.sum())
             if n_dead > 0:
-                aux_rows, aux_latents = auxiliary_entries(pre, dead, min(self.cfg.d_in // 2, n_dead))
+                aux_rows, aux_latents = auxiliary_entries(
+                    pre, dead, min(self.cfg.d_in // 2, n_dead)
+                )
             else:
                 aux_rows = aux_latents = kept[:0]
             pattern = ActivePattern.build(
-                kept, aux_rows, aux_latents, self._level_widths, n_rows, d_sae
+                kept, aux_rows, aux_latents, self._level_widths, n_rows, d_sae, n_dead > 0
             )
 
         values = gather_active(self.b_dec, self.W_enc, self.b_enc, x_centered, pre_flat, pattern)
@@ -226,6 +230,12 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
         state_dict["W_dec"] = self.W_dec.detach()
 
     @override
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        """SAELens' disk loader casts every tensor to the config dtype; the counter is integral
+        (exact through float32 up to 2^24 inputs, beyond any sensible dead_feature_threshold)."""
+        state_dict["n_tokens_since_fired"] = state_dict["n_tokens_since_fired"].long()
+
+    @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
         """The JumpReLU inference weights: ``threshold`` becomes theta on every latent and the
         dead-latent counter is dropped."""
@@ -269,7 +279,9 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
             beta = self.cfg.threshold_beta
             self.threshold.copy_(beta * self.threshold + (1 - beta) * smallest)
 
-    def _auxk_loss(self, residual: torch.Tensor, aux_reconstruction: torch.Tensor | None) -> torch.Tensor:
+    def _auxk_loss(
+        self, residual: torch.Tensor, aux_reconstruction: torch.Tensor | None
+    ) -> torch.Tensor:
         if aux_reconstruction is None:
             return residual.new_zeros(())
         denominator = (residual - residual.mean(dim=0)).pow(2).sum(dim=-1).mean()
@@ -291,4 +303,4 @@ class PaperMatryoshkaBatchTopKTrainingSAE(PaperBatchTopKTrainingSAE):
     default). Each group's contribution is decoded once from its active latents and the levels
     are its cumulative sums. Per-level MSEs are reported as ``level_{g}_mse_loss`` metrics."""
 
-    cfg: PaperMatryoshkaBatchTopKTrainingSAEConfig  # type: ignore[assignment]
+    cfg: PaperMatryoshkaBatchTopKTrainingSAEConfig

@@ -48,7 +48,7 @@ class ActivePattern:
     d_sae: int
     """Latents."""
     n_segments: int
-    """Decoder output segments: the Matryoshka groups, plus one if there are auxiliary entries."""
+    """Decoder output segments: the Matryoshka groups, plus the auxiliary one if requested."""
     flat_index: torch.Tensor
     """``(n,)`` ``r_e * d_sae + j_e`` in entry order."""
     by_row_order: torch.Tensor
@@ -75,23 +75,21 @@ class ActivePattern:
         level_widths: list[int],
         n_rows: int,
         d_sae: int,
+        aux_segment: bool,
     ) -> ActivePattern:
         """Index the BatchTopK entries (ascending flat indices) and the auxiliary entries;
-        ``level_widths`` are the cumulative Matryoshka widths (``[d_sae]`` for plain BatchTopK)."""
+        ``level_widths`` are the cumulative Matryoshka widths (``[d_sae]`` for plain BatchTopK).
+        With ``aux_segment`` the output gets an auxiliary segment, even if it has no entries."""
         device = topk_flat_index.device
         n_groups = len(level_widths)
         topk_rows = topk_flat_index // d_sae
         topk_latents = topk_flat_index % d_sae
         boundaries = torch.tensor(level_widths[:-1], dtype=torch.long, device=device)
         segments = torch.bucketize(topk_latents, boundaries, right=True)
-        has_aux = aux_rows.numel() > 0
-        if has_aux:
-            rows = torch.cat([topk_rows, aux_rows])
-            latents = torch.cat([topk_latents, aux_latents])
-            segments = torch.cat([segments, torch.full_like(aux_rows, n_groups)])
-        else:
-            rows, latents = topk_rows, topk_latents
-        n_segments = n_groups + int(has_aux)
+        rows = torch.cat([topk_rows, aux_rows])
+        latents = torch.cat([topk_latents, aux_latents])
+        segments = torch.cat([segments, torch.full_like(aux_rows, n_groups)])
+        n_segments = n_groups + int(aux_segment)
         n_stacked = n_segments * n_rows
         stacked = segments * n_rows + rows
 
@@ -102,9 +100,7 @@ class ActivePattern:
             n_rows=n_rows,
             d_sae=d_sae,
             n_segments=n_segments,
-            flat_index=torch.cat([topk_flat_index, aux_rows * d_sae + aux_latents])
-            if has_aux
-            else topk_flat_index,
+            flat_index=torch.cat([topk_flat_index, aux_rows * d_sae + aux_latents]),
             by_row_order=by_row_order,
             by_row_crow=_row_pointers(stacked, n_stacked),
             by_row_latent=latents[by_row_order],
@@ -148,7 +144,7 @@ class ActivePattern:
 
 class _GatherActive(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         b_dec: torch.Tensor,
         W_enc: torch.Tensor,
@@ -182,7 +178,7 @@ class _GatherActive(torch.autograd.Function):
 
 class _DecodeActive(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, values: torch.Tensor, W_dec: torch.Tensor, pattern: ActivePattern
     ) -> torch.Tensor:
         ctx.save_for_backward(values, W_dec)
@@ -210,7 +206,7 @@ class _DecodeActive(torch.autograd.Function):
 
 class _TangentToUnitRows(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, W_dec: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, W_dec: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(W_dec)
         return W_dec.view_as(W_dec)
 
