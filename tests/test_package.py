@@ -13,18 +13,23 @@ import sae_vlm_plugin
 from sae_vlm_plugin.cli import main
 
 # Heavy libraries that must stay lazy: only the code that uses them imports them.
-LAZY_MODULES = ("nnsight", "open_clip", "timm", "torchvision", "matplotlib", "sae_dashboard")
+LAZY_MODULES = ("nnsight", "open_clip", "timm", "matplotlib", "sae_dashboard", "datasets")
 
 
 def test_import_prints_nothing_configures_no_logging_and_stays_lazy():
+    # Registration needs sae_lens (and what it imports); everything beyond that must stay lazy.
     script = textwrap.dedent(
         f"""
         import json, logging, sys
-        before = list(logging.getLogger().handlers)
+        import sae_lens
+        before_handlers = list(logging.getLogger().handlers)
+        before = set(sys.modules)
         import sae_vlm_plugin
+        added = {{name.split(".")[0] for name in set(sys.modules) - before}}
         print(json.dumps({{
-            "handlers_added": len(logging.getLogger().handlers) - len(before),
-            "loaded": [m for m in {LAZY_MODULES!r} if m in sys.modules],
+            "handlers_added": len(logging.getLogger().handlers) - len(before_handlers),
+            "loaded": sorted(added & set({LAZY_MODULES!r})),
+            "registered": "paper_matryoshka_batchtopk" in sae_lens.registry.SAE_TRAINING_CLASS_REGISTRY,
         }}))
         """
     )
@@ -32,7 +37,7 @@ def test_import_prints_nothing_configures_no_logging_and_stays_lazy():
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     report = json.loads(result.stdout)
-    assert report == {"handlers_added": 0, "loaded": []}
+    assert report == {"handlers_added": 0, "loaded": [], "registered": True}
 
 
 def test_public_api_names_resolve():

@@ -32,7 +32,9 @@ def tiny_cache(tmp_path_factory) -> Path:
     """All 17 tokens of 240 synthetic images from the tiny CLIP: 4080 rows of width 32."""
     images, _ = tm.synthetic_images(240)
     out = tmp_path_factory.mktemp("cache") / "cache"
-    extract_to_cache(VisionModel(tm.clip_vision_model()), images, HOOK, out, tokens="all", progress=False)
+    extract_to_cache(
+        VisionModel(tm.clip_vision_model()), images, HOOK, out, tokens="all", progress=False
+    )
     return out
 
 
@@ -56,7 +58,9 @@ def _config(run_dir: Path, cache: Path, **overrides) -> VisionSAERunnerConfig:
     return VisionSAERunnerConfig(**values)
 
 
-@pytest.mark.parametrize("architecture", ["paper_matryoshka_batchtopk", "paper_batchtopk", "matryoshka_batchtopk"])
+@pytest.mark.parametrize(
+    "architecture", ["paper_matryoshka_batchtopk", "paper_batchtopk", "matryoshka_batchtopk"]
+)
 def test_training_from_a_cache_exports_a_plain_saelens_sae(tmp_path, tiny_cache, architecture):
     cfg = _config(tmp_path / "run", tiny_cache, architecture=architecture)
     sae = VisionSAETrainingRunner(cfg, progress=False).run()
@@ -76,11 +80,21 @@ def test_training_from_a_cache_exports_a_plain_saelens_sae(tmp_path, tiny_cache,
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     train_steps = [entry["step"] for entry in log if entry["kind"] == "train"]
     assert train_steps == list(range(5, 41, 5))
-    assert all("losses/overall_loss" in entry and "metrics/l0" in entry for entry in log if entry["kind"] == "train")
+    assert all(
+        "losses/overall_loss" in entry and "metrics/l0" in entry
+        for entry in log
+        if entry["kind"] == "train"
+    )
 
 
 def test_exported_sae_runs_on_raw_activations_with_l0_near_k(tmp_path, tiny_cache):
-    cfg = _config(tmp_path / "run", tiny_cache, training_steps=150, threshold_start_step=20, log_every_steps=50)
+    cfg = _config(
+        tmp_path / "run",
+        tiny_cache,
+        training_steps=150,
+        threshold_start_step=20,
+        log_every_steps=50,
+    )
     sae = VisionSAETrainingRunner(cfg, progress=False).run()
     from sae_vlm_plugin import ActivationCache
 
@@ -103,11 +117,25 @@ def test_training_from_images_extracts_on_the_fly(tmp_path):
     tm.clip_vision_model().save_pretrained(checkpoint)
     from transformers import CLIPImageProcessor
 
-    CLIPImageProcessor(size={"shortest_edge": tm.IMAGE_SIZE}, crop_size=tm.IMAGE_SIZE).save_pretrained(checkpoint)
+    CLIPImageProcessor(
+        size={"shortest_edge": tm.IMAGE_SIZE}, crop_size=tm.IMAGE_SIZE
+    ).save_pretrained(checkpoint)
     cfg = VisionSAERunnerConfig(
-        model=str(checkpoint), images=str(folder), hook_name=HOOK, tokens="random_k", tokens_per_image=4,
-        expansion_factor=2, k=4, batch_size=32, training_steps=12, warmup_steps=2, threshold_start_step=4,
-        n_batches_for_scaling=2, mixing_buffer_batches=2, extraction_batch_size=16, log_every_steps=4,
+        model=str(checkpoint),
+        images=str(folder),
+        hook_name=HOOK,
+        tokens="random_k",
+        tokens_per_image=4,
+        expansion_factor=2,
+        k=4,
+        batch_size=32,
+        training_steps=12,
+        warmup_steps=2,
+        threshold_start_step=4,
+        n_batches_for_scaling=2,
+        mixing_buffer_batches=2,
+        extraction_batch_size=16,
+        log_every_steps=4,
         run_dir=str(tmp_path / "run"),
     )
     sae = VisionSAETrainingRunner(cfg, progress=False).run()
@@ -138,7 +166,9 @@ KILLABLE_TRAINING = textwrap.dedent(
 
 
 def test_a_killed_run_resumes_to_the_same_final_weights(tmp_path, tiny_cache):
-    reference = VisionSAETrainingRunner(_config(tmp_path / "reference", tiny_cache), progress=False).run()
+    reference = VisionSAETrainingRunner(
+        _config(tmp_path / "reference", tiny_cache), progress=False
+    ).run()
     cfg = _config(tmp_path / "killed", tiny_cache)
     script = KILLABLE_TRAINING.format(tests_dir=str(TESTS_DIR), config=cfg.to_dict())
     process = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
@@ -155,7 +185,9 @@ def test_a_killed_run_resumes_to_the_same_final_weights(tmp_path, tiny_cache):
     resumed = VisionSAETrainingRunner(cfg, progress=False).run()
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[key], value, atol=0, rtol=0)
-    log = [json.loads(line) for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
+    log = [
+        json.loads(line) for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
+    ]
     steps = [entry["step"] for entry in log if entry["kind"] == "train"]
     assert steps == sorted(set(steps)) == list(range(5, 41, 5))
 
@@ -178,36 +210,60 @@ def test_presets_cover_the_paper_and_errors_are_clear(tmp_path, tiny_cache):
     presets = list_presets()
     assert len(presets) == 2 * 6 * (5 + 4 + 1 + 1) + 2
     steering = preset_config("steering", cache_path=str(tiny_cache))
-    assert (steering.architecture, steering.expansion_factor, steering.tokens, steering.hook_name) == (
-        "paper_matryoshka_batchtopk", 64, "random_k", "blocks.22.hook_resid_post",
+    assert (
+        steering.architecture,
+        steering.expansion_factor,
+        steering.tokens,
+        steering.hook_name,
+    ) == (
+        "paper_matryoshka_batchtopk",
+        64,
+        "random_k",
+        "blocks.22.hook_resid_post",
     )
     assert steering.model is None
     table1 = preset_config("clip-l14-336-l22-cls-batchtopk-x8", images="/data/imagenet/train")
     assert table1.model == "openai/clip-vit-large-patch14-336"
-    assert (table1.k, table1.batch_size, table1.training_steps, table1.warmup_steps) == (20, 4096, 100_000, 1000)
-    with pytest.raises(ValueError, match=r"unknown preset 'clip-l14-336-l22-cls-batchtopk-x9'.*Closest: clip-l14-336-l22-cls-batchtopk-x"):
+    assert (table1.k, table1.batch_size, table1.training_steps, table1.warmup_steps) == (
+        20,
+        4096,
+        100_000,
+        1000,
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"unknown preset 'clip-l14-336-l22-cls-batchtopk-x9'.*Closest: clip-l14-336-l22-cls-batchtopk-x",
+    ):
         preset_config("clip-l14-336-l22-cls-batchtopk-x9", images="x")
 
 
 def test_config_errors_name_what_is_wrong(tmp_path, tiny_cache):
     with pytest.raises(ValueError, match="either cache_path"):
         VisionSAERunnerConfig()
-    with pytest.raises(ValueError, match="unknown architecture 'topk'; valid: paper_matryoshka_batchtopk"):
+    with pytest.raises(
+        ValueError, match="unknown architecture 'topk'; valid: paper_matryoshka_batchtopk"
+    ):
         _config(tmp_path, tiny_cache, architecture="topk")
     with pytest.raises(ValueError, match="k=200 is larger than d_sae=128"):
         VisionSAETrainingRunner(_config(tmp_path, tiny_cache, k=200), progress=False).run()
     with pytest.raises(ValueError, match="unknown config keys \\['lr_rate'\\]"):
         VisionSAERunnerConfig.from_dict({"cache_path": "x", "lr_rate": 1})
-    with pytest.raises(ValueError, match=r"holds blocks\.1\.hook_resid_post, not 'blocks\.0\.hook_resid_post'"):
+    with pytest.raises(
+        ValueError, match=r"holds blocks\.1\.hook_resid_post, not 'blocks\.0\.hook_resid_post'"
+    ):
         VisionSAETrainingRunner(_config(tmp_path, tiny_cache, hook_name="blocks.0.hook_resid_post"))
     with pytest.raises(ValueError, match="group_fractions must sum to 1"):
-        VisionSAETrainingRunner(_config(tmp_path / "g", tiny_cache, group_fractions=[0.5, 0.2]), progress=False).run()
+        VisionSAETrainingRunner(
+            _config(tmp_path / "g", tiny_cache, group_fractions=[0.5, 0.2]), progress=False
+        ).run()
 
 
 def test_nan_activations_name_the_step(tmp_path):
     pixels = tm.pixel_batch(40)
     out = tmp_path / "cache"
-    extract_to_cache(VisionModel(tm.clip_vision_model()), pixels, HOOK, out, tokens="all", progress=False)
+    extract_to_cache(
+        VisionModel(tm.clip_vision_model()), pixels, HOOK, out, tokens="all", progress=False
+    )
     shard = next((out / HOOK).glob("shard_*.safetensors"))
     from safetensors.torch import load_file, save_file
 
@@ -225,7 +281,20 @@ def test_cli_train_with_a_config_file_and_overrides(tmp_path, tiny_cache, capsys
     import yaml
 
     config_file.write_text(yaml.safe_dump(values))
-    assert cli_main(["train", "--config", str(config_file), "--set", "k=8", "--run-dir", str(tmp_path / "cli")]) == 0
+    assert (
+        cli_main(
+            [
+                "train",
+                "--config",
+                str(config_file),
+                "--set",
+                "k=8",
+                "--run-dir",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 0
+    )
     assert "d_sae=128" in capsys.readouterr().out
     assert SAE.load_from_disk(tmp_path / "cli" / "final").cfg.metadata.training_steps == 10
     assert cli_main(["train", "--list-presets"]) == 0

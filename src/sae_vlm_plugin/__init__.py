@@ -44,6 +44,16 @@ if TYPE_CHECKING:
 __all__ = ["__version__", *sorted(_LAZY_API)]
 
 
+def _register_with_sae_lens() -> None:
+    """Make the plugin's training architectures known to SAELens (idempotent)."""
+    from sae_vlm_plugin.training.registration import register_training_architectures
+
+    register_training_architectures()
+
+
+_register_with_sae_lens()
+
+
 def __getattr__(name: str) -> Any:
     module_name = _LAZY_API.get(name)
     if module_name is None:

@@ -83,7 +83,10 @@ def activation_source(cfg: VisionSAERunnerConfig, model: Any = None) -> Activati
     from sae_vlm_plugin.tokens import TokenSelection
     from sae_vlm_plugin.training.image_stream import image_activation_batches
 
-    vision_model = model if model is not None else VisionModel(cfg.model, device=cfg.device)
+    if model is None:
+        assert cfg.model is not None  # the config checks that images come with a model
+        model = VisionModel(cfg.model, device=cfg.device)
+    vision_model = model
     selection = TokenSelection.parse(cfg.tokens, k=cfg.tokens_per_image, seed=cfg.seed)
     point = vision_model.hook_point(cfg.hook_name)
     return ActivationSource(
@@ -114,7 +117,6 @@ def build_training_sae(cfg: VisionSAERunnerConfig, d_in: int) -> Any:
         MatryoshkaBatchTopKTrainingSAE,
         MatryoshkaBatchTopKTrainingSAEConfig,
     )
-    from sae_vlm_plugin.training.config import PAPER_GROUP_FRACTIONS
 
     from sae_vlm_plugin.training import (
         PaperBatchTopKTrainingSAE,
@@ -123,10 +125,11 @@ def build_training_sae(cfg: VisionSAERunnerConfig, d_in: int) -> Any:
         PaperMatryoshkaBatchTopKTrainingSAEConfig,
         group_sizes_from_fractions,
     )
+    from sae_vlm_plugin.training.config import PAPER_GROUP_FRACTIONS
 
     d_sae = cfg.sae_width(d_in)
-    common = {"d_in": d_in, "d_sae": d_sae, "k": cfg.k, "device": cfg.device}
-    paper = {
+    common: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, "k": cfg.k, "device": cfg.device}
+    paper: dict[str, Any] = {
         "auxk_alpha": cfg.auxk_alpha,
         "dead_feature_threshold": cfg.dead_feature_threshold,
         "threshold_start_step": cfg.threshold_start_step,
