@@ -272,3 +272,71 @@ def test_unknown_hook_and_out_of_range_layer_errors_say_what_is_valid():
         model.hook_point("hook_pooled")
     with pytest.raises(ValueError, match=r"layer 3 is out of range.*blocks are 0\.\.2"):
         model.hook_point("blocks.3.hook_resid_post")
+
+
+def _save_with_processor(module, processor, path):
+    module.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ["siglip_vision", "aimv2_vision", "webssl_mae", "webssl_dino"])
+def test_every_transformers_family_loads_a_saved_checkpoint_by_path(name, tmp_path):
+    module = tm.VISION_BUILDERS[name]()
+    family = VisionModel(module).family
+    processor = family.image_processor(tm.IMAGE_SIZE)
+    model = VisionModel(_save_with_processor(module, processor, tmp_path))
+    assert model.family.name == family.name
+    assert type(model.source_module) is type(module)
+    pixels = tm.pixel_batch(2)
+    hook = "blocks.2.hook_resid_post"
+    torch.testing.assert_close(model.capture(pixels, [hook])[hook], VisionModel(module).capture(pixels, [hook])[hook])
+
+
+def test_llava_loads_a_saved_checkpoint_and_processor_by_path(tiny_llava, tmp_path):
+    model = VisionModel(_save_with_processor(tiny_llava.model, tiny_llava.processor, tmp_path))
+    assert model.family.name == "llava"
+    assert "hook_projector_out" in model.hook_points
+
+
+class CLIPVisionModel(nn.Module):
+    """transformers 5.x layout of a CLIP vision tower: no ``vision_model`` level, and blocks that
+    return a tensor instead of a 1-tuple. Built around a 4.57 model's own modules."""
+
+    def __init__(self, hf_model: nn.Module) -> None:
+        super().__init__()
+        vision = hf_model.vision_model
+        self.config = hf_model.config
+        self.embeddings = vision.embeddings
+        self.pre_layrnorm = vision.pre_layrnorm
+        self.encoder = nn.Module()
+        self.encoder.layers = nn.ModuleList(_TensorBlock(layer) for layer in vision.encoder.layers)
+        self.post_layernorm = vision.post_layernorm
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.pre_layrnorm(self.embeddings(pixel_values))
+        for layer in self.encoder.layers:
+            hidden = layer(hidden)
+        return self.post_layernorm(hidden[:, 0])
+
+
+class _TensorBlock(nn.Module):
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.layer(hidden, None, None)[0]
+
+
+def test_transformers_5_flat_layout_with_tensor_blocks_resolves_by_structure():
+    hf_model = tm.clip_vision_model()
+    flat = VisionModel(CLIPVisionModel(hf_model))
+    assert flat.hook_point("blocks.1.hook_resid_post").module_path == "encoder.layers.1"
+    pixels = tm.pixel_batch(2)
+    with torch.no_grad():
+        reference = hf_model(pixel_values=pixels, output_hidden_states=True)
+    got = flat.capture(pixels, [*_block_hooks(flat), "hook_post_norm"])
+    for layer in range(tm.N_LAYERS):
+        torch.testing.assert_close(got[f"blocks.{layer}.hook_resid_post"], reference.hidden_states[layer + 1])
+    torch.testing.assert_close(got["hook_post_norm"], reference.pooler_output)

@@ -199,6 +199,12 @@ class VisionSAETrainingRunner:
         self.progress = progress
         self.run_dir = Path(cfg.run_dir)
         self.source = activation_source(cfg, model)
+        if cfg.d_in is not None and cfg.d_in != self.source.d_in:
+            where = cfg.cache_path or f"{self.source.model_name} {cfg.hook_name}"
+            raise ValueError(
+                f"the activations of {where} have d_in={self.source.d_in}, but the config asks "
+                f"for an SAE with d_in={cfg.d_in}"
+            )
         self.log = JsonlLog(self.run_dir / "log.jsonl")
 
     def run(self) -> Any:

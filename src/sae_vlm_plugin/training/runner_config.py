@@ -45,6 +45,8 @@ class VisionSAERunnerConfig:
     """Training from images: batches of rows held and shuffled together before training on them."""
 
     # -- SAE ------------------------------------------------------------------------------
+    d_in: int | None = None
+    """Expected activation width, checked against the source (None: the source's width)."""
     architecture: Architecture = "paper_matryoshka_batchtopk"
     """``paper_*``: the paper's recipe (dictionary_learning); the others: SAELens' built-ins."""
     expansion_factor: int = 16
