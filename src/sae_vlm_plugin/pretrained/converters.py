@@ -15,12 +15,14 @@ URL. Checkpoints are untrusted input: tensors load with safetensors or
 ``torch.load(weights_only=True)``, and a pickle that would run code is refused.
 
 Metadata: SAELens' own loaders ``cfg_dict.update(cfg_overrides)``, after which
-``SAEConfig.from_dict`` keeps only dataclass fields - so a top-level override such as
-``hook_name`` or ``neuronpedia_id`` is silently dropped for SAELens >= 6 configs, and a
-``metadata`` override replaces the file's metadata wholesale. ``apply_overrides`` is the one
-place that does it right for the plugin: SAEConfig fields go to the top level, SAELens metadata
-keys and the ``metadata`` mapping are merged into ``metadata``, and the release's vision metadata
-is added last.
+``SAEConfig.from_dict`` keeps only dataclass fields. For a SAELens >= 6 ``cfg.json`` a top-level
+override such as ``model_name`` or ``neuronpedia_id`` is thereby dropped; a ``metadata`` override
+replaces the file's metadata, and as it lacks ``sae_lens_version`` the config then takes SAELens'
+pre-6.0 path, which rebuilds metadata from top-level keys only - the override and the file's
+``hook_name`` are both lost (pinned by ``test_sae_lens_own_loader_loses_release_metadata``).
+``apply_overrides`` is the one place that does it right for the plugin: SAEConfig fields go to
+the top level, SAELens metadata keys and the ``metadata`` mapping are merged into ``metadata``,
+and the release's vision metadata is added last.
 """
 
 from __future__ import annotations
@@ -132,8 +134,8 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise UnsafeCheckpointError(
             f"refused to load {path}: it holds more than tensors and plain data (unpickling it "
             "could run code), and sae_vlm_plugin loads pickles only with "
-            f"torch.load(weights_only=True). PyTorch: {detail}. If you trust the file, convert it "
-            "to safetensors yourself."
+            f"torch.load(weights_only=True). PyTorch: {detail.rstrip('.')}. If you trust the file, "
+            "convert it to safetensors yourself."
         ) from None
     if not isinstance(loaded, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
