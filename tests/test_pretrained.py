@@ -190,6 +190,8 @@ def test_saelens_format_sae_round_trips_through_a_yaml_entry(tmp_path, sandbox, 
     assert torch.equal(log_sparsity, sparsity)
     assert_same_weights(SAE.from_pretrained("tiny-clip-saes", "layer_1"), sae)
     assert "tiny-clip-saes" in directory()
+    config = pretrained_sae_loaders.load_sae_config_from_huggingface("tiny-clip-saes", "layer_1")
+    assert config["metadata"] == expected
 
 
 def test_loading_from_the_offline_hugging_face_cache(tmp_path, sandbox, monkeypatch):

@@ -7,6 +7,8 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sae_lens import SAE
 from safetensors.torch import save_file
 
@@ -23,6 +25,7 @@ from sae_vlm_plugin.pretrained.converters import (
     UnsafeCheckpointError,
     apply_overrides,
     dictionary_learning_loader,
+    from_dictionary_learning,
 )
 
 D_IN, D_SAE = 16, 64
@@ -74,6 +77,30 @@ def test_reference_checkpoint_converts_to_an_sae_with_the_reference_encode_and_d
         assert metadata["group_sizes"] == [4, 8, 16, 36]
     else:
         assert metadata["dict_class"] == "BatchTopKSAE"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    variant=st.sampled_from(sorted(STATES)),
+    d_in=st.integers(1, 12),
+    expansion=st.integers(1, 6),
+    threshold=st.floats(-1.0, 4.0),
+    seed=st.integers(0, 2**16),
+)
+def test_conversion_matches_the_reference_for_any_shape(variant, d_in, expansion, threshold, seed):
+    d_sae = d_in * expansion
+    if variant == "matryoshka" and d_sae < 16:  # every Matryoshka group needs a latent
+        d_sae = 16
+    state = STATES[variant](d_in, d_sae, threshold=threshold, seed=seed)
+    # In float64 a pre-activation lands within rounding error of theta with negligible odds.
+    state = {k: v.double() if v.is_floating_point() else v for k, v in state.items()}
+    cfg, weights = from_dictionary_learning(state)
+    sae = sae_from({**cfg, "dtype": "float64"}, weights)
+    x = 2 * torch.randn(8, d_in, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    with torch.no_grad():
+        f = sae.encode(x)
+        torch.testing.assert_close(f, reference_encode(state, x), atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(sae.decode(f), reference_decode(state, f))
 
 
 def test_a_negative_threshold_means_plain_relu(tmp_path):

@@ -318,7 +318,9 @@ def dictionary_learning_loader(
     trainer_folder = PurePosixPath(weights_name).parent
     if trainer_folder.name == "checkpoints":
         trainer_folder = trainer_folder.parent
-    config_path = fetch_optional(repo_id, repo_file(str(trainer_folder), "config.json"))
+    config_path = fetch_optional(
+        repo_id, repo_file(str(trainer_folder), "config.json"), force_download
+    )
     trainer = None
     if config_path is not None:
         config = json.loads(config_path.read_text())
