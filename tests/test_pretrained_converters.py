@@ -20,13 +20,13 @@ from dictionary_learning_reference import (
     trainer_config,
     write_checkpoint,
 )
-from sae_vlm_plugin.pretrained import converters
+from sae_vlm_plugin.pretrained import converters, files
 from sae_vlm_plugin.pretrained.converters import (
-    UnsafeCheckpointError,
     apply_overrides,
     dictionary_learning_loader,
     from_dictionary_learning,
 )
+from sae_vlm_plugin.pretrained.files import UnsafeCheckpointError
 
 D_IN, D_SAE = 16, 64
 STATES = {"batchtopk": batchtopk_state, "matryoshka": matryoshka_state}
@@ -219,11 +219,11 @@ def test_apply_overrides_keeps_every_piece_of_metadata():
 
 
 def test_local_roots(tmp_path):
-    assert converters.local_root(f"file://{tmp_path}") == tmp_path
-    assert converters.local_root(str(tmp_path)) == tmp_path
-    assert converters.local_root("someone/vision-saes") is None
+    assert files.local_root(f"file://{tmp_path}") == tmp_path
+    assert files.local_root(str(tmp_path)) == tmp_path
+    assert files.local_root("someone/vision-saes") is None
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        converters.fetch(str(tmp_path), "missing/cfg.json")
-    assert converters.fetch_optional(str(tmp_path), "missing/cfg.json") is None
+        files.fetch(str(tmp_path), "missing/cfg.json")
+    assert files.fetch_optional(str(tmp_path), "missing/cfg.json") is None
     (tmp_path / "cfg.json").write_text(json.dumps({}))
-    assert converters.fetch(str(tmp_path), converters.repo_file(".", "cfg.json")).is_file()
+    assert files.fetch(str(tmp_path), files.repo_file(".", "cfg.json")).is_file()

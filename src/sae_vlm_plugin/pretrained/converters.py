@@ -1,4 +1,4 @@
-"""SAELens conversion functions for the plugin's releases, and where their files come from.
+"""SAELens conversion functions for the plugin's releases.
 
 Each converter has SAELens' loader signature ``(repo_id, folder_name, device, force_download,
 cfg_overrides) -> (cfg_dict, state_dict, log_sparsity)`` and is registered by name in
@@ -9,10 +9,8 @@ cfg_overrides) -> (cfg_dict, state_dict, log_sparsity)`` and is registered by na
 - ``sae_vlm_sae_lens``: SAELens format (``cfg.json`` + ``sae_weights.safetensors``, optional
   ``sparsity.safetensors``), e.g. the plugin's own exports (``loading.export_sae``).
 
-``repo_id`` may be a Hugging Face repo id (files come through ``hf_hub_download``, so
-``HF_HUB_OFFLINE=1`` serves them from the HF cache), an absolute local folder or a ``file://``
-URL. Checkpoints are untrusted input: tensors load with safetensors or
-``torch.load(weights_only=True)``, and a pickle that would run code is refused.
+Files come from a HF repo id, a local folder or a ``file://`` URL and load without trusting
+them (``files.py``).
 
 Metadata: SAELens' own loaders ``cfg_dict.update(cfg_overrides)``, after which
 ``SAEConfig.from_dict`` keeps only dataclass fields. For a SAELens >= 6 ``cfg.json`` a top-level
@@ -29,15 +27,11 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import sae_lens
 import torch
-from huggingface_hub import hf_hub_download
-from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME
 from sae_lens.loading.pretrained_sae_loaders import (
     LLM_METADATA_KEYS,
@@ -46,6 +40,8 @@ from sae_lens.loading.pretrained_sae_loaders import (
 )
 from sae_lens.util import str_to_dtype
 from safetensors.torch import load_file
+
+from sae_vlm_plugin.pretrained.files import fetch, fetch_optional, load_tensors, repo_file
 
 VISION_METADATA_KEY = "sae_vlm_metadata_by_path"
 """Key of a release's ``config_overrides`` holding ``{sae path: vision metadata}``."""
@@ -66,82 +62,6 @@ DICT_CLASSES = {
     "MatryoshkaBatchTopKSAE": MATRYOSHKA_KEYS,  # upstream dictionary_learning's later spelling
 }
 """dictionary_learning ``dict_class`` names this converter reads, with their state-dict keys."""
-
-
-class UnsafeCheckpointError(ValueError):
-    """A checkpoint that is not plain tensors and data (e.g. a pickle that would run code)."""
-
-
-# -- where files come from ------------------------------------------------------------------
-
-
-def local_root(repo_id: str) -> Path | None:
-    """The local folder a ``file://`` URL or absolute path names; None for a HF repo id."""
-    if repo_id.startswith("file://"):
-        return Path(unquote(urlparse(repo_id).path))
-    path = Path(repo_id)
-    return path if path.is_absolute() else None
-
-
-def repo_file(folder: str, name: str) -> str:
-    """``folder/name`` inside a repo; ``.`` or an empty folder is the repo's root."""
-    return str(PurePosixPath(folder, name)) if folder not in ("", ".") else name
-
-
-def fetch(repo_id: str, filename: str, force_download: bool = False) -> Path:
-    """Local path of ``filename`` in ``repo_id`` (downloading it, or from the HF cache)."""
-    root = local_root(repo_id)
-    if root is not None:
-        path = root / filename
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist (repo_id {repo_id!r})")
-        return path
-    try:
-        return Path(
-            hf_hub_download(repo_id=repo_id, filename=filename, force_download=force_download)
-        )
-    except LocalEntryNotFoundError as error:
-        raise FileNotFoundError(
-            f"{repo_id}/{filename} is not in the Hugging Face cache and the hub cannot be reached "
-            "(or HF_HUB_OFFLINE is set); download it first (huggingface-cli download "
-            f"{repo_id} {filename}) or point the release's repo_id at a local copy"
-        ) from error
-
-
-def fetch_optional(repo_id: str, filename: str, force_download: bool = False) -> Path | None:
-    """Like ``fetch``, but None for a file that the repo (or the offline cache) does not have."""
-    try:
-        return fetch(repo_id, filename, force_download)
-    except (FileNotFoundError, EntryNotFoundError):
-        return None
-
-
-def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors``, or from a torch pickle with ``weights_only=True``.
-
-    Raises UnsafeCheckpointError for a pickle holding anything but tensors and plain data -
-    unpickling such a file could run arbitrary code, so it is never attempted.
-    """
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        detail = next(
-            (line.strip() for line in str(error).splitlines() if "Unsupported" in line),
-            str(error).splitlines()[0] if str(error) else "",
-        )
-        raise UnsafeCheckpointError(
-            f"refused to load {path}: it holds more than tensors and plain data (unpickling it "
-            "could run code), and sae_vlm_plugin loads pickles only with "
-            f"torch.load(weights_only=True). PyTorch: {detail.rstrip('.')}. If you trust the file, "
-            "convert it to safetensors yourself."
-        ) from None
-    if not isinstance(loaded, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
-    ):
-        raise ValueError(f"{path} is not a state dict (a mapping of names to tensors)")
-    return loaded
 
 
 # -- the one place where registry metadata meets a checkpoint's config ----------------------
