@@ -1,0 +1,91 @@
+"""Where a release's files come from, and reading checkpoints without trusting them.
+
+``repo_id`` is a Hugging Face repo id (files come through ``hf_hub_download``, so with
+``HF_HUB_OFFLINE=1`` they are served from the HF cache, ``HF_HUB_CACHE``), an absolute local
+folder or a ``file://`` URL. Checkpoints are untrusted input: tensors load with safetensors or
+``torch.load(weights_only=True)``; a pickle that would run code is refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlparse
+
+import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+from safetensors.torch import load_file
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that is not plain tensors and data (e.g. a pickle that would run code)."""
+
+
+def local_root(repo_id: str) -> Path | None:
+    """The local folder a ``file://`` URL or absolute path names; None for a HF repo id."""
+    if repo_id.startswith("file://"):
+        return Path(unquote(urlparse(repo_id).path))
+    path = Path(repo_id)
+    return path if path.is_absolute() else None
+
+
+def repo_file(folder: str, name: str) -> str:
+    """``folder/name`` inside a repo; ``.`` or an empty folder is the repo's root."""
+    return str(PurePosixPath(folder, name)) if folder not in ("", ".") else name
+
+
+def fetch(repo_id: str, filename: str, force_download: bool = False) -> Path:
+    """Local path of ``filename`` in ``repo_id`` (downloading it, or from the HF cache)."""
+    root = local_root(repo_id)
+    if root is not None:
+        path = root / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist (repo_id {repo_id!r})")
+        return path
+    try:
+        return Path(
+            hf_hub_download(repo_id=repo_id, filename=filename, force_download=force_download)
+        )
+    except LocalEntryNotFoundError as error:
+        raise FileNotFoundError(
+            f"{repo_id}/{filename} is not in the Hugging Face cache and the hub cannot be reached "
+            "(or HF_HUB_OFFLINE is set); download it first (huggingface-cli download "
+            f"{repo_id} {filename}) or point the release's repo_id at a local copy"
+        ) from error
+
+
+def fetch_optional(repo_id: str, filename: str, force_download: bool = False) -> Path | None:
+    """Like ``fetch``, but None for a file that the repo (or the offline cache) does not have."""
+    try:
+        return fetch(repo_id, filename, force_download)
+    except (FileNotFoundError, EntryNotFoundError):
+        return None
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors``, or from a torch pickle with ``weights_only=True``.
+
+    Raises UnsafeCheckpointError for a pickle holding anything but tensors and plain data -
+    unpickling such a file could run arbitrary code, so it is never attempted.
+    """
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        detail = next(
+            (line.strip() for line in str(error).splitlines() if "Unsupported" in line),
+            str(error).splitlines()[0] if str(error) else "",
+        )
+        raise UnsafeCheckpointError(
+            f"refused to load {path}: it holds more than tensors and plain data (unpickling it "
+            "could run code), and sae_vlm_plugin loads pickles only with "
+            f"torch.load(weights_only=True). PyTorch: {detail.rstrip('.')}. If you trust the file, "
+            "convert it to safetensors yourself."
+        ) from None
+    if not isinstance(loaded, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in loaded.items()
+    ):
+        raise ValueError(f"{path} is not a state dict (a mapping of names to tensors)")
+    return loaded
