@@ -290,7 +290,9 @@ def test_every_transformers_family_loads_a_saved_checkpoint_by_path(name, tmp_pa
     assert type(model.source_module) is type(module)
     pixels = tm.pixel_batch(2)
     hook = "blocks.2.hook_resid_post"
-    torch.testing.assert_close(model.capture(pixels, [hook])[hook], VisionModel(module).capture(pixels, [hook])[hook])
+    torch.testing.assert_close(
+        model.capture(pixels, [hook])[hook], VisionModel(module).capture(pixels, [hook])[hook]
+    )
 
 
 def test_llava_loads_a_saved_checkpoint_and_processor_by_path(tiny_llava, tmp_path):
@@ -338,5 +340,7 @@ def test_transformers_5_flat_layout_with_tensor_blocks_resolves_by_structure():
         reference = hf_model(pixel_values=pixels, output_hidden_states=True)
     got = flat.capture(pixels, [*_block_hooks(flat), "hook_post_norm"])
     for layer in range(tm.N_LAYERS):
-        torch.testing.assert_close(got[f"blocks.{layer}.hook_resid_post"], reference.hidden_states[layer + 1])
+        torch.testing.assert_close(
+            got[f"blocks.{layer}.hook_resid_post"], reference.hidden_states[layer + 1]
+        )
     torch.testing.assert_close(got["hook_post_norm"], reference.pooler_output)

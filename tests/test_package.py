@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -13,31 +12,51 @@ import sae_vlm_plugin
 from sae_vlm_plugin.cli import main
 
 # Heavy libraries that must stay lazy: only the code that uses them imports them.
-LAZY_MODULES = ("nnsight", "open_clip", "timm", "matplotlib", "sae_dashboard", "datasets")
+LAZY_MODULES = (
+    "torch",
+    "sae_lens",
+    "transformers",
+    "nnsight",
+    "open_clip",
+    "timm",
+    "matplotlib",
+    "datasets",
+)
+
+REPORT = """
+import json, logging, sys
+print(json.dumps({
+    "handlers": len(logging.getLogger().handlers),
+    "loaded": sorted(m for m in %r if m in sys.modules),
+    "registered": "sae_lens" in sys.modules
+    and "paper_matryoshka_batchtopk" in sys.modules["sae_lens"].registry.SAE_TRAINING_CLASS_REGISTRY
+    and any(r.startswith("pach2025") for r in sys.modules["sae_lens"].loading.pretrained_saes_directory.get_pretrained_saes_directory()),
+}))
+""" % (LAZY_MODULES,)  # noqa: UP031
+
+
+def _run(code: str) -> dict:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return json.loads(result.stdout)
 
 
 def test_import_prints_nothing_configures_no_logging_and_stays_lazy():
-    # Registration needs sae_lens (and what it imports); everything beyond that must stay lazy.
-    script = textwrap.dedent(
-        f"""
-        import json, logging, sys
-        import sae_lens
-        before_handlers = list(logging.getLogger().handlers)
-        before = set(sys.modules)
-        import sae_vlm_plugin
-        added = {{name.split(".")[0] for name in set(sys.modules) - before}}
-        print(json.dumps({{
-            "handlers_added": len(logging.getLogger().handlers) - len(before_handlers),
-            "loaded": sorted(added & set({LAZY_MODULES!r})),
-            "registered": "paper_matryoshka_batchtopk" in sae_lens.registry.SAE_TRAINING_CLASS_REGISTRY,
-        }}))
-        """
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    report = json.loads(result.stdout)
-    assert report == {"handlers_added": 0, "loaded": [], "registered": True}
+    assert _run("import sae_vlm_plugin" + REPORT) == {
+        "handlers": 0,
+        "loaded": [],
+        "registered": False,
+    }
+
+
+@pytest.mark.parametrize(
+    "imports", ["import sae_vlm_plugin; import sae_lens", "import sae_lens; import sae_vlm_plugin"]
+)
+def test_sae_lens_sees_the_plugin_whichever_is_imported_first(imports):
+    report = _run(imports + REPORT)
+    assert report["registered"] is True
+    assert report["handlers"] == 0
 
 
 def test_public_api_names_resolve():
@@ -52,3 +71,17 @@ def test_cli_env_lists_the_ecosystem(capsys):
     out = capsys.readouterr().out
     for name in ("sae-lens", "nnsight", "transformers", "open-clip-torch", "device"):
         assert name in out
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "sae_vlm_plugin.pretrained.converters",
+        "sae_vlm_plugin.cache",
+        "sae_vlm_plugin.training.paper_sae",
+        "sae_vlm_plugin.training.runner",
+    ],
+)
+def test_registration_survives_sae_lens_being_first_imported_by_any_plugin_module(module):
+    # The registration callback runs while ``module`` is half-imported; it must not need it.
+    assert _run(f"import {module}; import sae_lens" + REPORT)["registered"] is True

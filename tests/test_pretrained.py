@@ -37,7 +37,7 @@ from sae_vlm_plugin.pretrained import registry
 from sae_vlm_plugin.pretrained.commands import add_pretrained_commands
 from sae_vlm_plugin.pretrained.loading import check_attachable, export_sae, load_sae
 from sae_vlm_plugin.pretrained.registry import register_releases
-from sae_vlm_plugin.pretrained.sae_lens_bridge import PluginReleaseLookup
+from sae_vlm_plugin.pretrained.sae_lens_bridge import is_plugin_lookup
 from sae_vlm_plugin.tokens import TokenSelection
 
 HOOK = "blocks.1.hook_resid_post"
@@ -279,7 +279,7 @@ def test_releases_survive_sae_lens_clearing_its_cache(sandbox):
     assert wrapper.cache_info().currsize == 0
     fresh = directory()
 
-    assert isinstance(fresh["pach2025-clip-vit-l14-336-steering"], PluginReleaseLookup)
+    assert is_plugin_lookup(fresh["pach2025-clip-vit-l14-336-steering"])
     assert "gpt2-small-res-jb" in fresh
     assert (
         pretrained_saes_directory.get_repo_id_and_folder_name(
@@ -293,7 +293,7 @@ def test_a_release_named_like_a_sae_lens_release_is_refused(sandbox):
     data = release("someone/vision-saes", "layer_1", name="gpt2-small-res-jb")
     with pytest.raises(ValueError, match="has the name of one of SAELens' own pretrained releases"):
         register_releases(data)
-    assert not isinstance(directory()["gpt2-small-res-jb"], PluginReleaseLookup)
+    assert not is_plugin_lookup(directory()["gpt2-small-res-jb"])
 
     # The bridge itself refuses too, whatever reaches the registry.
     steering = registry.get_release("pach2025-clip-vit-l14-336-steering")

@@ -252,7 +252,9 @@ def test_config_errors_name_what_is_wrong(tmp_path, tiny_cache):
         ValueError, match=r"holds blocks\.1\.hook_resid_post, not 'blocks\.0\.hook_resid_post'"
     ):
         VisionSAETrainingRunner(_config(tmp_path, tiny_cache, hook_name="blocks.0.hook_resid_post"))
-    with pytest.raises(ValueError, match="have d_in=32, but the config asks for an SAE with d_in=768"):
+    with pytest.raises(
+        ValueError, match="have d_in=32, but the config asks for an SAE with d_in=768"
+    ):
         VisionSAETrainingRunner(_config(tmp_path, tiny_cache, d_in=768))
     with pytest.raises(ValueError, match="group_fractions must sum to 1"):
         VisionSAETrainingRunner(

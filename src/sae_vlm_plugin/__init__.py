@@ -4,8 +4,10 @@ A plugin to SAELens, nnsight and SAEDashboard implementing Pach et al., "Sparse 
 Learn Monosemantic Features in Vision-Language Models" (NeurIPS 2025).
 
 Importing the package only makes its API available (lazily, so that ``import sae_vlm_plugin``
-does not pay for torch, transformers or nnsight until they are used) and registers with SAELens
-what the plugin adds to it. It configures no logging, prints nothing and touches no network.
+does not pay for torch, SAELens, transformers or nnsight until they are used) and registers with
+SAELens what the plugin adds to it - the paper's training architectures and the pretrained
+releases - at once if SAELens is already imported, else the moment it is (``_import_hooks``).
+It configures no logging, prints nothing and touches no network.
 """
 
 from __future__ import annotations
@@ -13,11 +15,24 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from sae_vlm_plugin._import_hooks import when_imported
+from sae_vlm_plugin.pretrained.registry import register_pretrained
+
 __version__ = "0.1.0"
 
 # Public name -> module that defines it. Resolved on first attribute access (PEP 562).
 _LAZY_API: dict[str, str] = {
     "ActivationCache": "sae_vlm_plugin.cache",
+    "PretrainedSAE": "sae_vlm_plugin.pretrained.loading",
+    "VisionSAERunnerConfig": "sae_vlm_plugin.training.runner_config",
+    "VisionSAETrainingRunner": "sae_vlm_plugin.training.runner",
+    "check_attachable": "sae_vlm_plugin.pretrained.loading",
+    "export_sae": "sae_vlm_plugin.pretrained.loading",
+    "list_presets": "sae_vlm_plugin.training.presets",
+    "list_releases": "sae_vlm_plugin.pretrained.registry",
+    "load_sae": "sae_vlm_plugin.pretrained.loading",
+    "preset_config": "sae_vlm_plugin.training.presets",
+    "register_releases": "sae_vlm_plugin.pretrained.registry",
     "TokenSelection": "sae_vlm_plugin.tokens",
     "VisionFamily": "sae_vlm_plugin.families.base",
     "VisionModel": "sae_vlm_plugin.model",
@@ -39,19 +54,31 @@ if TYPE_CHECKING:
     from sae_vlm_plugin.families.registry import register_family as register_family
     from sae_vlm_plugin.images import open_image_source as open_image_source
     from sae_vlm_plugin.model import VisionModel as VisionModel
+    from sae_vlm_plugin.pretrained.loading import PretrainedSAE as PretrainedSAE
+    from sae_vlm_plugin.pretrained.loading import check_attachable as check_attachable
+    from sae_vlm_plugin.pretrained.loading import export_sae as export_sae
+    from sae_vlm_plugin.pretrained.loading import load_sae as load_sae
+    from sae_vlm_plugin.pretrained.registry import list_releases as list_releases
+    from sae_vlm_plugin.pretrained.registry import register_releases as register_releases
     from sae_vlm_plugin.tokens import TokenSelection as TokenSelection
+    from sae_vlm_plugin.training.presets import list_presets as list_presets
+    from sae_vlm_plugin.training.presets import preset_config as preset_config
+    from sae_vlm_plugin.training.runner import VisionSAETrainingRunner as VisionSAETrainingRunner
+    from sae_vlm_plugin.training.runner_config import (
+        VisionSAERunnerConfig as VisionSAERunnerConfig,
+    )
 
 __all__ = ["__version__", *sorted(_LAZY_API)]
 
 
-def _register_with_sae_lens() -> None:
-    """Make the plugin's training architectures known to SAELens (idempotent)."""
+def _register_training_architectures() -> None:
     from sae_vlm_plugin.training.registration import register_training_architectures
 
     register_training_architectures()
 
 
-_register_with_sae_lens()
+when_imported("sae_lens", _register_training_architectures)
+register_pretrained()
 
 
 def __getattr__(name: str) -> Any:

@@ -42,8 +42,8 @@ from sae_lens.util import str_to_dtype
 from safetensors.torch import load_file
 
 from sae_vlm_plugin.pretrained.files import fetch, fetch_optional, load_tensors, repo_file
+from sae_vlm_plugin.pretrained.schema import VISION_METADATA_KEY
 
-VISION_METADATA_KEY = "sae_vlm_metadata_by_path"
 """Key of a release's ``config_overrides`` holding ``{sae path: vision metadata}``."""
 
 CHECKED_METADATA_KEYS = ("hook_name", "k")

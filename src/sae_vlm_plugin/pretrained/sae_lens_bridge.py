@@ -13,33 +13,52 @@ and that other SAELens modules import by name (``saes.sae``, ``loading.pretraine
    ``get_pretrained_saes_directory.cache_clear()`` SAELens re-reads its YAML on the next call and
    the wrapper adds the plugin's releases to the fresh dict. Modules imported later
    (``from ... import get_pretrained_saes_directory``) get the wrapper;
-2. adds the plugin's conversion functions (``converters.py``) to both name tables.
+2. adds the plugin's conversion functions (``converters.py``) to both name tables, as thin
+   wrappers that import ``converters`` on first call.
+
+This module imports SAELens and ``converters`` only inside its functions: ``install`` runs as
+the callback of SAELens' import (``_import_hooks``), possibly while the plugin module whose
+``import sae_lens`` triggered it is still half-initialised, so it must not need that module.
 
 A plugin release whose name SAELens already uses is refused, never shadowed. Each release's
 per-SAE vision metadata travels to the converters inside the directory entry's
-``config_overrides`` (keyed by SAE path, ``converters.VISION_METADATA_KEY``), because SAELens
+``config_overrides`` (keyed by SAE path, ``schema.VISION_METADATA_KEY``), because SAELens
 hands a converter only ``(repo_id, folder_name, device, force_download, cfg_overrides)``.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from sae_lens.loading import pretrained_sae_loaders, pretrained_saes_directory
-from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup
-
-from sae_vlm_plugin.pretrained import converters
-from sae_vlm_plugin.pretrained.schema import Release
+from sae_vlm_plugin.pretrained.schema import CONVERSION_FUNCS, VISION_METADATA_KEY, Release
 
 _DIRECTORY_FUNCTION = "get_pretrained_saes_directory"
+_PLUGIN_MARK = "_sae_vlm_plugin_release"
+"""Attribute set on the SAELens directory entries this module creates."""
 
 
-@dataclass
-class PluginReleaseLookup(PretrainedSAELookup):
-    """A SAELens directory entry that came from a ``sae_vlm_plugin`` registry file."""
+def is_plugin_lookup(lookup: Any) -> bool:
+    """Whether a SAELens directory entry came from a ``sae_vlm_plugin`` registry file."""
+    return bool(getattr(lookup, _PLUGIN_MARK, False))
+
+
+def _deferred(table: str, name: str) -> Callable[..., Any]:
+    """``converters.<table>[name]``, imported when SAELens first calls it."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        converters = importlib.import_module("sae_vlm_plugin.pretrained.converters")
+        return getattr(converters, table)[name](*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__module__ = "sae_vlm_plugin.pretrained.converters"
+    return call
+
+
+_LOADERS = {name: _deferred("LOADERS", name) for name in CONVERSION_FUNCS}
+_CONFIG_GETTERS = {name: _deferred("CONFIG_GETTERS", name) for name in CONVERSION_FUNCS}
 
 
 class DirectoryWithPluginReleases:
@@ -47,23 +66,23 @@ class DirectoryWithPluginReleases:
 
     def __init__(
         self,
-        original: Callable[[], dict[str, PretrainedSAELookup]],
+        original: Callable[[], dict[str, Any]],
         releases: Callable[[], Mapping[str, Release]],
     ) -> None:
         self.original = original
         self.releases = releases
-        self._lookups: dict[str, tuple[Release, PluginReleaseLookup]] = {}
+        self._lookups: dict[str, tuple[Release, Any]] = {}
         self.__wrapped__ = original
         self.__doc__ = original.__doc__
 
-    def __call__(self) -> dict[str, PretrainedSAELookup]:
+    def __call__(self) -> dict[str, Any]:
         directory = self.original()
         for name, release in self.releases().items():
             lookup = self._lookup(release)
             present = directory.get(name)
             if present is lookup:
                 continue
-            if present is not None and not isinstance(present, PluginReleaseLookup):
+            if present is not None and not is_plugin_lookup(present):
                 raise ValueError(_collision_message(release))
             directory[name] = lookup
         return directory
@@ -74,7 +93,7 @@ class DirectoryWithPluginReleases:
     def cache_info(self) -> Any:
         return self.original.cache_info()  # type: ignore[attr-defined]
 
-    def _lookup(self, release: Release) -> PluginReleaseLookup:
+    def _lookup(self, release: Release) -> Any:
         cached = self._lookups.get(release.name)
         if cached is None or cached[0] is not release:
             cached = (release, to_lookup(release))
@@ -85,6 +104,8 @@ class DirectoryWithPluginReleases:
 def install(releases: Callable[[], Mapping[str, Release]]) -> None:
     """Make SAELens see ``releases()`` (read at every directory lookup) and the plugin's
     converters. Idempotent; raises ValueError on a name SAELens already uses."""
+    from sae_lens.loading import pretrained_sae_loaders, pretrained_saes_directory
+
     current = getattr(pretrained_saes_directory, _DIRECTORY_FUNCTION)
     if isinstance(current, DirectoryWithPluginReleases):
         current.releases = releases
@@ -94,27 +115,31 @@ def install(releases: Callable[[], Mapping[str, Release]]) -> None:
         for module in [m for name, m in sys.modules.items() if name.split(".")[0] == "sae_lens"]:
             if getattr(module, _DIRECTORY_FUNCTION, None) is current:
                 setattr(module, _DIRECTORY_FUNCTION, wrapper)
-    _register(pretrained_sae_loaders.NAMED_PRETRAINED_SAE_LOADERS, converters.LOADERS)
-    _register(pretrained_sae_loaders.NAMED_PRETRAINED_SAE_CONFIG_GETTERS, converters.CONFIG_GETTERS)
+    _register(pretrained_sae_loaders.NAMED_PRETRAINED_SAE_LOADERS, _LOADERS)
+    _register(pretrained_sae_loaders.NAMED_PRETRAINED_SAE_CONFIG_GETTERS, _CONFIG_GETTERS)
     wrapper()
 
 
 def refuse_sae_lens_names(releases: Mapping[str, Release], where: str) -> None:
     """Raise ValueError if one of ``releases`` has the name of a SAELens release."""
+    from sae_lens.loading import pretrained_saes_directory
+
     directory = getattr(pretrained_saes_directory, _DIRECTORY_FUNCTION)
     own = getattr(directory, "original", directory)()
     for name, release in releases.items():
-        if name in own and not isinstance(own[name], PluginReleaseLookup):
+        if name in own and not is_plugin_lookup(own[name]):
             raise ValueError(f"{where}: {_collision_message(release)}")
 
 
-def to_lookup(release: Release) -> PluginReleaseLookup:
+def to_lookup(release: Release) -> Any:
     """The SAELens directory entry of a release, as SAELens builds one from its YAML (same
     defaults: variance explained 1.0, L0 0.0), with the vision metadata for the converters."""
     vision = {
         sae.path: {"model_name": release.model, **sae.metadata.to_dict()} for sae in release.saes
     }
-    return PluginReleaseLookup(
+    from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup
+
+    lookup = PretrainedSAELookup(
         release=release.name,
         repo_id=release.repo_id,
         model=release.model,
@@ -131,8 +156,10 @@ def to_lookup(release: Release) -> PluginReleaseLookup:
             for sae in release.saes
             if sae.norm_scaling_factor is not None
         },
-        config_overrides={**release.config_overrides, converters.VISION_METADATA_KEY: vision},
+        config_overrides={**release.config_overrides, VISION_METADATA_KEY: vision},
     )
+    setattr(lookup, _PLUGIN_MARK, True)
+    return lookup
 
 
 def _register(table: dict[str, Any], additions: Mapping[str, Any]) -> None:

@@ -48,6 +48,9 @@ import yaml
 
 from sae_vlm_plugin.hooks import parse_block_hook
 
+VISION_METADATA_KEY = "sae_vlm_metadata_by_path"
+"""Key of the per-SAE vision metadata in a SAELens directory entry's ``config_overrides``."""
+
 CONVERSION_FUNCS: dict[str, str] = {
     "sae_vlm_dictionary_learning": "dictionary_learning checkpoints as the paper's reference code "
     "writes them (ae.pt state dict, optional config.json): BatchTopKSAE, MatroyshkaBatchTopKSAE",

@@ -10,6 +10,11 @@
 SAELens' built-in ``batchtopk`` and ``matryoshka_batchtopk`` remain selectable by name.
 """
 
+# SAELens first: finishing its import runs the plugin's registration callback
+# (``sae_vlm_plugin._import_hooks``), which imports this package's modules. Importing SAELens
+# here, before any of them, lets that callback find them whole instead of half-initialised.
+import sae_lens  # noqa: F401
+
 from sae_vlm_plugin.training.config import (
     INATURALIST_GROUP_FRACTIONS,
     PAPER_BATCHTOPK_ARCHITECTURE,
