@@ -129,7 +129,7 @@ def test_a_valid_file_parses_into_merged_metadata():
         (lambda r: r["metadata"].update(tokens="cls_only"), r"tokens: unknown token selection"),
         (lambda r: r["metadata"].update(layer=11), r"layer 11 disagrees with hook_name"),
         (lambda r: r["saes"][0]["metadata"].update(hook_name="resid22"), r"not a canonical hook"),
-        (lambda r: r["metadata"].update(group_fractions=[0.5, 0.5]), r"only applies to matryo"),
+        (lambda r: r["metadata"].update(group_fractions=[0.5, 0.5]), r"only applies to Matryoshka"),
         (lambda r: r["saes"].append(dict(r["saes"][0])), r"ids must be unique"),
     ],
 )

@@ -71,9 +71,14 @@ def test_training_from_a_cache_exports_a_plain_saelens_sae(tmp_path, tiny_cache,
     metadata = loaded.cfg.metadata
     assert metadata.hook_name == HOOK
     assert metadata.model_name == "CLIPVisionModel"
-    assert metadata.model_family == "clip"
-    assert metadata.token_selection == "all"
-    assert metadata.architecture_trained == architecture
+    assert metadata.family == "clip"
+    assert metadata.tokens == "all"
+    assert metadata.training_architecture == architecture
+    assert metadata.layer == 1
+    assert metadata.expansion_factor == 4
+    assert metadata.k == 4
+    if architecture.endswith("matryoshka_batchtopk"):
+        assert metadata.group_fractions == [0.0625, 0.125, 0.25, 0.5625]
     assert metadata.library_versions["sae-lens"]
     for key, value in sae.state_dict().items():
         torch.testing.assert_close(value, loaded.state_dict()[key])
@@ -140,8 +145,8 @@ def test_training_from_images_extracts_on_the_fly(tmp_path):
     )
     sae = VisionSAETrainingRunner(cfg, progress=False).run()
     assert sae.cfg.metadata.model_name == str(checkpoint)
-    assert sae.cfg.metadata.token_selection == "random_4@seed0"
-    assert sae.cfg.metadata.dataset_path == str(folder)
+    assert sae.cfg.metadata.tokens == "random_4@seed0"
+    assert sae.cfg.metadata.training_data == str(folder)
 
 
 KILLABLE_TRAINING = textwrap.dedent(
@@ -303,3 +308,47 @@ def test_cli_train_with_a_config_file_and_overrides(tmp_path, tiny_cache, capsys
     assert SAE.load_from_disk(tmp_path / "cli" / "final").cfg.metadata.training_steps == 10
     assert cli_main(["train", "--list-presets"]) == 0
     assert "steering" in capsys.readouterr().out
+
+
+def test_trained_sae_round_trips_through_a_registry_entry_and_from_pretrained(tmp_path, tiny_cache):
+    from sae_vlm_plugin import register_releases
+
+    trained = VisionSAETrainingRunner(
+        _config(tmp_path / "run", tiny_cache, training_steps=20), progress=False
+    ).run()
+    meta = trained.cfg.metadata
+    release = {
+        "tiny-clip-trained": {
+            "repo_id": str(tmp_path / "run"),
+            "model": meta.model_name,
+            "conversion_func": "sae_vlm_sae_lens",
+            "verified": True,
+            "metadata": {
+                "family": meta.family,
+                "tokens": meta.tokens,
+                "training_architecture": meta.training_architecture,
+                "training_data": meta.training_data,
+                "k": meta.k,
+                "expansion_factor": meta.expansion_factor,
+                "group_fractions": meta.group_fractions,
+            },
+            "saes": [
+                {"id": "layer1-x4", "path": "final", "metadata": {"hook_name": meta.hook_name}}
+            ],
+        }
+    }
+    assert register_releases(release) == ["tiny-clip-trained"]
+    loaded = SAE.from_pretrained("tiny-clip-trained", "layer1-x4")
+    for key, value in trained.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    for key in (
+        "model_name",
+        "hook_name",
+        "family",
+        "tokens",
+        "training_architecture",
+        "k",
+        "layer",
+        "group_fractions",
+    ):
+        assert loaded.cfg.metadata[key] == meta[key], key

@@ -61,6 +61,8 @@ CONVERSION_FUNCS: dict[str, str] = {
 metadata, so a release must name one of them."""
 
 TRAINING_ARCHITECTURES = (
+    "paper_batchtopk",
+    "paper_matryoshka_batchtopk",
     "standard",
     "gated",
     "jumprelu",
@@ -71,7 +73,13 @@ TRAINING_ARCHITECTURES = (
 """How an SAE was trained (``training_architecture``); its SAELens inference architecture can
 differ (BatchTopK SAEs run as ``jumprelu`` with a threshold)."""
 
-NEEDS_K = ("topk", "batchtopk", "matryoshka_batchtopk")
+NEEDS_K = (
+    "paper_batchtopk",
+    "paper_matryoshka_batchtopk",
+    "topk",
+    "batchtopk",
+    "matryoshka_batchtopk",
+)
 
 HOOK_NAME = re.compile(r"^(?:(?:vision\.)?blocks\.\d+\.)?hook_[a-z0-9_]+$")
 """Canonical hook names (``hooks.py``): ``blocks.{l}.hook_*``, ``vision.blocks.{l}.hook_*`` or
@@ -366,8 +374,8 @@ def _vision_metadata(raw: dict[str, Any], where: str) -> VisionMetadata:
         raise SchemaError(f"{where}: expansion_factor must be > 0, got {expansion}")
     fractions = raw.get("group_fractions")
     if fractions is not None:
-        if architecture != "matryoshka_batchtopk":
-            raise SchemaError(f"{where}: group_fractions only applies to matryoshka_batchtopk")
+        if not architecture.endswith("matryoshka_batchtopk"):
+            raise SchemaError(f"{where}: group_fractions only applies to Matryoshka architectures")
         if not all(isinstance(f, int | float) and not isinstance(f, bool) for f in fractions):
             raise SchemaError(f"{where}: group_fractions must be a list of numbers")
         if not fractions or min(fractions) <= 0 or not math.isclose(sum(fractions), 1.0):

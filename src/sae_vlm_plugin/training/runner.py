@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from sae_vlm_plugin.hooks import parse_block_hook
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 
 Evaluator = Callable[[Any, int], dict[str, Any]]
@@ -380,13 +381,23 @@ class VisionSAETrainingRunner:
             trainer.activation_scaler.scaling_factor = None
         trainer.set_final_sae_metadata()
         metadata = sae.cfg.metadata
+        # The registry's vocabulary (``pretrained.schema.VisionMetadata``) plus SAELens' own keys.
         metadata.model_name = self.source.model_name
         metadata.hook_name = self.source.hook_name
-        metadata.model_family = self.source.family
-        metadata.token_selection = self.source.tokens
+        metadata.family = self.source.family
+        metadata.tokens = self.source.tokens
+        metadata.training_architecture = self.cfg.architecture
+        metadata.training_data = self.source.dataset
         metadata.dataset_path = self.source.dataset
+        parsed = parse_block_hook(self.source.hook_name)
+        metadata.layer = parsed[1] if parsed is not None else None
+        metadata.k = self.cfg.k
+        metadata.expansion_factor = sae.cfg.d_sae / sae.cfg.d_in
+        widths = getattr(sae.cfg, "matryoshka_widths", None)  # cumulative, paper and built-in
+        if widths:
+            sizes = [b - a for a, b in itertools.pairwise([0, *widths])]
+            metadata.group_fractions = [size / sae.cfg.d_sae for size in sizes]
         metadata.preset = self.cfg.preset
-        metadata.architecture_trained = self.cfg.architecture
         metadata.training_steps = self.cfg.training_steps
         metadata.sae_vlm_plugin_version = __version__
         metadata.library_versions = library_versions()
