@@ -48,6 +48,7 @@ from sae_vlm_plugin.training.sparse_ops import (
     ActivePattern,
     decode_active,
     gather_active,
+    level_errors,
     tangent_to_unit_rows,
 )
 
@@ -62,8 +63,9 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
 
     ``training_forward_pass`` returns ``feature_acts`` as a sparse COO ``(B, d_sae)`` tensor of
     the kept activations (SAELens' trainer supports sparse codes) and ``hidden_pre`` as the dense
-    post-ReLU pre-activations. Its hot path does one dense matmul; everything after the top-k is
-    sparse (``sparse_ops``). Training skips the SAE's hook points.
+    pre-activations ``(x - b_dec) @ W_enc + b_enc`` before the ReLU (SAELens' convention). Its
+    hot path does one dense matmul; everything after the top-k is sparse (``sparse_ops``).
+    Training skips the SAE's hook points.
     """
 
     cfg: PaperBatchTopKTrainingSAEConfig
@@ -83,12 +85,17 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
 
     @override
     def initialize_weights(self) -> None:
-        """Unit-norm decoder rows (Kaiming-uniform directions), ``W_enc = W_dec^T``, zero biases."""
+        """Unit-norm decoder rows (Kaiming-uniform directions), ``W_enc = W_dec^T``, zero biases.
+
+        ``W_enc`` (``(d_in, d_sae)`` as in SAELens) is stored as the transpose of a contiguous
+        ``(d_sae, d_in)`` tensor, the layout its sparse gradient comes out in, so that autograd
+        and Adam use it without a transposing copy; saved files hold the usual contiguous layout.
+        """
         W_dec = torch.empty(self.cfg.d_sae, self.cfg.d_in, dtype=self.dtype, device=self.device)
         nn.init.kaiming_uniform_(W_dec)
         W_dec /= torch.linalg.vector_norm(W_dec, dim=1, keepdim=True) + torch.finfo(self.dtype).eps
         self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.T.clone().contiguous())
+        self.W_enc = nn.Parameter(W_dec.clone().T)
         self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
         self.b_dec = nn.Parameter(torch.zeros(self.cfg.d_in, dtype=self.dtype, device=self.device))
 
@@ -114,9 +121,9 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
 
     @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training-time code as a dense tensor, with the post-ReLU pre-activations: the
-        ``k * B`` largest entries of ``pre`` over the batch ``x`` (2-D), zeros elsewhere."""
-        hidden_pre = (self.process_sae_in(x) @ self.W_enc + self.b_enc).relu()
+        """The training-time code as a dense tensor, with the pre-activations: the ``k * B``
+        largest entries of ``ReLU(pre)`` over the batch ``x`` (2-D), zeros elsewhere."""
+        hidden_pre = self.process_sae_in(x) @ self.W_enc + self.b_enc
         flat = hidden_pre.flatten()
         kept = batch_topk_flat_indices(flat.detach(), self.cfg.k * x.shape[0], self.cfg.d_sae)
         feature_acts = torch.zeros_like(flat).index_put((kept,), flat[kept]).view_as(hidden_pre)
@@ -144,7 +151,7 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
             if step == 0:
                 self.b_dec.copy_(geometric_median(x))
             x_centered = x - self.b_dec
-            pre = torch.addmm(self.b_enc, x_centered, self.W_enc).relu_()
+            pre = torch.addmm(self.b_enc, x_centered, self.W_enc)
             pre_flat = pre.view(-1)
             kept = batch_topk_flat_indices(pre_flat, self.cfg.k * n_rows, d_sae)
             kept_values = pre_flat[kept]
@@ -165,14 +172,13 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
             )
 
         values = gather_active(self.b_dec, self.W_enc, self.b_enc, x_centered, pre_flat, pattern)
-        segments = decode_active(values, tangent_to_unit_rows(self.W_dec), pattern)
-        n_levels = len(self._level_widths)
-        reconstructions = self.b_dec + segments[:n_levels].cumsum(dim=0)
-        errors = x - reconstructions
-        level_mse = errors.pow(2).sum(dim=-1).mean(dim=-1)
-        weights = torch.tensor(self._level_weights, dtype=level_mse.dtype, device=level_mse.device)
-        mse_loss = (weights * level_mse).mean()
-        auxk_loss = self._auxk_loss(errors[-1].detach(), segments[n_levels] if n_dead else None)
+        contributions, aux_reconstruction = decode_active(
+            values, tangent_to_unit_rows(self.W_dec), pattern, len(self._level_widths)
+        )
+        mse_loss, level_mse, residual = level_errors(
+            self.b_dec, contributions, x, self._level_weights
+        )
+        auxk_loss = self._auxk_loss(residual, aux_reconstruction[0] if n_dead else None)
         weighted_auxk_loss = self.cfg.auxk_alpha * auxk_loss
         self._decoder_renorm_pending = True
 
@@ -188,12 +194,12 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
             "dead_latents": n_dead,
             "auxk_loss_unweighted": auxk_loss.detach(),
         }
-        if n_levels > 1:
-            for level, value in enumerate(level_mse.detach()):
+        if len(self._level_widths) > 1:
+            for level, value in enumerate(level_mse):
                 metrics[f"level_{level}_mse_loss"] = value
         return TrainStepOutput(
             sae_in=x,
-            sae_out=reconstructions[-1],
+            sae_out=x - residual,
             feature_acts=feature_acts,
             hidden_pre=pre,
             loss=mse_loss + weighted_auxk_loss,
@@ -228,11 +234,14 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
     def process_state_dict_for_saving(self, state_dict: dict[str, Any]) -> None:
         self._apply_pending_decoder_renorm()
         state_dict["W_dec"] = self.W_dec.detach()
+        state_dict["W_enc"] = self.W_enc.detach().contiguous()
 
     @override
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
-        """SAELens' disk loader casts every tensor to the config dtype; the counter is integral
-        (exact through float32 up to 2^24 inputs, beyond any sensible dead_feature_threshold)."""
+        """Restore ``W_enc``'s training layout; make the counter integral again (SAELens' disk
+        loader casts every tensor to the config dtype, exact for counts up to 2^24 in float32,
+        beyond any sensible dead_feature_threshold)."""
+        state_dict["W_enc"] = state_dict["W_enc"].T.contiguous().T
         state_dict["n_tokens_since_fired"] = state_dict["n_tokens_since_fired"].long()
 
     @override
@@ -262,8 +271,8 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
                 "paper did; turn autocast off (SAETrainerConfig.autocast=False)"
             )
         x = sae_in.detach().to(self.dtype)
-        n_bad = int((~torch.isfinite(x)).sum())
-        if n_bad:
+        if not torch.isfinite(x).all():
+            n_bad = int((~torch.isfinite(x)).sum())
             raise ValueError(
                 f"training step {step}: the activation batch holds {n_bad} NaN/inf values "
                 f"(after casting to {self.cfg.dtype}); the SAE was not updated"
