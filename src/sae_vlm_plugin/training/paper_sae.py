@@ -43,11 +43,11 @@ from sae_vlm_plugin.training.config import (
     PaperMatryoshkaBatchTopKTrainingSAEConfig,
 )
 from sae_vlm_plugin.training.geometric_median import geometric_median
-from sae_vlm_plugin.training.selection import auxiliary_entries, batch_topk_flat_indices
+from sae_vlm_plugin.training.selection import auxiliary_entries, batch_topk
 from sae_vlm_plugin.training.sparse_ops import (
     ActivePattern,
+    active_values,
     decode_active,
-    gather_active,
     level_errors,
     tangent_to_unit_rows,
 )
@@ -85,17 +85,12 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
 
     @override
     def initialize_weights(self) -> None:
-        """Unit-norm decoder rows (Kaiming-uniform directions), ``W_enc = W_dec^T``, zero biases.
-
-        ``W_enc`` (``(d_in, d_sae)`` as in SAELens) is stored as the transpose of a contiguous
-        ``(d_sae, d_in)`` tensor, the layout its sparse gradient comes out in, so that autograd
-        and Adam use it without a transposing copy; saved files hold the usual contiguous layout.
-        """
+        """Unit-norm decoder rows (Kaiming-uniform directions), ``W_enc = W_dec^T``, zero biases."""
         W_dec = torch.empty(self.cfg.d_sae, self.cfg.d_in, dtype=self.dtype, device=self.device)
         nn.init.kaiming_uniform_(W_dec)
         W_dec /= torch.linalg.vector_norm(W_dec, dim=1, keepdim=True) + torch.finfo(self.dtype).eps
         self.W_dec = nn.Parameter(W_dec)
-        self.W_enc = nn.Parameter(W_dec.clone().T)
+        self.W_enc = nn.Parameter(W_dec.T.clone().contiguous())
         self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
         self.b_dec = nn.Parameter(torch.zeros(self.cfg.d_in, dtype=self.dtype, device=self.device))
 
@@ -125,7 +120,7 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
         largest entries of ``ReLU(pre)`` over the batch ``x`` (2-D), zeros elsewhere."""
         hidden_pre = self.process_sae_in(x) @ self.W_enc + self.b_enc
         flat = hidden_pre.flatten()
-        kept = batch_topk_flat_indices(flat.detach(), self.cfg.k * x.shape[0], self.cfg.d_sae)
+        kept, _ = batch_topk(flat.detach(), self.cfg.k * x.shape[0], self.cfg.d_sae)
         feature_acts = torch.zeros_like(flat).index_put((kept,), flat[kept]).view_as(hidden_pre)
         return feature_acts, hidden_pre
 
@@ -152,9 +147,7 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
                 self.b_dec.copy_(geometric_median(x))
             x_centered = x - self.b_dec
             pre = torch.addmm(self.b_enc, x_centered, self.W_enc)
-            pre_flat = pre.view(-1)
-            kept = batch_topk_flat_indices(pre_flat, self.cfg.k * n_rows, d_sae)
-            kept_values = pre_flat[kept]
+            kept, kept_values = batch_topk(pre.view(-1), self.cfg.k * n_rows, d_sae)
             if step > self.cfg.threshold_start_step:
                 self._update_threshold(kept_values)
             self.n_tokens_since_fired += n_rows
@@ -162,16 +155,23 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
             dead = self.n_tokens_since_fired >= self.cfg.dead_feature_threshold
             n_dead = int(dead.sum())
             if n_dead > 0:
-                aux_rows, aux_latents = auxiliary_entries(
+                aux_rows, aux_latents, aux_values = auxiliary_entries(
                     pre, dead, min(self.cfg.d_in // 2, n_dead)
                 )
             else:
-                aux_rows = aux_latents = kept[:0]
+                aux_rows, aux_latents, aux_values = kept[:0], kept[:0], kept_values[:0]
             pattern = ActivePattern.build(
                 kept, aux_rows, aux_latents, self._level_widths, n_rows, d_sae, n_dead > 0
             )
 
-        values = gather_active(self.b_dec, self.W_enc, self.b_enc, x_centered, pre_flat, pattern)
+        values = active_values(
+            self.b_dec,
+            self.W_enc,
+            self.b_enc,
+            torch.cat([kept_values, aux_values]),
+            x_centered,
+            pattern,
+        )
         contributions, aux_reconstruction = decode_active(
             values, tangent_to_unit_rows(self.W_dec), pattern, len(self._level_widths)
         )
@@ -234,14 +234,11 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
     def process_state_dict_for_saving(self, state_dict: dict[str, Any]) -> None:
         self._apply_pending_decoder_renorm()
         state_dict["W_dec"] = self.W_dec.detach()
-        state_dict["W_enc"] = self.W_enc.detach().contiguous()
 
     @override
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
-        """Restore ``W_enc``'s training layout; make the counter integral again (SAELens' disk
-        loader casts every tensor to the config dtype, exact for counts up to 2^24 in float32,
-        beyond any sensible dead_feature_threshold)."""
-        state_dict["W_enc"] = state_dict["W_enc"].T.contiguous().T
+        """SAELens' disk loader casts every tensor to the config dtype; the counter is integral
+        (exact through float32 up to 2^24 inputs, beyond any sensible dead_feature_threshold)."""
         state_dict["n_tokens_since_fired"] = state_dict["n_tokens_since_fired"].long()
 
     @override
@@ -280,7 +277,7 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
         return x
 
     def _update_threshold(self, kept_values: torch.Tensor) -> None:
-        # kept_values are the positive BatchTopK activations (see batch_topk_flat_indices)
+        # kept_values are the positive BatchTopK activations (see batch_topk)
         smallest = kept_values.min() if kept_values.numel() else self.threshold.new_zeros(())
         if self.threshold < 0:
             self.threshold.copy_(smallest)

@@ -6,8 +6,8 @@ the gradient through them without any dense ``d_sae``-wide backward pass; every 
 is a sparse-dense product costing ``n * d_in`` multiply-adds (torch CSR kernels: MKL on CPU,
 cuSPARSE on CUDA):
 
-- ``gather_active``: the active values ``v_e = ReLU(pre)[r_e, j_e]`` (all positive) of the
-  dense pre-activations ``pre = (x - b_dec) @ W_enc + b_enc`` computed beforehand without
+- ``active_values``: the active values ``v_e = ReLU(pre)[r_e, j_e]`` (all positive) of the
+  dense pre-activations ``pre = (x - b_dec) @ W_enc + b_enc``, computed beforehand without
   autograd. With ``g_e = dL/dv_e * 1[v_e > 0]`` and ``S`` the sparse ``(B, d_sae)`` matrix of
   the ``g_e``: ``dW_enc = (x - b_dec)^T S``, ``db_enc = 1^T S``, ``db_dec = -W_enc db_enc``
   (the input activations are data and get no gradient).
@@ -144,21 +144,20 @@ class ActivePattern:
         return self.flat_index % self.d_sae
 
 
-class _GatherActive(torch.autograd.Function):
+class _ActiveValues(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any,
         b_dec: torch.Tensor,
         W_enc: torch.Tensor,
         b_enc: torch.Tensor,
+        values: torch.Tensor,
         x_centered: torch.Tensor,
-        pre_flat: torch.Tensor,
         pattern: ActivePattern,
     ) -> torch.Tensor:
-        values = pre_flat[pattern.flat_index]
         ctx.save_for_backward(x_centered, W_enc, values)
         ctx.pattern = pattern
-        return values
+        return values.clone()
 
     @staticmethod
     @once_differentiable
@@ -169,7 +168,9 @@ class _GatherActive(torch.autograd.Function):
         need_b_dec, need_W_enc, need_b_enc = ctx.needs_input_grad[:3]
         grad_b_dec = grad_W_enc = grad_b_enc = None
         if need_W_enc:
-            grad_W_enc = (pattern.by_latent_unstacked(grad_pre) @ x_centered).T
+            # dW_enc^T = S^T (x - b_dec), written straight into the (d_in, d_sae) layout
+            grad_W_enc = x_centered.new_empty(W_enc.shape)
+            _sparse_mm_into(grad_W_enc.T, pattern.by_latent_unstacked(grad_pre), x_centered)
         if need_b_enc or need_b_dec:
             grad_b_enc = torch.zeros(pattern.d_sae, dtype=grad_pre.dtype, device=grad_pre.device)
             grad_b_enc.index_add_(0, pattern.latents(), grad_pre)
@@ -185,8 +186,8 @@ class _DecodeActive(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.save_for_backward(values, W_dec)
         ctx.pattern = pattern
-        out = pattern.by_row(values) @ W_dec
-        segments = out.view(pattern.n_segments, pattern.n_rows, W_dec.shape[1])
+        segments = W_dec.new_empty(pattern.n_segments, pattern.n_rows, W_dec.shape[1])
+        _sparse_mm_into(segments.view(-1, W_dec.shape[1]), pattern.by_row(values), W_dec)
         return segments[:n_levels], segments[n_levels:]
 
     @staticmethod
@@ -208,7 +209,8 @@ class _DecodeActive(torch.autograd.Function):
             grad_values = torch.empty_like(values)
             grad_values[pattern.by_row_order] = sampled
         if ctx.needs_input_grad[1]:
-            grad_W_dec = pattern.by_latent(values) @ grad_stacked
+            grad_W_dec = torch.empty_like(W_dec)
+            _sparse_mm_into(grad_W_dec, pattern.by_latent(values), grad_stacked)
         return grad_values, grad_W_dec, None, None
 
 
@@ -274,25 +276,25 @@ class _TangentToUnitRows(torch.autograd.Function):
         (W_dec,) = ctx.saved_tensors
         # g - (g . u) u with u = W / (||W|| + 1e-6), i.e. g - ((g . W) / (||W|| + 1e-6)^2) W
         norms = torch.linalg.vector_norm(W_dec, dim=1) + 1e-6
-        along = torch.linalg.vecdot(grad, W_dec, dim=1) / norms.square()
+        along = torch.einsum("jd,jd->j", grad, W_dec) / norms.square()
         return torch.addcmul(grad, along.unsqueeze(1), W_dec, value=-1)
 
 
-def gather_active(
+def active_values(
     b_dec: torch.Tensor,
     W_enc: torch.Tensor,
     b_enc: torch.Tensor,
+    values: torch.Tensor,
     x_centered: torch.Tensor,
-    pre_flat: torch.Tensor,
     pattern: ActivePattern,
 ) -> torch.Tensor:
-    """``(n,)`` active values ``pre[r_e, j_e]``, differentiable in ``b_dec, W_enc, b_enc``.
+    """The ``(n,)`` active values ``v_e = ReLU(pre)[r_e, j_e]``, computed without autograd, as a
+    function of ``b_dec, W_enc, b_enc`` (sparse backward, see the module docstring).
 
-    ``x_centered = x - b_dec`` and ``pre_flat`` (the flattened pre-activations, positive at
-    every active entry) are the no-grad tensors the step computed them from; the input activations are data, so no
-    gradient flows to them."""
-    values: torch.Tensor = _GatherActive.apply(b_dec, W_enc, b_enc, x_centered, pre_flat, pattern)
-    return values
+    ``x_centered = x - b_dec`` is the no-grad tensor they were computed from; the input
+    activations are data, so no gradient flows to them."""
+    out: torch.Tensor = _ActiveValues.apply(b_dec, W_enc, b_enc, values, x_centered, pattern)
+    return out
 
 
 def decode_active(
@@ -322,6 +324,13 @@ def tangent_to_unit_rows(W_dec: torch.Tensor) -> torch.Tensor:
     """``W_dec`` itself, whose gradient loses each row's component along that row."""
     out: torch.Tensor = _TangentToUnitRows.apply(W_dec)
     return out
+
+
+def _sparse_mm_into(out: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> None:
+    """``out = sparse @ dense``, written in place. ``beta=0`` makes ``addmm`` ignore ``out``'s
+    contents (documented), so ``out`` may come from ``torch.empty``; ``sparse @ dense`` would
+    zero-fill a temporary and copy it, which costs more than the product itself."""
+    torch.addmm(out, sparse, dense, beta=0.0, out=out)
 
 
 def _row_pointers(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
