@@ -51,8 +51,8 @@ class ActivePattern:
     """Latents."""
     n_segments: int
     """Decoder output segments: the Matryoshka groups, plus the auxiliary one if requested."""
-    flat_index: torch.Tensor
-    """``(n,)`` ``r_e * d_sae + j_e`` in entry order."""
+    latent: torch.Tensor
+    """``(n,)`` the latent ``j_e`` of each entry, entry order."""
     by_row_order: torch.Tensor
     """``(n,)`` the entry at each slot of the CSR matrix ordered by (stacked row, latent)."""
     by_row_crow: torch.Tensor
@@ -102,7 +102,7 @@ class ActivePattern:
             n_rows=n_rows,
             d_sae=d_sae,
             n_segments=n_segments,
-            flat_index=torch.cat([topk_flat_index, aux_rows * d_sae + aux_latents]),
+            latent=latents,
             by_row_order=by_row_order,
             by_row_crow=_row_pointers(stacked, n_stacked),
             by_row_latent=latents[by_row_order],
@@ -139,10 +139,6 @@ class ActivePattern:
             (self.d_sae, self.n_rows),
         )
 
-    def latents(self) -> torch.Tensor:
-        """``(n,)`` latent of each entry, entry order."""
-        return self.flat_index % self.d_sae
-
 
 class _ActiveValues(torch.autograd.Function):
     @staticmethod
@@ -173,7 +169,7 @@ class _ActiveValues(torch.autograd.Function):
             _sparse_mm_into(grad_W_enc.T, pattern.by_latent_unstacked(grad_pre), x_centered)
         if need_b_enc or need_b_dec:
             grad_b_enc = torch.zeros(pattern.d_sae, dtype=grad_pre.dtype, device=grad_pre.device)
-            grad_b_enc.index_add_(0, pattern.latents(), grad_pre)
+            grad_b_enc.index_add_(0, pattern.latent, grad_pre)
             if need_b_dec:
                 grad_b_dec = -(W_enc @ grad_b_enc)
         return grad_b_dec, grad_W_enc, grad_b_enc, None, None, None
