@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from sae_lens.saes.jumprelu_sae import JumpReLUSAEConfig
 from sae_lens.saes.sae import SAEConfig, TrainingSAEConfig
@@ -174,6 +174,15 @@ class PaperMatryoshkaBatchTopKTrainingSAEConfig(PaperBatchTopKTrainingSAEConfig)
             return list(self.group_weights)
         n_groups = len(self.level_sizes())
         return [1.0 / n_groups] * n_groups
+
+    @override
+    def get_training_architecture_details(self) -> dict[str, Any]:
+        """The training fields, plus the resolved cumulative ``matryoshka_widths``, which saved
+        SAEs carry in ``metadata.training_architecture_details`` for per-level analyses."""
+        return {
+            **super().get_training_architecture_details(),
+            "matryoshka_widths": self.matryoshka_widths,
+        }
 
     @property
     def matryoshka_widths(self) -> list[int]:
