@@ -15,7 +15,12 @@ from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 
 from paper_reference import ReferencePaperTrainer, reference_norm_factor
 from sae_vlm_plugin.training import estimate_paper_scaling_factor, prepare_paper_trainer
-from training_helpers import make_trainer, one_torch_thread, paper_sae, synthetic_activations  # noqa: F401
+from training_helpers import (
+    make_trainer,
+    one_torch_thread,  # noqa: F401
+    paper_sae,
+    synthetic_activations,
+)
 
 N_STEPS, BATCH, D_IN, D_SAE, K = 60, 32, 16, 128, 4
 WARMUP, THRESHOLD_START, LR = 10, 20, 1e-2

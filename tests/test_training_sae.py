@@ -24,7 +24,12 @@ from sae_vlm_plugin.training import (
     register_training_architectures,
 )
 from sae_vlm_plugin.training.geometric_median import geometric_median
-from training_helpers import make_trainer, one_torch_thread, paper_sae, synthetic_activations  # noqa: F401
+from training_helpers import (
+    make_trainer,
+    one_torch_thread,  # noqa: F401
+    paper_sae,
+    synthetic_activations,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -65,10 +65,11 @@ class PaperBatchTopKTrainingSAEConfig(TrainingSAEConfig):
 
     threshold_start_step: int = 1000
     """The threshold stays -1 (inactive) until the step index (0-based) exceeds this value; the
-    first update sets it to the batch's minimum positive top-k activation, later ones take the EMA."""
+    first update sets it to the batch's minimum positive top-k activation, later ones take the
+    EMA."""
 
     decoder_init_norm: float | None = 1.0
-    """Norm of the initial decoder rows; the paper keeps every row at unit norm, so only 1.0 is valid."""
+    """Norm of the initial decoder rows; the paper keeps rows at unit norm: only 1.0 is valid."""
 
     dtype: TrainingDtype = "float32"
     """Parameter dtype: float32 (the paper) or float64."""
@@ -212,7 +213,8 @@ class PaperMatryoshkaBatchTopKTrainingSAEConfig(PaperBatchTopKTrainingSAEConfig)
         if self.group_weights is not None:
             if len(self.group_weights) != n_groups:
                 raise ValueError(
-                    f"group_weights needs one weight per group ({n_groups}), got {self.group_weights}"
+                    f"group_weights needs one weight per group ({n_groups}), "
+                    f"got {self.group_weights}"
                 )
             if any(not math.isfinite(w) or w < 0 for w in self.group_weights):
                 raise ValueError(f"group_weights must be finite and >= 0, got {self.group_weights}")

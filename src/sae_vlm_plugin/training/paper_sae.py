@@ -7,14 +7,16 @@ do before ``loss.backward()``, on the (already scaled) batch ``x`` of B inputs:
 1. ``t == 0``: ``b_dec <- geometric_median(x)``.
 2. ``pre = ReLU((x - b_dec) @ W_enc + b_enc)``; keep the ``k * B`` largest entries of the batch.
 3. ``t > threshold_start_step``: ``theta <- m`` on the first update, then
-   ``theta <- beta * theta + (1 - beta) * m``; ``m`` = smallest kept positive activation (0 if none).
+   ``theta <- beta * theta + (1 - beta) * m``; ``m`` = smallest kept positive activation
+   (0 if none).
 4. Every latent's count of inputs since it last fired grows by B, and resets to 0 if the latent
    has a kept positive activation; latents with count ``>= dead_feature_threshold`` are dead.
 5. Level g reconstructs from its prefix of latents, ``x_hat_g = b_dec + sum_{h <= g} f_h W_dec,h``
    (plain BatchTopK: one level, the whole SAE); ``L_mse = mean_g w_g mean_b ||x_b - x_hat_g,b||^2``.
 6. With ``n_dead > 0`` dead latents and ``e = x - x_hat_G`` (detached): each input's
    ``k_aux = min(d_in // 2, n_dead)`` largest dead pre-activations ``a`` reconstruct ``e``:
-   ``L_aux = mean_b ||e_b - a_b W_dec||^2 / mean_b ||e_b - mean(e)||^2`` (0 if the denominator is 0).
+   ``L_aux = mean_b ||e_b - a_b W_dec||^2 / mean_b ||e_b - mean(e)||^2`` (0 if the
+   denominator is 0).
 7. ``loss = L_mse + auxk_alpha * L_aux``; the gradient reaching ``W_dec`` has each row's
    component along that row removed (done inside the backward pass).
 
@@ -110,7 +112,7 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
 
     @override
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-        """``feature_acts @ W_dec + b_dec`` with the decoder renormalised first if a step is pending."""
+        """``feature_acts @ W_dec + b_dec``, renormalising the decoder if a step is pending."""
         self._apply_pending_decoder_renorm()
         return super().decode(feature_acts)
 
@@ -257,8 +259,8 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
     def _checked_batch(self, sae_in: torch.Tensor, step: int) -> torch.Tensor:
         if sae_in.ndim != 2 or sae_in.shape[1] != self.cfg.d_in:
             raise ValueError(
-                f"training step {step}: expected activations of shape (batch, d_in={self.cfg.d_in}), "
-                f"got {tuple(sae_in.shape)}"
+                f"training step {step}: expected activations of shape "
+                f"(batch, d_in={self.cfg.d_in}), got {tuple(sae_in.shape)}"
             )
         if sae_in.shape[0] == 0:
             raise ValueError(f"training step {step}: the activation batch is empty")

@@ -60,7 +60,8 @@ def prepare_paper_trainer(
         raise ValueError(
             "the trainer's own schedule must be constant (lr_scheduler_name='constant', "
             "lr_warm_up_steps=0, lr_decay_steps=0): prepare_paper_trainer installs the paper's, "
-            f"got {cfg.lr_scheduler_name!r}, warm-up {cfg.lr_warm_up_steps}, decay {cfg.lr_decay_steps}"
+            f"got {cfg.lr_scheduler_name!r}, warm-up {cfg.lr_warm_up_steps}, "
+            f"decay {cfg.lr_decay_steps}"
         )
     if cfg.autocast:
         raise ValueError("the paper trained in full precision; set SAETrainerConfig.autocast=False")

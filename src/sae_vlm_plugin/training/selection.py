@@ -33,8 +33,8 @@ def batch_topk(
     BatchTopK of ``ReLU(pre_flat)`` without the zeros that a plain ``topk`` would also return
     when fewer than ``n_keep`` entries are positive. Dropping them changes nothing downstream:
     they add nothing to any reconstruction, receive no gradient (ReLU's derivative is 0 there)
-    and do not count as firing. Ties at the boundary
-    are broken arbitrarily, as ``torch.topk`` does.
+    and do not count as firing. Ties at the boundary are broken arbitrarily, as ``torch.topk``
+    does.
     """
     n_total = pre_flat.numel()
     candidates: torch.Tensor | None = None
@@ -61,8 +61,8 @@ def auxiliary_entries(
     pre: torch.Tensor, dead: torch.Tensor, k_aux: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows, latents and values of each input's ``k_aux`` largest pre-activations among the dead
-    latents, keeping only positive ones (the others are 0 after the ReLU: they contribute nothing and get
-    no gradient).
+    latents, keeping only positive ones (the others are 0 after the ReLU: they contribute
+    nothing and get no gradient).
 
     ``pre`` is ``(B, d_sae)``, ``dead`` a ``(d_sae,)`` mask with at least ``k_aux`` dead latents.
     This is dictionary_learning's ``where(dead, ReLU(pre), -inf).topk(k_aux, dim=-1)``.
