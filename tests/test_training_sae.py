@@ -291,7 +291,7 @@ def test_trained_sae_exports_to_plain_jumprelu_with_inference_l0_near_k(architec
         assert details["matryoshka_widths"] == [4, 12, 28, 64]
     torch.testing.assert_close(loaded.threshold, sae.threshold.expand(d_sae), rtol=0, atol=0)
     code = loaded.encode(held_out)
-    torch.testing.assert_close(code, sae.encode(held_out), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(code, sae.encode(held_out), rtol=0, atol=0)
     torch.testing.assert_close(loaded.decode(code), sae.decode(code), rtol=0, atol=0)
     torch.testing.assert_close(loaded.W_dec.norm(dim=1), torch.ones(d_sae))
     l0 = (code > 0).float().sum(dim=1).mean().item()

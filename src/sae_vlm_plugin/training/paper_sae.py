@@ -26,7 +26,9 @@ the optimizer hook that ``prepare_paper_trainer`` installs, otherwise lazily bef
 is next read (the next step, ``encode``/``decode``, saving, folding), which gives the same values.
 
 Inference: ``f = ReLU(pre) * 1[pre > theta]`` - SAELens' JumpReLU with ``theta`` on every latent,
-which is how ``save_inference_model`` saves the SAE (architecture ``jumprelu``).
+which is how ``save_inference_model`` saves the SAE (architecture ``jumprelu``). It equals the
+reference's ``ReLU(pre) * 1[ReLU(pre) > theta]`` for every theta: for theta >= 0 the two masks
+agree wherever ``ReLU(pre) > 0``, and for theta = -1 (threshold not started) both are ``ReLU(pre)``.
 """
 
 from __future__ import annotations
