@@ -15,7 +15,12 @@ from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 
 from paper_reference import ReferencePaperTrainer, reference_norm_factor
 from sae_vlm_plugin.training import estimate_paper_scaling_factor, prepare_paper_trainer
-from training_helpers import make_trainer, one_torch_thread, paper_sae, synthetic_activations  # noqa: F401
+from training_helpers import (
+    make_trainer,
+    one_torch_thread,  # noqa: F401
+    paper_sae,
+    synthetic_activations,
+)
 
 N_STEPS, BATCH, D_IN, D_SAE, K = 60, 32, 16, 128, 4
 WARMUP, THRESHOLD_START, LR = 10, 20, 1e-2
@@ -115,8 +120,7 @@ def test_saetrainer_fit_matches_reference_step_by_step(architecture, tmp_path):
     assert loaded.cfg.architecture() == "jumprelu"
     raw = synthetic_activations(1, 64, D_IN, seed=1)[0]
     expected_code = reference.inference_code(raw / norm_factor) * norm_factor
-    torch.testing.assert_close(loaded.encode(raw).double(), expected_code, rtol=1e-8, atol=1e-10)
-    torch.testing.assert_close(loaded.encode(raw), sae.encode(raw), rtol=0, atol=0)
-    torch.testing.assert_close(
-        loaded.decode(loaded.encode(raw)), sae.decode(sae.encode(raw)), rtol=0, atol=0
-    )
+    code = loaded.encode(raw)
+    torch.testing.assert_close(code, expected_code, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(code, sae.encode(raw), rtol=0, atol=0)
+    torch.testing.assert_close(loaded.decode(code), sae.decode(code), rtol=0, atol=0)

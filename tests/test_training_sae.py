@@ -24,7 +24,12 @@ from sae_vlm_plugin.training import (
     register_training_architectures,
 )
 from sae_vlm_plugin.training.geometric_median import geometric_median
-from training_helpers import make_trainer, one_torch_thread, paper_sae, synthetic_activations  # noqa: F401
+from training_helpers import (
+    make_trainer,
+    one_torch_thread,  # noqa: F401
+    paper_sae,
+    synthetic_activations,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -281,6 +286,9 @@ def test_trained_sae_exports_to_plain_jumprelu_with_inference_l0_near_k(architec
     loaded = SAE.load_from_disk(tmp_path / "inference")
     assert isinstance(loaded, JumpReLUSAE)
     assert loaded.cfg.metadata.training_architecture == architecture
+    if architecture == "paper_matryoshka_batchtopk":
+        details = loaded.cfg.metadata.training_architecture_details
+        assert details["matryoshka_widths"] == [4, 12, 28, 64]
     torch.testing.assert_close(loaded.threshold, sae.threshold.expand(d_sae), rtol=0, atol=0)
     code = loaded.encode(held_out)
     torch.testing.assert_close(code, sae.encode(held_out), rtol=0, atol=0)
@@ -292,3 +300,16 @@ def test_trained_sae_exports_to_plain_jumprelu_with_inference_l0_near_k(architec
         1 - (held_out - loaded(held_out)).pow(2).sum() / (held_out - held_out.mean(0)).pow(2).sum()
     )
     assert variance_explained > 0.5
+
+
+def test_dense_training_code_matches_the_sparse_step():
+    torch.manual_seed(0)
+    sae = paper_sae("paper_matryoshka_batchtopk", d_in=8, d_sae=32, k=3)
+    x = synthetic_activations(1, 16, 8, dtype=torch.float32)[0]
+    feature_acts, hidden_pre = sae.encode_with_hidden_pre(x)
+    output = sae.training_forward_pass(step_input(x, step=1))
+    torch.testing.assert_close(feature_acts, output.feature_acts.to_dense())
+    torch.testing.assert_close(hidden_pre, output.hidden_pre)
+    assert (feature_acts > 0).sum() == 3 * 16
+    with pytest.raises(NotImplementedError, match="inside training_forward_pass"):
+        sae.calculate_aux_loss(step_input(x), feature_acts, hidden_pre, x)

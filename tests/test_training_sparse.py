@@ -16,7 +16,7 @@ from sae_vlm_plugin.training import (
 from sae_vlm_plugin.training.selection import (
     _SAMPLE_SIZE,
     _coprime_stride,
-    batch_topk_flat_indices,
+    batch_topk,
 )
 from training_helpers import one_torch_thread  # noqa: F401
 
@@ -133,7 +133,8 @@ def test_batch_topk_selection_is_exact_on_the_sampled_path():
     generator = torch.Generator().manual_seed(0)
     batch, d_sae, k = 64, 8 * _SAMPLE_SIZE // 64, 20
     pre = torch.randn(batch * d_sae, generator=generator).relu_()
-    kept = batch_topk_flat_indices(pre, k * batch, d_sae)
+    kept, values = batch_topk(pre, k * batch, d_sae)
+    assert torch.equal(values, pre[kept])
     expected = pre.topk(k * batch).indices.sort().values
     assert torch.equal(kept, expected)
 
@@ -145,11 +146,12 @@ def test_batch_topk_selection_falls_back_when_the_sample_misleads():
     # the sampled entries are the largest ones: the cut-off admits too few candidates
     stride = _coprime_stride(pre.numel() // _SAMPLE_SIZE, d_sae)
     pre[::stride] = 5.0 + torch.rand(pre[::stride].numel(), generator=generator)
-    kept = batch_topk_flat_indices(pre, k * batch, d_sae)
+    kept, values = batch_topk(pre, k * batch, d_sae)
+    assert torch.equal(values, pre[kept])
     assert torch.equal(kept, pre.topk(k * batch).indices.sort().values)
 
 
 def test_batch_topk_selection_keeps_only_positive_entries():
     pre = torch.tensor([0.0, 3.0, 0.0, 1.0, 0.0, 0.0])
-    assert batch_topk_flat_indices(pre, 4, 3).tolist() == [1, 3]
-    assert batch_topk_flat_indices(pre, 1, 3).tolist() == [1]
+    assert batch_topk(pre, 4, 3)[0].tolist() == [1, 3]
+    assert batch_topk(pre, 1, 3)[0].tolist() == [1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -44,17 +45,17 @@ def synthetic_activations(
 
 
 def paper_sae(
-    architecture: str, *, d_in: int, d_sae: int, k: int, **overrides: object
+    architecture: str, *, d_in: int, d_sae: int, k: int, **overrides: Any
 ) -> PaperBatchTopKTrainingSAE:
     """A paper training SAE of the named architecture ("paper_batchtopk" or
     "paper_matryoshka_batchtopk")."""
     if architecture == "paper_batchtopk":
-        return PaperBatchTopKTrainingSAE(
-            PaperBatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, **overrides)  # type: ignore[arg-type]
-        )
-    return PaperMatryoshkaBatchTopKTrainingSAE(
-        PaperMatryoshkaBatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, **overrides)  # type: ignore[arg-type]
+        cfg = PaperBatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, k=k, **overrides)
+        return PaperBatchTopKTrainingSAE(cfg)
+    matryoshka_cfg = PaperMatryoshkaBatchTopKTrainingSAEConfig(
+        d_in=d_in, d_sae=d_sae, k=k, **overrides
     )
+    return PaperMatryoshkaBatchTopKTrainingSAE(matryoshka_cfg)
 
 
 def make_trainer(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from sae_lens.saes.jumprelu_sae import JumpReLUSAEConfig
 from sae_lens.saes.sae import SAEConfig, TrainingSAEConfig
@@ -65,10 +65,11 @@ class PaperBatchTopKTrainingSAEConfig(TrainingSAEConfig):
 
     threshold_start_step: int = 1000
     """The threshold stays -1 (inactive) until the step index (0-based) exceeds this value; the
-    first update sets it to the batch's minimum positive top-k activation, later ones take the EMA."""
+    first update sets it to the batch's minimum positive top-k activation, later ones take the
+    EMA."""
 
     decoder_init_norm: float | None = 1.0
-    """Norm of the initial decoder rows; the paper keeps every row at unit norm, so only 1.0 is valid."""
+    """Norm of the initial decoder rows; the paper keeps rows at unit norm: only 1.0 is valid."""
 
     dtype: TrainingDtype = "float32"
     """Parameter dtype: float32 (the paper) or float64."""
@@ -175,6 +176,15 @@ class PaperMatryoshkaBatchTopKTrainingSAEConfig(PaperBatchTopKTrainingSAEConfig)
         n_groups = len(self.level_sizes())
         return [1.0 / n_groups] * n_groups
 
+    @override
+    def get_training_architecture_details(self) -> dict[str, Any]:
+        """The training fields, plus the resolved cumulative ``matryoshka_widths``, which saved
+        SAEs carry in ``metadata.training_architecture_details`` for per-level analyses."""
+        return {
+            **super().get_training_architecture_details(),
+            "matryoshka_widths": self.matryoshka_widths,
+        }
+
     @property
     def matryoshka_widths(self) -> list[int]:
         """Cumulative widths of the levels (SAELens' ``matryoshka_widths`` convention)."""
@@ -203,7 +213,8 @@ class PaperMatryoshkaBatchTopKTrainingSAEConfig(PaperBatchTopKTrainingSAEConfig)
         if self.group_weights is not None:
             if len(self.group_weights) != n_groups:
                 raise ValueError(
-                    f"group_weights needs one weight per group ({n_groups}), got {self.group_weights}"
+                    f"group_weights needs one weight per group ({n_groups}), "
+                    f"got {self.group_weights}"
                 )
             if any(not math.isfinite(w) or w < 0 for w in self.group_weights):
                 raise ValueError(f"group_weights must be finite and >= 0, got {self.group_weights}")

@@ -1,4 +1,5 @@
-"""The geometric median that initialises ``b_dec`` (Weiszfeld's algorithm, as dictionary_learning)."""
+"""The geometric median that initialises ``b_dec`` (Weiszfeld's algorithm, as in
+dictionary_learning)."""
 
 from __future__ import annotations
 

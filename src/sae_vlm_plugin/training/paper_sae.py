@@ -7,14 +7,16 @@ do before ``loss.backward()``, on the (already scaled) batch ``x`` of B inputs:
 1. ``t == 0``: ``b_dec <- geometric_median(x)``.
 2. ``pre = ReLU((x - b_dec) @ W_enc + b_enc)``; keep the ``k * B`` largest entries of the batch.
 3. ``t > threshold_start_step``: ``theta <- m`` on the first update, then
-   ``theta <- beta * theta + (1 - beta) * m``; ``m`` = smallest kept positive activation (0 if none).
+   ``theta <- beta * theta + (1 - beta) * m``; ``m`` = smallest kept positive activation
+   (0 if none).
 4. Every latent's count of inputs since it last fired grows by B, and resets to 0 if the latent
    has a kept positive activation; latents with count ``>= dead_feature_threshold`` are dead.
 5. Level g reconstructs from its prefix of latents, ``x_hat_g = b_dec + sum_{h <= g} f_h W_dec,h``
    (plain BatchTopK: one level, the whole SAE); ``L_mse = mean_g w_g mean_b ||x_b - x_hat_g,b||^2``.
 6. With ``n_dead > 0`` dead latents and ``e = x - x_hat_G`` (detached): each input's
    ``k_aux = min(d_in // 2, n_dead)`` largest dead pre-activations ``a`` reconstruct ``e``:
-   ``L_aux = mean_b ||e_b - a_b W_dec||^2 / mean_b ||e_b - mean(e)||^2`` (0 if the denominator is 0).
+   ``L_aux = mean_b ||e_b - a_b W_dec||^2 / mean_b ||e_b - mean(e)||^2`` (0 if the
+   denominator is 0).
 7. ``loss = L_mse + auxk_alpha * L_aux``; the gradient reaching ``W_dec`` has each row's
    component along that row removed (done inside the backward pass).
 
@@ -24,7 +26,9 @@ the optimizer hook that ``prepare_paper_trainer`` installs, otherwise lazily bef
 is next read (the next step, ``encode``/``decode``, saving, folding), which gives the same values.
 
 Inference: ``f = ReLU(pre) * 1[pre > theta]`` - SAELens' JumpReLU with ``theta`` on every latent,
-which is how ``save_inference_model`` saves the SAE (architecture ``jumprelu``).
+which is how ``save_inference_model`` saves the SAE (architecture ``jumprelu``). It equals the
+reference's ``ReLU(pre) * 1[ReLU(pre) > theta]`` for every theta: for theta >= 0 the two masks
+agree wherever ``ReLU(pre) > 0``, and for theta = -1 (threshold not started) both are ``ReLU(pre)``.
 """
 
 from __future__ import annotations
@@ -43,11 +47,12 @@ from sae_vlm_plugin.training.config import (
     PaperMatryoshkaBatchTopKTrainingSAEConfig,
 )
 from sae_vlm_plugin.training.geometric_median import geometric_median
-from sae_vlm_plugin.training.selection import auxiliary_entries, batch_topk_flat_indices
+from sae_vlm_plugin.training.selection import auxiliary_entries, batch_topk
 from sae_vlm_plugin.training.sparse_ops import (
     ActivePattern,
+    active_values,
     decode_active,
-    gather_active,
+    level_errors,
     tangent_to_unit_rows,
 )
 
@@ -62,8 +67,9 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
 
     ``training_forward_pass`` returns ``feature_acts`` as a sparse COO ``(B, d_sae)`` tensor of
     the kept activations (SAELens' trainer supports sparse codes) and ``hidden_pre`` as the dense
-    post-ReLU pre-activations. Its hot path does one dense matmul; everything after the top-k is
-    sparse (``sparse_ops``). Training skips the SAE's hook points.
+    pre-activations ``(x - b_dec) @ W_enc + b_enc`` before the ReLU (SAELens' convention). Its
+    hot path does one dense matmul; everything after the top-k is sparse (``sparse_ops``).
+    Training skips the SAE's hook points.
     """
 
     cfg: PaperBatchTopKTrainingSAEConfig
@@ -108,17 +114,17 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
 
     @override
     def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
-        """``feature_acts @ W_dec + b_dec`` with the decoder renormalised first if a step is pending."""
+        """``feature_acts @ W_dec + b_dec``, renormalising the decoder if a step is pending."""
         self._apply_pending_decoder_renorm()
         return super().decode(feature_acts)
 
     @override
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training-time code as a dense tensor, with the post-ReLU pre-activations: the
-        ``k * B`` largest entries of ``pre`` over the batch ``x`` (2-D), zeros elsewhere."""
-        hidden_pre = (self.process_sae_in(x) @ self.W_enc + self.b_enc).relu()
+        """The training-time code as a dense tensor, with the pre-activations: the ``k * B``
+        largest entries of ``ReLU(pre)`` over the batch ``x`` (2-D), zeros elsewhere."""
+        hidden_pre = self.process_sae_in(x) @ self.W_enc + self.b_enc
         flat = hidden_pre.flatten()
-        kept = batch_topk_flat_indices(flat.detach(), self.cfg.k * x.shape[0], self.cfg.d_sae)
+        kept, _ = batch_topk(flat.detach(), self.cfg.k * x.shape[0], self.cfg.d_sae)
         feature_acts = torch.zeros_like(flat).index_put((kept,), flat[kept]).view_as(hidden_pre)
         return feature_acts, hidden_pre
 
@@ -144,10 +150,8 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
             if step == 0:
                 self.b_dec.copy_(geometric_median(x))
             x_centered = x - self.b_dec
-            pre = torch.addmm(self.b_enc, x_centered, self.W_enc).relu_()
-            pre_flat = pre.view(-1)
-            kept = batch_topk_flat_indices(pre_flat, self.cfg.k * n_rows, d_sae)
-            kept_values = pre_flat[kept]
+            pre = torch.addmm(self.b_enc, x_centered, self.W_enc)
+            kept, kept_values = batch_topk(pre.view(-1), self.cfg.k * n_rows, d_sae)
             if step > self.cfg.threshold_start_step:
                 self._update_threshold(kept_values)
             self.n_tokens_since_fired += n_rows
@@ -155,24 +159,30 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
             dead = self.n_tokens_since_fired >= self.cfg.dead_feature_threshold
             n_dead = int(dead.sum())
             if n_dead > 0:
-                aux_rows, aux_latents = auxiliary_entries(
+                aux_rows, aux_latents, aux_values = auxiliary_entries(
                     pre, dead, min(self.cfg.d_in // 2, n_dead)
                 )
             else:
-                aux_rows = aux_latents = kept[:0]
+                aux_rows, aux_latents, aux_values = kept[:0], kept[:0], kept_values[:0]
             pattern = ActivePattern.build(
                 kept, aux_rows, aux_latents, self._level_widths, n_rows, d_sae, n_dead > 0
             )
 
-        values = gather_active(self.b_dec, self.W_enc, self.b_enc, x_centered, pre_flat, pattern)
-        segments = decode_active(values, tangent_to_unit_rows(self.W_dec), pattern)
-        n_levels = len(self._level_widths)
-        reconstructions = self.b_dec + segments[:n_levels].cumsum(dim=0)
-        errors = x - reconstructions
-        level_mse = errors.pow(2).sum(dim=-1).mean(dim=-1)
-        weights = torch.tensor(self._level_weights, dtype=level_mse.dtype, device=level_mse.device)
-        mse_loss = (weights * level_mse).mean()
-        auxk_loss = self._auxk_loss(errors[-1].detach(), segments[n_levels] if n_dead else None)
+        values = active_values(
+            self.b_dec,
+            self.W_enc,
+            self.b_enc,
+            torch.cat([kept_values, aux_values]),
+            x_centered,
+            pattern,
+        )
+        contributions, aux_reconstruction = decode_active(
+            values, tangent_to_unit_rows(self.W_dec), pattern, len(self._level_widths)
+        )
+        mse_loss, level_mse, residual = level_errors(
+            self.b_dec, contributions, x, self._level_weights
+        )
+        auxk_loss = self._auxk_loss(residual, aux_reconstruction[0] if n_dead else None)
         weighted_auxk_loss = self.cfg.auxk_alpha * auxk_loss
         self._decoder_renorm_pending = True
 
@@ -188,12 +198,12 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
             "dead_latents": n_dead,
             "auxk_loss_unweighted": auxk_loss.detach(),
         }
-        if n_levels > 1:
-            for level, value in enumerate(level_mse.detach()):
+        if len(self._level_widths) > 1:
+            for level, value in enumerate(level_mse):
                 metrics[f"level_{level}_mse_loss"] = value
         return TrainStepOutput(
             sae_in=x,
-            sae_out=reconstructions[-1],
+            sae_out=x - residual,
             feature_acts=feature_acts,
             hidden_pre=pre,
             loss=mse_loss + weighted_auxk_loss,
@@ -251,8 +261,8 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
     def _checked_batch(self, sae_in: torch.Tensor, step: int) -> torch.Tensor:
         if sae_in.ndim != 2 or sae_in.shape[1] != self.cfg.d_in:
             raise ValueError(
-                f"training step {step}: expected activations of shape (batch, d_in={self.cfg.d_in}), "
-                f"got {tuple(sae_in.shape)}"
+                f"training step {step}: expected activations of shape "
+                f"(batch, d_in={self.cfg.d_in}), got {tuple(sae_in.shape)}"
             )
         if sae_in.shape[0] == 0:
             raise ValueError(f"training step {step}: the activation batch is empty")
@@ -262,8 +272,8 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
                 "paper did; turn autocast off (SAETrainerConfig.autocast=False)"
             )
         x = sae_in.detach().to(self.dtype)
-        n_bad = int((~torch.isfinite(x)).sum())
-        if n_bad:
+        if not torch.isfinite(x).all():
+            n_bad = int((~torch.isfinite(x)).sum())
             raise ValueError(
                 f"training step {step}: the activation batch holds {n_bad} NaN/inf values "
                 f"(after casting to {self.cfg.dtype}); the SAE was not updated"
@@ -271,7 +281,7 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
         return x
 
     def _update_threshold(self, kept_values: torch.Tensor) -> None:
-        # kept_values are the positive BatchTopK activations (see batch_topk_flat_indices)
+        # kept_values are the positive BatchTopK activations (see batch_topk)
         smallest = kept_values.min() if kept_values.numel() else self.threshold.new_zeros(())
         if self.threshold < 0:
             self.threshold.copy_(smallest)

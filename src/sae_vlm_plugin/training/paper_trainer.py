@@ -4,7 +4,8 @@
 step and steps its learning-rate scheduler; the SAE's ``training_forward_pass`` covers
 everything before ``backward`` (including the decoder-gradient projection, which happens inside
 the backward pass). Three steps of the recipe belong to the trainer, and ``prepare_paper_trainer``
-puts them there:
+puts them there (it also swaps the trainer's Adam for the same algorithm with PyTorch's fused
+kernel, which on CPU is several times faster than the default per-tensor loop):
 
 - the learning-rate schedule: dictionary_learning's warm-up ``t / warmup_steps`` (SAELens'
   scheduler is one step ahead of it, ``(t + 1) / warmup_steps``);
@@ -21,6 +22,7 @@ import math
 from typing import Any
 
 from sae_lens.training.sae_trainer import SAETrainer
+from torch.optim import Adam
 from torch.optim.lr_scheduler import LambdaLR
 
 from sae_vlm_plugin.training.paper_sae import PaperBatchTopKTrainingSAE
@@ -38,8 +40,9 @@ def prepare_paper_trainer(
 
     Call it once, after constructing the trainer and before ``fit()`` (or the first ``step``).
     The trainer's own config must leave the schedule to this function (``lr_scheduler_name``
-    "constant", ``lr_warm_up_steps = lr_decay_steps = 0``) and autocast off. The paper's base
-    learning rate is ``paper_learning_rate(d_sae)`` and its Adam betas (0.9, 0.999), SAELens'
+    "constant", ``lr_warm_up_steps = lr_decay_steps = 0``) and autocast off. The optimizer
+    becomes ``Adam(lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), fused=True)``; the paper's
+    base learning rate is ``paper_learning_rate(d_sae)`` and its betas (0.9, 0.999), SAELens'
     defaults. ``scaling_factor`` multiplies every batch (None: no scaling).
     """
     sae = trainer.sae
@@ -57,16 +60,20 @@ def prepare_paper_trainer(
         raise ValueError(
             "the trainer's own schedule must be constant (lr_scheduler_name='constant', "
             "lr_warm_up_steps=0, lr_decay_steps=0): prepare_paper_trainer installs the paper's, "
-            f"got {cfg.lr_scheduler_name!r}, warm-up {cfg.lr_warm_up_steps}, decay {cfg.lr_decay_steps}"
+            f"got {cfg.lr_scheduler_name!r}, warm-up {cfg.lr_warm_up_steps}, "
+            f"decay {cfg.lr_decay_steps}"
         )
     if cfg.autocast:
         raise ValueError("the paper trained in full precision; set SAETrainerConfig.autocast=False")
     if scaling_factor is not None and not (math.isfinite(scaling_factor) and scaling_factor > 0):
         raise ValueError(f"scaling_factor must be a positive finite number, got {scaling_factor}")
 
+    trainer.optimizer = Adam(
+        sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), fused=True
+    )
+    trainer.optimizer.register_step_post_hook(lambda *_: sae.renormalize_decoder())
     trainer.lr_scheduler = LambdaLR(
         trainer.optimizer,
         lr_lambda=paper_lr_factor(cfg.total_training_steps, warmup_steps, decay_start),
     )
     trainer.activation_scaler.scaling_factor = scaling_factor
-    trainer.optimizer.register_step_post_hook(lambda *_: sae.renormalize_decoder())

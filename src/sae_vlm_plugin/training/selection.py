@@ -23,15 +23,18 @@ _SAMPLE_SLACK = 64
 """Extra sample ranks below the cut-off, so that tiny expected counts still over-select."""
 
 
-def batch_topk_flat_indices(pre_flat: torch.Tensor, n_keep: int, row_width: int) -> torch.Tensor:
-    """Ascending flat indices of the ``n_keep`` largest *positive* entries of ``pre_flat``
-    (all positive entries when there are fewer).
+def batch_topk(
+    pre_flat: torch.Tensor, n_keep: int, row_width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ascending flat indices, and values, of the ``n_keep`` largest *positive* entries of
+    ``pre_flat`` (all positive entries when there are fewer).
 
-    ``pre_flat`` is a flattened ``(B, row_width)`` batch of post-ReLU pre-activations. Dropping
-    the zeros that a plain ``topk`` would also return when fewer than ``n_keep`` entries are
-    positive changes nothing downstream: they add nothing to any reconstruction, receive no
-    gradient (ReLU's derivative is 0 there) and do not count as firing. Ties at the boundary
-    are broken arbitrarily, as ``torch.topk`` does.
+    ``pre_flat`` is a flattened ``(B, row_width)`` batch of pre-activations; the result is the
+    BatchTopK of ``ReLU(pre_flat)`` without the zeros that a plain ``topk`` would also return
+    when fewer than ``n_keep`` entries are positive. Dropping them changes nothing downstream:
+    they add nothing to any reconstruction, receive no gradient (ReLU's derivative is 0 there)
+    and do not count as firing. Ties at the boundary are broken arbitrarily, as ``torch.topk``
+    does.
     """
     n_total = pre_flat.numel()
     candidates: torch.Tensor | None = None
@@ -47,26 +50,28 @@ def batch_topk_flat_indices(pre_flat: torch.Tensor, n_keep: int, row_width: int)
                     candidates = above
     if candidates is None:
         candidates = (pre_flat > 0).nonzero().squeeze(1)
+    values = pre_flat[candidates]
     if candidates.numel() > n_keep:
-        keep = pre_flat[candidates].topk(n_keep, sorted=False).indices
-        candidates = candidates[keep].sort().values
-    return candidates
+        keep = values.topk(n_keep, sorted=False).indices.sort().values
+        candidates, values = candidates[keep], values[keep]
+    return candidates, values
 
 
 def auxiliary_entries(
     pre: torch.Tensor, dead: torch.Tensor, k_aux: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows and latents of each input's ``k_aux`` largest pre-activations among the dead latents,
-    keeping only positive ones (zeros contribute nothing and get no gradient).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows, latents and values of each input's ``k_aux`` largest pre-activations among the dead
+    latents, keeping only positive ones (the others are 0 after the ReLU: they contribute
+    nothing and get no gradient).
 
-    ``pre`` is ``(B, d_sae)`` post-ReLU, ``dead`` a ``(d_sae,)`` mask with at least ``k_aux``
-    dead latents. This is dictionary_learning's ``where(dead, pre, -inf).topk(k_aux, dim=-1)``.
+    ``pre`` is ``(B, d_sae)``, ``dead`` a ``(d_sae,)`` mask with at least ``k_aux`` dead latents.
+    This is dictionary_learning's ``where(dead, ReLU(pre), -inf).topk(k_aux, dim=-1)``.
     """
     dead_latents = dead.nonzero().squeeze(1)
     values, positions = pre.index_select(1, dead_latents).topk(k_aux, dim=1, sorted=False)
     positive = values > 0
     rows = torch.arange(pre.shape[0], device=pre.device).unsqueeze(1).expand_as(positions)
-    return rows[positive], dead_latents[positions[positive]]
+    return rows[positive], dead_latents[positions[positive]], values[positive]
 
 
 def _coprime_stride(stride: int, row_width: int) -> int:
