@@ -10,13 +10,17 @@ from sae_vlm_plugin import __version__
 from sae_vlm_plugin.pretrained.commands import add_pretrained_commands
 
 
+def _print_table(rows: dict[str, str]) -> None:
+    """Two aligned columns: key, value."""
+    width = max(map(len, rows), default=0)
+    for key, value in rows.items():
+        print(f"{key:<{width}}  {value}")
+
+
 def _cmd_env(args: argparse.Namespace) -> int:
     from sae_vlm_plugin.environment import environment_report
 
-    report = environment_report()
-    width = max(map(len, report))
-    for key, value in report.items():
-        print(f"{key:<{width}}  {value}")
+    _print_table(environment_report())
     return 0
 
 
@@ -79,10 +83,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 
     if args.list_presets:
-        presets = list_presets()
-        width = max(map(len, presets))
-        for name, description in presets.items():
-            print(f"{name:<{width}}  {description}")
+        _print_table(list_presets())
         return 0
     overrides = _parse_overrides(args.set or [])
     for key in ("images", "cache_path", "run_dir", "model", "device"):
@@ -125,10 +126,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
 def _cmd_families(args: argparse.Namespace) -> int:
     from sae_vlm_plugin.families import list_families
 
-    families = list_families()
-    width = max(map(len, families))
-    for name, description in families.items():
-        print(f"{name:<{width}}  {description}")
+    _print_table(list_families())
     return 0
 
 
