@@ -6,6 +6,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -336,3 +338,22 @@ def test_load_top_images(tmp_path):
     assert list(top) == ["5"]
     assert top["5"][0] == "n0144_0.JPEG"
     assert len(top["5"]) == 16
+
+
+# --- package -------------------------------------------------------------------------------
+
+
+def test_metrics_package_is_lazy_and_its_names_resolve():
+    script = (
+        "import sys, sae_vlm_plugin.metrics as m; "
+        "print('torch' in sys.modules, sorted(set(m.__all__) - set(dir(m))))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "[]"]
+    import sae_vlm_plugin.metrics as metrics
+
+    for name in metrics.__all__:
+        assert getattr(metrics, name) is not None
+    with pytest.raises(AttributeError, match="no_such_metric"):
+        metrics.no_such_metric  # noqa: B018

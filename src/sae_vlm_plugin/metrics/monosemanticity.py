@@ -48,6 +48,10 @@ __all__ = ["MonosemanticityResult", "monosemanticity_score"]
 _BLOCK_ELEMENTS = 2**23
 """float64 elements (64 MiB) per temporary block when ``neuron_chunk_size`` is not given."""
 
+_SPARSE_FRACTION = 1 / 32
+"""Dense blocks with at most this fraction of non-zeros (after the shift) are multiplied as
+sparse matrices; on CPU the sparse product wins below a few percent."""
+
 
 @dataclass(frozen=True)
 class MonosemanticityResult:
@@ -212,8 +216,9 @@ def _finish(
     delta = minimum - sums.pivot
     s1 = sums.t1 - n_images * delta
     s2 = sums.t2 - 2.0 * delta * sums.t1 + n_images * delta * delta
-    w.addr_(delta, e_sum, alpha=-1.0)  # w = sum_n (x_n - m) u_n
-    numerator = torch.einsum("ij,ij->i", w, w) - s2
+    if bool((delta != 0).any()):
+        w.addr_(delta, e_sum, alpha=-1.0)  # w = sum_n (x_n - m) u_n
+    numerator = torch.linalg.vector_norm(w, dim=1).square() - s2
     denominator = s1 * s1 - s2
     scores = torch.where(
         support >= threshold, numerator / denominator, torch.full_like(numerator, torch.nan)
@@ -240,10 +245,27 @@ def _dense_in_memory(
             min_explicit=minimum,
             n_at_min=(y == 0).sum(dim=0),
         )
-        score, support = _finish(sums, y.T @ unit, e_sum, n_images, threshold)
+        w = torch.zeros(stop - start, int(unit.shape[1]), dtype=torch.float64, device=y.device)
+        _add_weighted_sum(w, y, unit)
+        score, support = _finish(sums, w, e_sum, n_images, threshold)
         scores.append(score)
         supports.append(support)
     return torch.cat(scores), torch.cat(supports)
+
+
+def _add_weighted_sum(w: Tensor, y: Tensor, unit: Tensor) -> None:
+    """``w += y.T @ unit`` for a dense ``(n_images, n_neurons)`` block ``y``: a sparse-dense
+    product over its non-zeros when they are few (SAE codes held in a dense matrix), else
+    one dense matrix product."""
+    n_images, n_neurons = (int(s) for s in y.shape)
+    if int(torch.count_nonzero(y)) <= _SPARSE_FRACTION * y.numel():
+        rows, cols = y.nonzero(as_tuple=True)
+        entries, ptr = SparseEntries(
+            rows, cols, y[rows, cols], n_images, n_neurons
+        ).sorted_by_neuron()
+        w += csr_matmul(entries, ptr, 0, n_neurons, unit)
+    else:
+        w.addmm_(y.T, unit)
 
 
 def _entry_sums(entries: SparseEntries) -> _Sums:
@@ -326,7 +348,7 @@ def _stream(
                 min_explicit=minimum,
                 n_at_min=(x == minimum).sum(dim=0),
             )
-            w.addmm_(y.T, unit_batch)
+            _add_weighted_sum(w, y, unit_batch)
         else:
             batch, ptr = batch.sorted_by_neuron()
             new = _entry_sums(batch)
