@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sae_vlm_plugin.metrics import monosemanticity
 from sae_vlm_plugin.metrics.codes import TopKCodes
 from sae_vlm_plugin.metrics.monosemanticity import monosemanticity_score
 
@@ -186,6 +187,26 @@ def test_topk_code_stream_equals_dense():
         reference,
         support,
     )
+
+
+def test_mostly_zero_dense_matrix_goes_through_the_sparse_product(monkeypatch):
+    # SAE codes held in a dense matrix: the dense paths multiply through the non-zeros only.
+    generator = torch.Generator().manual_seed(8)
+    dense = random_sparse(300, 40, 0.01, generator)
+    dense[[4, 9], 0] = torch.tensor([1.0, 2.0], dtype=torch.float64)  # a two-image neuron
+    embeddings = torch.randn(300, 5, generator=generator)
+    reference, support = naive_ms(dense, embeddings)
+    calls = []
+    original = monosemanticity.csr_matmul
+    monkeypatch.setattr(
+        monosemanticity, "csr_matmul", lambda *args: calls.append(1) or original(*args)
+    )
+    assert_matches(monosemanticity_score(dense, embeddings), reference, support)
+    assert calls
+    calls.clear()
+    streamed = monosemanticity_score(split(dense, [100, 200]), embeddings, neuron_chunk_size=7)
+    assert_matches(streamed, reference, support)
+    assert calls
 
 
 def test_dense_stream_with_a_large_offset_stays_accurate():
