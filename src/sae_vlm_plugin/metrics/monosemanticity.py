@@ -127,7 +127,8 @@ def monosemanticity_score(
             rows; when both are given they must be equal, in order.
         neuron_chunk_size: neurons per block; bounds the float64 temporaries to
             ``n_images x neuron_chunk_size`` (dense) or ``neuron_chunk_size x d_embed``
-            (sparse). By default a block holds about 2**23 float64 values (64 MiB).
+            (sparse). By default a dense block holds about 2**23 float64 values (64 MiB)
+            and a sparse one 2**18 (2 MiB, small enough to stay in cache).
         device: where to compute (default: the embeddings' device). Results are on the CPU.
 
     How each input is summed (all in float64, exact up to rounding):
