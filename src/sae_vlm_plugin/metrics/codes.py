@@ -90,7 +90,11 @@ class TopKCodes:
 
 @dataclass(frozen=True)
 class SparseEntries:
-    """Stored activations as ``(image, neuron, value)`` triples; absent triples are 0."""
+    """Stored activations as ``(image, neuron, value)`` triples; absent triples are 0.
+
+    Entries are in image order (``rows`` non-decreasing), as every constructor here makes them:
+    row-major top-k codes, coalesced COO, CSR and ``nonzero`` of a dense block all are.
+    """
 
     rows: Int[Tensor, " nnz"]
     """Image index of each entry, within this batch."""
@@ -102,13 +106,13 @@ class SparseEntries:
     n_neurons: int
 
     def sorted_by_neuron(self) -> tuple[SparseEntries, Int[Tensor, " n_neurons_plus_1"]]:
-        """The entries ordered by neuron (then image), with CSR row pointers over neurons:
-        neuron ``j`` owns entries ``ptr[j]:ptr[j + 1]``."""
-        order = torch.argsort(self.cols * self.n_images + self.rows)
+        """The entries ordered by neuron (then image: a stable sort keeps the image order),
+        with CSR row pointers over neurons: neuron ``j`` owns entries ``ptr[j]:ptr[j + 1]``."""
+        cols, order = torch.sort(self.cols, stable=True)
         entries = SparseEntries(
-            self.rows[order], self.cols[order], self.values[order], self.n_images, self.n_neurons
+            self.rows[order], cols, self.values[order], self.n_images, self.n_neurons
         )
-        counts = torch.bincount(entries.cols, minlength=self.n_neurons)
+        counts = torch.bincount(cols, minlength=self.n_neurons)
         ptr = torch.zeros(self.n_neurons + 1, dtype=torch.long, device=counts.device)
         ptr[1:] = torch.cumsum(counts, dim=0)
         return entries, ptr
