@@ -163,12 +163,12 @@ def _dense_top(
 
 
 def _sparse_top(entries: SparseEntries, k: int, offset: int) -> tuple[Tensor, Tensor]:
-    """Per-neuron top-k over the stored positive entries, by three stable sorts (image, then
-    value descending, then neuron) and each entry's rank within its neuron."""
+    """Per-neuron top-k over the stored positive entries, by two stable sorts of the entries
+    (which are in image order): value descending, then neuron; then each entry's rank within
+    its neuron."""
     keep = entries.values > 0
     rows, cols, vals = entries.rows[keep], entries.cols[keep], entries.values[keep]
-    order = torch.argsort(rows, stable=True)
-    order = order[torch.argsort(vals[order], descending=True, stable=True)]
+    order = torch.argsort(vals, descending=True, stable=True)
     order = order[torch.argsort(cols[order], stable=True)]
     rows, cols, vals = rows[order], cols[order], vals[order]
     counts = torch.bincount(cols, minlength=entries.n_neurons)
