@@ -197,9 +197,9 @@ def test_mostly_zero_dense_matrix_goes_through_the_sparse_product(monkeypatch):
     embeddings = torch.randn(300, 5, generator=generator)
     reference, support = naive_ms(dense, embeddings)
     calls = []
-    original = monosemanticity.csr_matmul
+    original = monosemanticity.neuron_block
     monkeypatch.setattr(
-        monosemanticity, "csr_matmul", lambda *args: calls.append(1) or original(*args)
+        monosemanticity, "neuron_block", lambda *args: calls.append(1) or original(*args)
     )
     assert_matches(monosemanticity_score(dense, embeddings), reference, support)
     assert calls
@@ -207,6 +207,21 @@ def test_mostly_zero_dense_matrix_goes_through_the_sparse_product(monkeypatch):
     streamed = monosemanticity_score(split(dense, [100, 200]), embeddings, neuron_chunk_size=7)
     assert_matches(streamed, reference, support)
     assert calls
+
+
+def test_wide_codes_beyond_16_bit_neuron_ids():
+    # Neuron ids >= 2**16 take the other sorting path; a neuron's score ignores the others.
+    generator = torch.Generator().manual_seed(9)
+    ids = torch.tensor([0, 5, 65_535, 65_536, 69_999])
+    indices = torch.stack([torch.randperm(5, generator=generator)[:2] for _ in range(12)])
+    values = torch.rand(12, 2, generator=generator) + 0.1
+    embeddings = torch.randn(12, 3, generator=generator)
+    narrow = monosemanticity_score(TopKCodes(indices, values, 5), embeddings)
+    wide = monosemanticity_score(TopKCodes(ids[indices], values, 70_000), embeddings)
+    torch.testing.assert_close(wide.scores[ids], narrow.scores, equal_nan=True)
+    assert wide.support[ids].tolist() == narrow.support.tolist()
+    dense = torch.zeros(12, 5).scatter_(1, indices, values)
+    assert_matches(narrow, *naive_ms(dense, embeddings))
 
 
 def test_dense_stream_with_a_large_offset_stays_accurate():

@@ -34,9 +34,9 @@ from torch import Tensor
 from sae_vlm_plugin.metrics.codes import (
     Activations,
     SparseEntries,
-    csr_matmul,
     is_single_batch,
     iter_batches,
+    neuron_block,
     to_dense_or_entries,
 )
 
@@ -287,7 +287,7 @@ def _add_weighted_sum(w: Tensor, y: Tensor, unit: Tensor, n_nonzero: int) -> Non
     block = max(1, _PRODUCT_BLOCK_ELEMENTS // int(unit.shape[1]))
     for start in range(0, n_neurons, block):
         stop = min(start + block, n_neurons)
-        w[start:stop] += csr_matmul(entries, ptr, start, stop, unit)
+        w[start:stop].addmm_(neuron_block(entries, ptr, start, stop), unit)
 
 
 def _entry_sums(entries: SparseEntries) -> _Sums:
@@ -312,9 +312,10 @@ def _sparse_in_memory(
     sums = _entry_sums(entries)
     delta, support = _shift(sums, entries.n_images)
     square_norms = torch.empty_like(delta)
+    buffer = torch.empty(chunk, int(unit.shape[1]), dtype=torch.float64, device=unit.device)
     for start in range(0, entries.n_neurons, chunk):
         stop = min(start + chunk, entries.n_neurons)
-        w = csr_matmul(entries, ptr, start, stop, unit)
+        w = torch.mm(neuron_block(entries, ptr, start, stop), unit, out=buffer[: stop - start])
         square_norms[start:stop] = _square_norms(w, delta[start:stop], e_sum)
     return _scores(sums, delta, support, square_norms, entries.n_images, threshold), support
 
@@ -375,7 +376,7 @@ def _stream(
             new = _entry_sums(batch)
             for start in range(0, n_neurons, chunk):
                 stop = min(start + chunk, n_neurons)
-                w[start:stop] += csr_matmul(batch, ptr, start, stop, unit_batch)
+                w[start:stop].addmm_(neuron_block(batch, ptr, start, stop), unit_batch)
         sums = new if sums is None else _merge(sums, new)
         offset += n_batch
     if sums is None:
