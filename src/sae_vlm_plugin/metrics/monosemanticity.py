@@ -195,16 +195,6 @@ class _Sums:
     min_explicit: Tensor  # min x, +inf if none
     n_at_min: Tensor  # int64, how many explicit x equal min_explicit
 
-    def rows(self, start: int, stop: int) -> _Sums:
-        return _Sums(
-            self.pivot[start:stop],
-            self.n_explicit[start:stop],
-            self.t1[start:stop],
-            self.t2[start:stop],
-            self.min_explicit[start:stop],
-            self.n_at_min[start:stop],
-        )
-
 
 def _shift(sums: _Sums, n_images: int) -> tuple[Tensor, Tensor]:
     """Per neuron: ``delta = m - c``, the shift from the pivot to the minimum ``m`` over all
@@ -312,7 +302,8 @@ def _sparse_in_memory(
     sums = _entry_sums(entries)
     delta, support = _shift(sums, entries.n_images)
     square_norms = torch.empty_like(delta)
-    buffer = torch.empty(chunk, int(unit.shape[1]), dtype=torch.float64, device=unit.device)
+    rows = min(chunk, entries.n_neurons)
+    buffer = torch.empty(rows, int(unit.shape[1]), dtype=torch.float64, device=unit.device)
     for start in range(0, entries.n_neurons, chunk):
         stop = min(start + chunk, entries.n_neurons)
         w = torch.mm(neuron_block(entries, ptr, start, stop), unit, out=buffer[: stop - start])
