@@ -1,0 +1,359 @@
+"""Top-activating images, uniqueness (Jaccard), Matryoshka hierarchy depth and the user-study
+alignment benchmark, on hand-built cases with known answers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sae_vlm_plugin.metrics.alignment import (
+    alignment_score,
+    load_benchmark_activations,
+    load_benchmark_pairs,
+    load_benchmark_top_images,
+    recompute_benchmark_ms,
+    score_benchmark,
+)
+from sae_vlm_plugin.metrics.codes import TopKCodes
+from sae_vlm_plugin.metrics.hierarchy import (
+    Taxonomy,
+    hierarchy_by_level,
+    mean_lca_depth,
+    parse_inat_folder_name,
+)
+from sae_vlm_plugin.metrics.monosemanticity import monosemanticity_score
+from sae_vlm_plugin.metrics.top_activations import top_activations
+from sae_vlm_plugin.metrics.uniqueness import jaccard_uniqueness
+
+# torch warns once per process when a test builds a CSR tensor.
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+
+# --- top activations -----------------------------------------------------------------------
+
+HAND = torch.tensor(
+    [
+        [1.0, 0.0, 3.0],
+        [2.0, 0.0, 3.0],
+        [0.0, 5.0, -1.0],
+        [2.0, 1.0, 0.0],
+    ]
+)
+
+
+def test_top_activations_hand_case_orders_ties_by_image_and_pads():
+    top = top_activations(HAND, k=3)
+    assert top.indices.tolist() == [[1, 3, 0], [2, 3, -1], [0, 1, -1]]
+    assert top.values[:, :2].tolist() == [[2.0, 2.0], [5.0, 1.0], [3.0, 3.0]]
+    assert torch.isnan(top.values[1:, 2]).all()
+    assert top.counts.tolist() == [3, 2, 2]
+    assert (top.n_images, top.n_neurons, top.k) == (4, 3, 3)
+    every = top_activations(HAND, k=3, positive_only=False)
+    assert every.indices.tolist() == [[1, 3, 0], [2, 3, 0], [0, 1, 3]]
+
+
+def brute_force_top(dense: torch.Tensor, k: int) -> list[list[int]]:
+    result = []
+    for column in dense.T.tolist():
+        ranked = sorted((-v, n) for n, v in enumerate(column) if v > 0)
+        result.append([n for _, n in ranked[:k]] + [-1] * (k - min(k, len(ranked))))
+    return result
+
+
+def test_top_activations_all_forms_agree_with_brute_force():
+    generator = torch.Generator().manual_seed(0)
+    n_images, n_neurons, k = 50, 12, 4
+    indices = torch.rand(n_images, n_neurons, generator=generator).topk(3, dim=1).indices
+    values = torch.randint(1, 4, (n_images, 3), generator=generator).float()  # many ties
+    dense = torch.zeros(n_images, n_neurons).scatter_(1, indices, values)
+    expected = brute_force_top(dense, k)
+    forms = [
+        dense,
+        dense.to_sparse(),
+        dense.to_sparse_csr(),
+        TopKCodes(indices, values, n_neurons),
+        [dense[:7], dense[7:30], dense[30:]],
+        [TopKCodes(indices[i : i + 9], values[i : i + 9], n_neurons) for i in range(0, 50, 9)],
+    ]
+    for form in forms:
+        top = top_activations(form, k=k)
+        assert top.indices.tolist() == expected
+        assert top.n_images == n_images
+
+
+def test_top_activations_errors():
+    with pytest.raises(ValueError, match=r"positive_only=False needs dense activations"):
+        top_activations(HAND.to_sparse(), positive_only=False)
+    with pytest.raises(ValueError, match=r"k must be a positive int"):
+        top_activations(HAND, k=0)
+    bad = HAND.clone()
+    bad[3, 2] = math.nan
+    with pytest.raises(ValueError, match=r"image 3, neuron 2 is nan"):
+        top_activations([bad[:2], bad[2:]])
+    with pytest.raises(ValueError, match=r"batch 1 has 2 neurons but earlier batches had 3"):
+        top_activations([HAND, HAND[:, :2]])
+    with pytest.raises(ValueError, match=r"stream yielded no batches"):
+        top_activations([])
+
+
+# --- uniqueness ----------------------------------------------------------------------------
+
+
+def brute_force_jaccard(sets: list[set[int]]) -> list[float]:
+    return [len(a & b) / len(a | b) for a, b in itertools.combinations(sets, 2)]
+
+
+def test_uniqueness_hand_case():
+    # Neurons 0 and 1 share their whole set (J = 1); 2 shares image 2 with both (J = 1/5);
+    # 3 has only two images and is excluded; 4 overlaps nobody.
+    indices = torch.tensor([[0, 1, 2], [0, 1, 2], [2, 3, 4], [5, 6, -1], [7, 8, 9]])
+    result = jaccard_uniqueness(indices)
+    assert (result.n_neurons, result.n_excluded, result.n_pairs) == (4, 1, 6)
+    assert (result.n_overlapping, result.n_above_threshold) == (3, 1)
+    assert result.mean_jaccard == pytest.approx((1 + 0.2 + 0.2) / 6)
+    assert result.max_jaccard == 1.0
+    assert result.fraction_unique == 0.5  # neurons 2 and 4
+    per = result.max_jaccard_per_neuron
+    assert per[[0, 1, 2, 4]].tolist() == pytest.approx([1.0, 1.0, 0.2, 0.0])
+    assert math.isnan(per[3])
+
+
+def test_uniqueness_matches_brute_force_for_any_chunk():
+    generator = torch.Generator().manual_seed(1)
+    n_neurons, k, n_images = 40, 5, 30
+    indices = torch.stack(
+        [torch.randperm(n_images, generator=generator)[:k] for _ in range(n_neurons)]
+    )
+    indices[3, 4] = -1  # an incomplete set
+    sets = [set(row.tolist()) - {-1} for row in indices]
+    full = [s for s in sets if len(s) == k]
+    expected = brute_force_jaccard(full)
+    for chunk in (1, 7, 4096):
+        result = jaccard_uniqueness(indices, neuron_chunk_size=chunk, threshold=0.3)
+        assert result.n_pairs == len(expected)
+        assert result.mean_jaccard == pytest.approx(sum(expected) / len(expected))
+        assert result.max_jaccard == pytest.approx(max(expected))
+        assert result.n_overlapping == sum(j > 0 for j in expected)
+        assert result.n_above_threshold == sum(j > 0.3 for j in expected)
+    lenient = jaccard_uniqueness(indices, require_full=False)
+    assert lenient.mean_jaccard == pytest.approx(
+        sum(brute_force_jaccard(sets)) / len(brute_force_jaccard(sets))
+    )
+
+
+def test_uniqueness_accepts_top_activations_and_rejects_bad_sets():
+    top = top_activations(HAND, k=2)
+    assert jaccard_uniqueness(top).n_neurons == 3
+    with pytest.raises(ValueError, match=r"neuron 1 lists an image twice"):
+        jaccard_uniqueness(torch.tensor([[0, 1], [2, 2]]))
+    with pytest.raises(ValueError, match=r"2-D integer"):
+        jaccard_uniqueness(torch.rand(3, 2))
+
+
+# --- hierarchy -----------------------------------------------------------------------------
+
+FOLDERS = [
+    "00000_Animalia_Chordata_Aves_Passeriformes_Corvidae_Corvus_corax",
+    "00001_Animalia_Chordata_Aves_Passeriformes_Corvidae_Corvus_corone",
+    "00002_Animalia_Chordata_Mammalia_Carnivora_Felidae_Felis_catus",
+    "00003_Plantae_Tracheophyta_Magnoliopsida_Rosales_Rosaceae_Rosa_canina",
+]
+
+
+def test_parse_inat_folder_name():
+    assert parse_inat_folder_name(FOLDERS[0]) == (
+        "Animalia",
+        "Chordata",
+        "Aves",
+        "Passeriformes",
+        "Corvidae",
+        "Corvus",
+        "corax",
+    )
+    with pytest.raises(ValueError, match=r"not an iNaturalist class folder name"):
+        parse_inat_folder_name("Animalia_Chordata")
+
+
+def test_mean_lca_depth_hand_case():
+    taxonomy = Taxonomy.from_folder_names(FOLDERS)
+    # images: 0, 1 -> raven; 2 -> crow; 3 -> cat; 4 -> rose
+    image_classes = torch.tensor([0, 0, 1, 2, 3])
+    top = torch.tensor(
+        [
+            [0, 1, -1],  # two ravens: the species node, depth 7
+            [0, 2, -1],  # raven + crow: genus Corvus, depth 6
+            [0, 2, 3],  # pairs: genus 6, class... raven/cat phylum 2, crow/cat 2 -> 10/3
+            [0, 4, -1],  # animal + plant: the root, depth 0
+            [3, -1, -1],  # one image: no pair
+        ]
+    )
+    depths = mean_lca_depth(top, image_classes, taxonomy)
+    assert depths[:4].tolist() == pytest.approx([7.0, 6.0, 10 / 3, 0.0])
+    assert math.isnan(depths[4])
+    assert taxonomy.lca_depth(0, 2) == 2
+    stats = hierarchy_by_level(
+        depths, [2, 5], scores=torch.tensor([0.1, 0.3, 0.2, 0.4, 0.5], dtype=torch.float64)
+    )
+    assert [(s.start, s.stop, s.n_with_depth) for s in stats] == [(0, 2, 2), (2, 5, 2)]
+    assert stats[0].mean_depth == pytest.approx(6.5)
+    assert stats[1].mean_depth == pytest.approx(5 / 3)
+    assert (stats[1].ms_min, stats[1].ms_max) == (0.2, 0.5)
+    assert stats[1].ms_mean == pytest.approx(1.1 / 3)
+
+
+def test_taxonomy_sources_and_uneven_paths(tmp_path):
+    mapping = {"a": ["X", "Y"], "b": ["X", "Y", "Z"], "c": ["W"]}
+    (tmp_path / "tax.json").write_text(json.dumps(mapping))
+    (tmp_path / "classes.txt").write_text("\n".join(FOLDERS) + "\n\n")
+    from_json = Taxonomy.from_file(tmp_path / "tax.json")
+    assert from_json == Taxonomy.from_mapping(mapping)
+    assert Taxonomy.from_file(tmp_path / "classes.txt") == Taxonomy.from_folder_names(FOLDERS)
+    # "a" is an ancestor-level path of "b": they meet at depth 2, capped by the shorter path.
+    classes = from_json.class_indices(["a", "b", "c"])
+    depths = mean_lca_depth(torch.tensor([[0, 1], [0, 2]]), classes, from_json)
+    assert depths.tolist() == [2.0, 0.0]
+    with pytest.raises(ValueError, match=r"labels not in the taxonomy"):
+        from_json.class_indices(["d"])
+
+
+def test_hierarchy_errors():
+    taxonomy = Taxonomy.from_folder_names(FOLDERS)
+    with pytest.raises(ValueError, match=r"image_classes must lie in \[0, 4\)"):
+        mean_lca_depth(torch.tensor([[0, 1]]), torch.tensor([0, 9]), taxonomy)
+    with pytest.raises(ValueError, match=r"out of range for 2 image classes"):
+        mean_lca_depth(torch.tensor([[0, 5]]), torch.tensor([0, 1]), taxonomy)
+    with pytest.raises(ValueError, match=r"strictly increasing positive cumulative widths"):
+        hierarchy_by_level(torch.zeros(5), [3, 2, 5])
+    with pytest.raises(ValueError, match=r"ending at n_neurons=5"):
+        hierarchy_by_level(torch.zeros(5), [3, 16])
+
+
+# --- alignment -----------------------------------------------------------------------------
+
+PAIRS_CSV = """k_x,k_y,R_user,MS_x_dino,MS_y_dino,MS_x_clip,MS_y_clip
+10,11,10,0.50,0.45,0.60,0.70
+12,13,13,0.10,0.30,0.55,0.50
+14,15,14,0.90,0.05,0.80,0.52
+16,17,17,0.20,0.20,0.50,0.51
+10,13,13,0.50,0.30,0.60,0.50
+"""
+# dino decisions: x, y, x, y (tie -> k_y), x; users: x, y, x, y, y -> 4/5 aligned.
+# dino |diff|: 0.05, 0.20, 0.85, 0.00, 0.20 -> bins 0 (2 pairs, both aligned),
+# 2 (2 pairs, 1 aligned), 8 (1 pair, aligned); bins 1 and 3-7 are empty.
+# clip decisions: y, x, x, y, x -> aligned: no, no, yes, yes, no -> 2/5.
+
+
+def write_benchmark(tmp_path):
+    (tmp_path / "pairs.csv").write_text(PAIRS_CSV)
+    return load_benchmark_pairs(tmp_path / "pairs.csv")
+
+
+def test_alignment_reproduces_hand_built_benchmark(tmp_path):
+    pairs = write_benchmark(tmp_path)
+    assert pairs.n_pairs == 5
+    assert pairs.user_prefers_x.tolist() == [True, False, True, False, False]
+    assert pairs.neuron_ids == ("10", "11", "12", "13", "14", "15", "16", "17")
+    dino = score_benchmark(pairs, "dino")
+    assert dino.score == pytest.approx(0.8)
+    assert [(b.n_pairs, b.score) for b in dino.bins if b.n_pairs] == [
+        (2, 1.0),
+        (2, 0.5),
+        (1, 1.0),
+    ]
+    assert len(dino.bins) == 9
+    assert all(math.isnan(b.score) for b in dino.bins if not b.n_pairs)
+    assert (dino.bins[2].low, dino.bins[2].high) == pytest.approx((0.2, 0.3))
+    clip = score_benchmark(pairs, "clip")
+    assert clip.score == pytest.approx(0.4)
+    # Table A1(a), second row: CLIP decisions binned by the DINOv2 distance.
+    clip_by_dino = score_benchmark(pairs, "clip", bin_by="dino")
+    assert [(b.n_pairs, b.score) for b in clip_by_dino.bins if b.n_pairs] == [
+        (2, 0.5),
+        (2, 0.0),
+        (1, 1.0),
+    ]
+    # Any metric, given per neuron id: here a metric that always favours the larger id.
+    by_id = {k: float(k) for k in pairs.neuron_ids}
+    assert score_benchmark(pairs, by_id).score == pytest.approx(3 / 5)
+
+
+def test_alignment_score_arrays_and_errors(tmp_path):
+    result = alignment_score([0.3, 0.0], [0.0, 0.3], [True, True], bin_width=0.1)
+    assert result.score == 0.5
+    assert [b.n_pairs for b in result.bins] == [0, 0, 0, 2]  # 0.3 lands in [0.3, 0.4)
+    with pytest.raises(ValueError, match=r"score_y is nan for pair 1"):
+        alignment_score([0.1, 0.2], [0.1, math.nan], [True, False])
+    with pytest.raises(ValueError, match=r"one value per pair"):
+        alignment_score([0.1, 0.2], [0.1], [True, False])
+    pairs = write_benchmark(tmp_path)
+    with pytest.raises(ValueError, match=r"scores lack 1 benchmark neurons"):
+        score_benchmark(pairs, {k: 0.0 for k in pairs.neuron_ids[:-1]})
+    with pytest.raises(ValueError, match=r"no MS column 'siglip'"):
+        score_benchmark(pairs, "siglip")
+    (tmp_path / "bad.csv").write_text("k_x,k_y,R_user\n1,2,3\n")
+    with pytest.raises(ValueError, match=r"bad.csv:2: R_user='3' must name the chosen neuron"):
+        load_benchmark_pairs(tmp_path / "bad.csv")
+    (tmp_path / "literal.csv").write_text("k_x,k_y,R_user\n1,2,k_y\n1,2,x\n1,2,2.0\n")
+    assert load_benchmark_pairs(tmp_path / "literal.csv").user_prefers_x.tolist() == [
+        False,
+        True,
+        False,
+    ]
+
+
+def test_recompute_benchmark_ms_from_activations_csv(tmp_path):
+    generator = torch.Generator().manual_seed(2)
+    n_images = 12
+    activations = torch.rand(n_images, 3, generator=generator)
+    activations[:, 1] = activations[:, 1] * (activations[:, 1] > 0.6)
+    embeddings = torch.randn(n_images, 4, generator=generator)
+    header = "k," + ",".join(f"a_{i + 1}" for i in range(n_images))
+    lines = [
+        f"{neuron}," + ",".join(repr(v) for v in activations[:, j].tolist())
+        for j, neuron in enumerate(["7", "8", "9"])
+    ]
+    (tmp_path / "activations.csv").write_text("\n".join([header, *lines]) + "\n")
+    ids, loaded = load_benchmark_activations(tmp_path / "activations.csv")
+    assert ids == ("7", "8", "9")
+    torch.testing.assert_close(loaded, activations)
+    expected = monosemanticity_score(activations, embeddings).scores.tolist()
+    recomputed = recompute_benchmark_ms(tmp_path / "activations.csv", embeddings)
+    assert list(recomputed) == ["7", "8", "9"]
+    assert list(recomputed.values()) == pytest.approx(expected)
+    (tmp_path / "short.csv").write_text(header + "\n7,1.0,2.0\n")
+    with pytest.raises(ValueError, match=r"short.csv:2: neuron '7' has 2 activations"):
+        load_benchmark_activations(tmp_path / "short.csv")
+
+
+def test_load_top_images(tmp_path):
+    header = "k," + ",".join(f"x_{i}" for i in range(1, 17))
+    row = "5," + ",".join(f"n0144_{i}.JPEG" for i in range(16))
+    (tmp_path / "top16_images.csv").write_text(f"{header}\n{row}\n")
+    top = load_benchmark_top_images(tmp_path / "top16_images.csv")
+    assert list(top) == ["5"]
+    assert top["5"][0] == "n0144_0.JPEG"
+    assert len(top["5"]) == 16
+
+
+# --- package -------------------------------------------------------------------------------
+
+
+def test_metrics_package_is_lazy_and_its_names_resolve():
+    script = (
+        "import sys, sae_vlm_plugin.metrics as m; "
+        "print('torch' in sys.modules, sorted(set(m.__all__) - set(dir(m))))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "[]"]
+    import sae_vlm_plugin.metrics as metrics
+
+    for name in metrics.__all__:
+        assert getattr(metrics, name) is not None
+    with pytest.raises(AttributeError, match="no_such_metric"):
+        metrics.no_such_metric  # noqa: B018
