@@ -200,7 +200,7 @@ def test_a_killed_run_resumes_to_the_same_final_weights(tmp_path, tiny_cache):
 def test_evaluator_results_reach_the_log(tmp_path, tiny_cache):
     calls = []
 
-    def evaluator(sae, step):
+    def evaluator(sae, step, activation_scaler):
         calls.append(step)
         return {"eval/d_sae": sae.cfg.d_sae}
 

@@ -61,10 +61,12 @@ class ImageSource:
 def open_image_source(images: Any, *, description: str | None = None) -> ImageSource:
     """An ``ImageSource`` from any supported input.
 
-    Accepts: a folder path (an ImageNet-style tree ``root/<class>/<image>`` or a flat folder),
+    Accepts: an ``ImageSource`` (returned as is), a folder path (an ImageNet-style tree ``root/<class>/<image>`` or a flat folder),
     a list of image paths, a list of PIL images, an HF ``datasets.Dataset`` with an image column,
     or a ``(n, 3, h, w)`` pixel tensor (already preprocessed).
     """
+    if isinstance(images, ImageSource):
+        return images
     if isinstance(images, torch.Tensor):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"a pixel tensor must be (n, 3, h, w), got {tuple(images.shape)}")

@@ -15,7 +15,6 @@ The released files (``metric_benchmark.tar.gz`` of the paper's repository):
 """
 
 # jaxtyping shape strings such as "n_images k" are not forward references.
-# ruff: noqa: F722
 
 from __future__ import annotations
 

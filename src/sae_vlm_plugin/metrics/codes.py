@@ -14,7 +14,6 @@ Sparse forms are never densified: they become :class:`SparseEntries`, the list o
 """
 
 # jaxtyping shape strings such as "n_images k" are not forward references.
-# ruff: noqa: F722
 
 from __future__ import annotations
 

@@ -15,7 +15,6 @@ The per-level table averages these depths over the neurons of each Matryoshka gr
 """
 
 # jaxtyping shape strings such as "n_images k" are not forward references.
-# ruff: noqa: F722
 
 from __future__ import annotations
 

@@ -19,7 +19,6 @@ accumulated in float64, neuron chunk by neuron chunk, so no temporary exceeds
 """
 
 # jaxtyping shape strings such as "n_images k" are not forward references.
-# ruff: noqa: F722
 
 from __future__ import annotations
 

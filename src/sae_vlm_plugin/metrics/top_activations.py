@@ -6,7 +6,6 @@ so far; a sparse batch is reduced through its stored entries only, so nothing of
 """
 
 # jaxtyping shape strings such as "n_images k" are not forward references.
-# ruff: noqa: F722
 
 from __future__ import annotations
 

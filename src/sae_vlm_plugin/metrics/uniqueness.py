@@ -12,7 +12,6 @@ computed block by block over neurons, never a loop over all ``n_neurons^2 / 2`` 
 """
 
 # jaxtyping shape strings such as "n_images k" are not forward references.
-# ruff: noqa: F722
 
 from __future__ import annotations
 

@@ -34,8 +34,9 @@ from safetensors.torch import load_file, save_file
 from sae_vlm_plugin.hooks import parse_block_hook
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 
-Evaluator = Callable[[Any, int], dict[str, Any]]
-"""``(inference-ready training SAE, step) -> metrics`` run every ``eval_every_steps``."""
+Evaluator = Callable[[Any, int, Any], dict[str, Any]]
+"""``(training SAE in eval mode, step, the trainer's ActivationScaler) -> metrics``, run every
+``eval_every_steps`` (e.g. ``metrics.evaluation.MonosemanticityEvaluator``)."""
 
 CHECKPOINT_STATE = "training_sae.safetensors"
 RUNNER_STATE = "runner_state.json"
@@ -196,10 +197,12 @@ class VisionSAETrainingRunner:
         progress: bool = True,
     ) -> None:
         self.cfg = cfg
-        self.evaluator = evaluator
         self.progress = progress
         self.run_dir = Path(cfg.run_dir)
         self.source = activation_source(cfg, model)
+        if evaluator is None and cfg.eval_images is not None:
+            evaluator = self._ms_evaluator(model)
+        self.evaluator = evaluator
         if cfg.d_in is not None and cfg.d_in != self.source.d_in:
             where = cfg.cache_path or f"{self.source.model_name} {cfg.hook_name}"
             raise ValueError(
@@ -292,7 +295,8 @@ class VisionSAETrainingRunner:
                     done % cfg.eval_every_steps == 0 or done == cfg.training_steps
                 ):
                     sae.eval()
-                    self._record(done, "eval", self.evaluator(sae, done), wandb_run)
+                    metrics = self.evaluator(sae, done, trainer.activation_scaler)
+                    self._record(done, "eval", metrics, wandb_run)
                     sae.train()
                 if (
                     cfg.checkpoint_every_steps
@@ -306,6 +310,21 @@ class VisionSAETrainingRunner:
             if wandb_run is not None:
                 wandb_run.finish()
         return self._export(trainer)
+
+    def _ms_evaluator(self, model: Any) -> Evaluator:
+        """MS on ``cfg.eval_images``, seen by the run's model (for a cache: the model it names)."""
+        from sae_vlm_plugin.metrics.evaluation import MonosemanticityEvaluator
+        from sae_vlm_plugin.model import VisionModel
+
+        if model is None:
+            model = VisionModel(self.source.model_name, device=self.cfg.device)
+        return MonosemanticityEvaluator.from_images(
+            model,
+            self.cfg.eval_images,
+            self.cfg.hook_name,
+            self.source.tokens,
+            scoring_encoder=self.cfg.scoring_encoder,
+        )
 
     # -- checkpoints ----------------------------------------------------------------------
 

@@ -81,7 +81,11 @@ class VisionSAERunnerConfig:
     """0 disables intermediate checkpoints (the final SAE is always written)."""
     log_every_steps: int = 100
     eval_every_steps: int = 1000
-    """How often the evaluator (e.g. MS on held-out images) runs, if one is given."""
+    """How often the evaluator (e.g. MS on held-out images) runs, if there is one."""
+    eval_images: str | None = None
+    """Held-out image folder: MS of the latents on it is logged every ``eval_every_steps``."""
+    scoring_encoder: str = "dinov2"
+    """Encoder whose embeddings MS compares images with: ``dinov2``, ``clip`` or a hub id."""
     log_to_wandb: bool = False
     wandb_project: str = "sae_vlm_plugin"
     preset: str | None = None

@@ -1,0 +1,269 @@
+"""The paper's evaluation of an SAE, offline (``evaluate_sae``) and during training
+(``MonosemanticityEvaluator``).
+
+``evaluate_sae`` reports, for the SAE's latents and for the raw neurons of the same hook (the
+paper's "No SAE" baseline): MS mean +- std, best, worst, quantiles and counts above thresholds,
+per Matryoshka group; and the SAE's R^2, L0 and dead fraction on the rows it reads. It writes
+``evaluation.json`` and the paper's Figure 5 (MS over neurons sorted by score, against the
+normalised neuron index) as ``ms_sorted.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sae_vlm_plugin.metrics.embeddings import image_embeddings
+from sae_vlm_plugin.metrics.monosemanticity import MonosemanticityResult, monosemanticity_score
+from sae_vlm_plugin.metrics.sae_activations import (
+    HookRows,
+    encode_rows,
+    explained_variance,
+    hook_rows,
+    pool_codes,
+)
+
+MS_THRESHOLDS = (0.5, 0.75, 0.9)
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def ms_statistics(result: MonosemanticityResult) -> dict[str, float]:
+    """Mean, std, best, worst, quantiles and counts above ``MS_THRESHOLDS`` of scored neurons."""
+    scores = result.scores[~torch.isnan(result.scores)]
+    stats = result.summary()
+    stats = {
+        "mean": stats["mean"],
+        "std": stats["std"],
+        "best": stats["max"],
+        "worst": stats["min"],
+        "n_scored": stats["n_scored"],
+        "n_dead": stats["n_dead"],
+        "n_neurons": float(result.n_neurons),
+    }
+    for q in QUANTILES:
+        stats[f"q{int(q * 100):02d}"] = (
+            float(torch.quantile(scores, q)) if scores.numel() else math.nan
+        )
+    for threshold in MS_THRESHOLDS:
+        stats[f"n_above_{threshold}"] = float((scores > threshold).sum())
+    return stats
+
+
+def _group_bounds(sae: Any) -> list[tuple[int, int]]:
+    fractions = sae.cfg.metadata.get("group_fractions")
+    if not fractions:
+        return []
+    sizes = [round(f * sae.cfg.d_sae) for f in fractions[:-1]]
+    sizes.append(sae.cfg.d_sae - sum(sizes))
+    bounds, start = [], 0
+    for size in sizes:
+        bounds.append((start, start + size))
+        start += size
+    return bounds
+
+
+@dataclass
+class EvaluationReport:
+    """What ``evaluate_sae`` measured; ``to_dict`` is the JSON written to disk."""
+
+    sae: dict[str, Any]
+    raw_neurons: dict[str, float]
+    groups: list[dict[str, Any]]
+    reconstruction: dict[str, float]
+    setup: dict[str, Any]
+    sae_scores: MonosemanticityResult
+    raw_scores: MonosemanticityResult
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "setup": self.setup,
+            "sae": self.sae,
+            "raw_neurons": self.raw_neurons,
+            "matryoshka_groups": self.groups,
+            "reconstruction": self.reconstruction,
+        }
+
+
+def evaluate_sae(
+    sae: Any,
+    model: Any,
+    images: Any,
+    *,
+    scoring_encoder: Any = "dinov2",
+    embeddings: Tensor | None = None,
+    hook: str | None = None,
+    tokens: str | None = None,
+    min_support: int = 2,
+    batch_size: int = 64,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> EvaluationReport:
+    """Evaluate ``sae`` (a SAELens SAE) on ``images`` seen by ``model`` (a ``VisionModel``).
+
+    ``hook`` and ``tokens`` default to the SAE's metadata. ``embeddings`` (one row per image, in
+    source order) replaces running ``scoring_encoder`` (see ``image_embeddings``). With
+    ``out_dir``, writes ``evaluation.json`` and ``ms_sorted.png`` there.
+    """
+    from sae_vlm_plugin.pretrained.loading import check_attachable
+
+    hook = hook or sae.cfg.metadata.hook_name
+    tokens = tokens or sae.cfg.metadata.tokens or "cls"
+    point = check_attachable(sae, model, hook)
+    data = hook_rows(model, images, point.name, tokens, batch_size=batch_size, progress=progress)
+    if embeddings is None:
+        scored = image_embeddings(images, scoring_encoder, batch_size=batch_size, progress=progress)
+        keep = {image_id: i for i, image_id in enumerate(scored.image_ids)}
+        embeddings = scored.embeddings[[keep[i] for i in data.image_ids]]
+    if len(embeddings) != data.n_images:
+        raise ValueError(f"{len(embeddings)} embeddings for {data.n_images} readable images")
+    with torch.no_grad():
+        codes = encode_rows(sae.encode, data.rows.to(sae.W_enc.dtype))
+        reconstruction = torch.cat([sae.decode(c.to_dense()) for c in _row_blocks(codes)])
+    sae_scores = monosemanticity_score(
+        pool_codes(codes, data.image_index, data.n_images), embeddings, min_support=min_support
+    )
+    raw_scores = monosemanticity_score(data.image_means(), embeddings, min_support=min_support)
+    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    fired[codes.indices()[1]] = True
+    groups = []
+    for level, (start, stop) in enumerate(_group_bounds(sae)):
+        part = MonosemanticityResult(
+            sae_scores.scores[start:stop],
+            sae_scores.support[start:stop],
+            sae_scores.n_images,
+            sae_scores.min_support,
+        )
+        groups.append({"level": level, "latents": [start, stop], **ms_statistics(part)})
+    report = EvaluationReport(
+        sae=ms_statistics(sae_scores),
+        raw_neurons=ms_statistics(raw_scores),
+        groups=groups,
+        reconstruction={
+            "explained_variance": explained_variance(data.rows, reconstruction.float()),
+            "l0": codes.indices().shape[1] / len(data.rows),
+            "dead_fraction": float(1 - fired.float().mean()),
+            "n_rows": float(len(data.rows)),
+        },
+        setup={
+            "model": model.model_name,
+            "hook": point.name,
+            "tokens": tokens,
+            "n_images": data.n_images,
+            "d_in": sae.cfg.d_in,
+            "d_sae": sae.cfg.d_sae,
+            "min_support": min_support,
+            "scoring_encoder": scoring_encoder
+            if isinstance(scoring_encoder, str)
+            else type(scoring_encoder).__name__,
+            "image_activation": "mean of the SAE's token rows per image",
+        },
+        sae_scores=sae_scores,
+        raw_scores=raw_scores,
+    )
+    if out_dir is not None:
+        write_report(report, out_dir)
+    return report
+
+
+def _row_blocks(codes: Tensor, block: int = 4096) -> list[Tensor]:
+    return [
+        codes.index_select(0, torch.arange(s, min(s + block, codes.shape[0])))
+        for s in range(0, codes.shape[0], block)
+    ]
+
+
+def write_report(report: EvaluationReport, out_dir: str | Path) -> Path:
+    """``evaluation.json`` and ``ms_sorted.png`` (paper Figure 5) in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(
+        json.dumps(report.to_dict(), indent=2, default=_json_default)
+    )
+    plot_sorted_ms(
+        {"SAE latents": report.sae_scores, "raw neurons (no SAE)": report.raw_scores},
+        out / "ms_sorted.png",
+    )
+    return out
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    raise TypeError(type(value).__name__)
+
+
+def plot_sorted_ms(results: dict[str, MonosemanticityResult], path: str | Path) -> Path:
+    """MS of each neuron set, sorted descending, against the normalised neuron index."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(5, 3.2), dpi=120)
+    for label, result in results.items():
+        scores = result.scores[~torch.isnan(result.scores)].sort(descending=True).values
+        if scores.numel():
+            axis.plot(
+                torch.linspace(0, 1, scores.numel()), scores, label=f"{label} (n={scores.numel()})"
+            )
+    axis.set_xlabel("neuron index (normalised, sorted by MS)")
+    axis.set_ylabel("MonoSemanticity Score")
+    axis.set_ylim(-0.05, 1.05)
+    axis.grid(alpha=0.3)
+    axis.legend(frameon=False, fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return Path(path)
+
+
+class MonosemanticityEvaluator:
+    """MS of a training SAE's latents on held-out images, for ``VisionSAETrainingRunner``.
+
+    The held-out rows and embeddings are computed once; each call encodes the rows with the
+    SAE's inference encoder (threshold, not the batch-dependent BatchTopK of training), after the
+    trainer's input scaling, and logs ``eval/ms_*`` statistics.
+    """
+
+    def __init__(self, rows: HookRows, embeddings: Tensor, *, min_support: int = 2) -> None:
+        if len(embeddings) != rows.n_images:
+            raise ValueError(f"{len(embeddings)} embeddings for {rows.n_images} images")
+        self.rows, self.embeddings, self.min_support = rows, embeddings, min_support
+
+    @classmethod
+    def from_images(
+        cls,
+        model: Any,
+        images: Any,
+        hook: str,
+        tokens: str,
+        *,
+        scoring_encoder: Any = "dinov2",
+        min_support: int = 2,
+        progress: bool = False,
+    ) -> MonosemanticityEvaluator:
+        rows = hook_rows(model, images, hook, tokens, progress=progress)
+        scored = image_embeddings(images, scoring_encoder, progress=progress)
+        keep = {image_id: i for i, image_id in enumerate(scored.image_ids)}
+        return cls(
+            rows, scored.embeddings[[keep[i] for i in rows.image_ids]], min_support=min_support
+        )
+
+    def __call__(self, sae: Any, step: int, activation_scaler: Any) -> dict[str, float]:
+        rows = self.rows.rows.to(device=sae.W_enc.device, dtype=sae.W_enc.dtype)
+        codes = encode_rows(lambda x: sae.encode(activation_scaler(x)), rows)
+        result = monosemanticity_score(
+            pool_codes(codes, self.rows.image_index, self.rows.n_images),
+            self.embeddings,
+            min_support=self.min_support,
+        )
+        stats = ms_statistics(result)
+        return {f"eval/ms_{key}": value for key, value in stats.items()} | {
+            "eval/l0": codes.indices().shape[1] / len(rows)
+        }

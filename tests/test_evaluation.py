@@ -1,0 +1,122 @@
+"""The offline evaluation report and the training-time MS evaluator, against direct computation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import tiny_models as tm
+from sae_vlm_plugin import VisionModel, extract_to_cache
+from sae_vlm_plugin.metrics.evaluation import MonosemanticityEvaluator, evaluate_sae
+from sae_vlm_plugin.metrics.monosemanticity import monosemanticity_score
+from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
+from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny CLIP, its synthetic images, and an SAE trained on 2 random tokens per image."""
+    root = tmp_path_factory.mktemp("eval")
+    model = VisionModel(tm.clip_vision_model())
+    images, _ = tm.synthetic_images(120)
+    cache = extract_to_cache(
+        model, images, HOOK, root / "cache", tokens="random_k", k=2, progress=False
+    )
+    cfg = VisionSAERunnerConfig(
+        cache_path=str(cache.path),
+        hook_name=HOOK,
+        expansion_factor=4,
+        k=4,
+        batch_size=48,
+        training_steps=30,
+        warmup_steps=3,
+        threshold_start_step=5,
+        n_batches_for_scaling=2,
+        log_every_steps=10,
+        checkpoint_every_steps=0,
+        run_dir=str(root / "run"),
+    )
+    sae = VisionSAETrainingRunner(cfg, progress=False).run()
+    return model, images, sae, cfg
+
+
+def test_report_equals_direct_computation(trained, tmp_path):
+    model, images, sae, _ = trained
+    scorer = VisionModel(tm.webssl_dino_model())
+    report = evaluate_sae(
+        sae, model, images, scoring_encoder=scorer, out_dir=tmp_path, progress=False
+    )
+
+    # Independent path: dense rows, dense codes, explicit per-image means.
+    rows = torch.stack(
+        [model.capture(model.preprocess([image]), [HOOK])[HOOK][0] for image in images]
+    )  # (n, 17, d)
+    from sae_vlm_plugin.tokens import TokenSelection
+
+    selection = TokenSelection("random_k", k=2)
+    picked = torch.stack(
+        [rows[i, selection.token_indices(str(i), 17, 1)] for i in range(len(images))]
+    )
+    codes = sae.encode(picked.reshape(-1, tm.WIDTH)).detach().reshape(len(images), 2, -1)
+    embeddings = scorer.capture(scorer.preprocess(images), ["hook_post_norm"])["hook_post_norm"][
+        :, 0
+    ]
+    expected_sae = monosemanticity_score(codes.mean(1), embeddings)
+    expected_raw = monosemanticity_score(picked.mean(1), embeddings)
+    torch.testing.assert_close(
+        report.sae_scores.scores, expected_sae.scores, equal_nan=True, atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        report.raw_scores.scores, expected_raw.scores, equal_nan=True, atol=1e-6, rtol=0
+    )
+    flat = picked.reshape(-1, tm.WIDTH)
+    reconstruction = sae.decode(codes.reshape(-1, codes.shape[-1])).detach()
+    r2 = 1 - (flat - reconstruction).pow(2).sum() / (flat - flat.mean(0)).pow(2).sum()
+    assert report.reconstruction["explained_variance"] == pytest.approx(r2.item(), abs=1e-5)
+    assert report.reconstruction["l0"] == pytest.approx((codes > 0).sum().item() / len(flat))
+    fired = (codes > 0).reshape(-1, codes.shape[-1]).any(0)
+    assert report.reconstruction["dead_fraction"] == pytest.approx(1 - fired.float().mean().item())
+    assert [g["latents"] for g in report.groups] == [[0, 8], [8, 24], [24, 56], [56, 128]]
+
+    written = json.loads((tmp_path / "evaluation.json").read_text())
+    assert written["sae"]["mean"] == pytest.approx(report.sae["mean"])
+    assert written["setup"]["tokens"] == "random_2@seed0"
+    assert (tmp_path / "ms_sorted.png").stat().st_size > 1000
+
+
+def test_training_evaluator_appears_in_the_run_log(trained, tmp_path):
+    model, images, _, cfg = trained
+    evaluator = MonosemanticityEvaluator.from_images(
+        model, images[:60], HOOK, "random_2", scoring_encoder=VisionModel(tm.webssl_dino_model())
+    )
+    run = VisionSAERunnerConfig(
+        **{
+            **cfg.to_dict(),
+            "run_dir": str(tmp_path / "run"),
+            "training_steps": 20,
+            "eval_every_steps": 10,
+        }
+    )
+    VisionSAETrainingRunner(run, evaluator=evaluator, progress=False).run()
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    evals = [entry for entry in log if entry["kind"] == "eval"]
+    assert [entry["step"] for entry in evals] == [10, 20]
+    assert all(0 <= entry["eval/ms_n_scored"] <= 128 and "eval/ms_mean" in entry for entry in evals)
+
+
+def test_evaluation_refuses_a_mismatched_model(trained):
+    _, images, sae, _ = trained
+    with pytest.raises(ValueError, match=r"d_in=32.*has width"):
+        evaluate_sae(
+            sae,
+            VisionModel(tm.open_clip_vit_model()),
+            images,
+            hook="hook_image_embeds",
+            tokens="cls",
+            embeddings=torch.randn(len(images), 8),
+            progress=False,
+        )
