@@ -58,6 +58,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             images=args.images,
             n_images=args.n_images,
             layer=args.layer,
+            training_steps=args.steps,
         )
     )
     print(format_summary(summary))
@@ -199,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--model", help="a real checkpoint instead of the small random CLIP")
     demo.add_argument("--images", help="an image folder instead of synthetic concept images")
-    demo.add_argument("--n-images", type=int, default=270, help="synthetic images (default: 270)")
+    demo.add_argument("--n-images", type=int, default=810, help="synthetic images (default: 810)")
+    demo.add_argument("--steps", type=int, default=600, help="SAE training steps (default: 600)")
     demo.add_argument("--layer", type=int, help="block to read (default: second to last)")
     demo.set_defaults(handler=_cmd_demo)
     return parser

@@ -1,13 +1,20 @@
 """``sae-vlm demo``: the plugin's pipeline end to end, offline, on an embedded default.
 
-Default: a small CLIP vision transformer with random weights, built from a config (nothing is
-downloaded), and synthetic concept images (shapes x colours x textures, ``synthetic.py``) whose
-labels are known. With ``--model`` and ``--images`` the same steps run on a real checkpoint and
-an image folder.
+Default: a small CLIP vision transformer with RANDOM weights, built from a config (nothing is
+downloaded), and synthetic concept images (3 shapes x 3 colours x 3 textures, ``synthetic.py``)
+whose labels are known. With ``--model`` and ``--images`` the same steps run on a real
+checkpoint and an image folder (MS then uses the DINOv2 scoring encoder, as in the paper).
 
-Steps so far: extract activations of a block (CLS tokens, and 2 random tokens per image as the
-paper's steering SAE uses) into resumable caches, and report what was extracted. Training, MS,
-dashboards and steering join as they land.
+Steps: extract the CLS tokens of a block into a resumable cache -> train the paper-faithful
+Matryoshka-BatchTopK SAE through SAELens -> MS of the SAE latents and of the raw neurons of the
+same block -> a ground-truth check.
+
+On synthetic images MS is computed with label embeddings instead of an image encoder: each
+image's embedding is the normalised concatenation of one-hot shape, colour and texture codes,
+so ``cos(e_n, e_m)`` is the fraction of attributes two images share and MS measures how much
+the images that activate a neuron share their concepts. The ground-truth check is the concept
+purity of each neuron's top-16 images: the largest fraction of them sharing one value of an
+attribute, averaged over neurons and attributes.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from typing import Any
 
 import torch
 
-DEFAULT_N_IMAGES = 270
+DEFAULT_N_IMAGES = 810
 DEFAULT_IMAGE_SIZE = 32
+TOP_IMAGES = 16
 
 
 def small_clip() -> torch.nn.Module:
@@ -46,7 +54,7 @@ class DemoConfig:
     """What the demo runs on and where it writes."""
 
     out_dir: Path
-    """Output directory (caches and ``summary.json``)."""
+    """Output directory (cache, run, evaluation and ``summary.json``)."""
     model: str | None = None
     """Hub id / path / ``open_clip:...``; None builds the small random CLIP."""
     images: str | None = None
@@ -55,15 +63,48 @@ class DemoConfig:
     """Synthetic images to generate (ignored with ``images``)."""
     layer: int | None = None
     """Block to read; None takes the second-to-last (LLaVA's choice)."""
-    batch_size: int = 32
+    expansion_factor: int = 4
+    k: int = 8
+    training_steps: int = 600
+    batch_size: int = 128
     progress: bool = True
+
+
+def label_embeddings(attributes: list[tuple[str, ...]]) -> torch.Tensor:
+    """Unit vectors whose cosine is the fraction of attribute values two items share."""
+    n_attributes = len(attributes[0])
+    vocab = [sorted({item[a] for item in attributes}) for a in range(n_attributes)]
+    offsets = [sum(len(v) for v in vocab[:a]) for a in range(n_attributes)]
+    embeddings = torch.zeros(len(attributes), sum(len(v) for v in vocab))
+    for row, item in enumerate(attributes):
+        for a, value in enumerate(item):
+            embeddings[row, offsets[a] + vocab[a].index(value)] = 1.0
+    return embeddings / n_attributes**0.5
+
+
+def concept_purity(top_indices: torch.Tensor, attributes: list[tuple[str, ...]]) -> float:
+    """Mean over neurons with a full top set, and over attributes, of the largest fraction of a
+    neuron's top images that share one value of the attribute (1.0: all top images agree)."""
+    full = top_indices[(top_indices >= 0).all(dim=1)]
+    if len(full) == 0:
+        return float("nan")
+    purities = []
+    for row in full.tolist():
+        for a in range(len(attributes[0])):
+            values = [attributes[i][a] for i in row]
+            purities.append(max(values.count(v) for v in set(values)) / len(values))
+    return sum(purities) / len(purities)
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run every step of the demo; returns (and writes to ``summary.json``) what it measured."""
     from sae_vlm_plugin.cache import extract_to_cache
+    from sae_vlm_plugin.metrics.evaluation import evaluate_sae
+    from sae_vlm_plugin.metrics.top_activations import top_activations
     from sae_vlm_plugin.model import VisionModel
     from sae_vlm_plugin.synthetic import concept_images
+    from sae_vlm_plugin.training.presets import preset_config
+    from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
 
     started = time.perf_counter()
     out = Path(config.out_dir)
@@ -74,55 +115,137 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     else:
         model = VisionModel(config.model)
         model_note = config.model
+    attributes: list[tuple[str, ...]] | None = None
+    images: Any
     if config.images is None:
-        images: Any
         images, concepts = concept_images(config.n_images, size=DEFAULT_IMAGE_SIZE)
-        labels = [c.label for c in concepts]
+        attributes = [(c.shape, c.colour, c.texture) for c in concepts]
         data_note = f"{len(images)} synthetic concept images (3 shapes x 3 colours x 3 textures)"
     else:
-        images, labels = config.images, None
-        data_note = f"images from {config.images}"
+        images, data_note = config.images, f"images from {config.images}"
     layer = config.layer if config.layer is not None else model.n_layers - 2
     hook = f"blocks.{layer}.hook_resid_post"
 
-    caches = {}
-    for tokens in ("cls", "random_k"):
-        cache_dir = out / f"cache_{tokens}"
-        caches[tokens] = extract_to_cache(
-            model,
-            images,
-            hook,
-            cache_dir,
-            tokens=tokens,
-            k=2,
-            batch_size=config.batch_size,
-            progress=config.progress,
-        )
-    summary = {
+    cache = extract_to_cache(
+        model, images, hook, out / "cache", tokens="cls", progress=config.progress
+    )
+    schedule = {
+        "training_steps": config.training_steps,
+        "batch_size": config.batch_size,
+        "warmup_steps": config.training_steps // 10,
+        "threshold_start_step": config.training_steps // 5,
+        "dead_feature_threshold": config.batch_size * config.training_steps // 4,
+        "n_batches_for_scaling": 4,
+        "log_every_steps": 50,
+        "checkpoint_every_steps": 0,
+    }
+    run_config = preset_config(
+        "clip-l14-336-l22-cls-matryoshka-x8",
+        cache_path=str(cache.path),
+        hook_name=hook,
+        expansion_factor=config.expansion_factor,
+        k=config.k,
+        run_dir=str(out / "run"),
+        **schedule,
+    )
+    sae = VisionSAETrainingRunner(run_config, progress=config.progress).run()
+
+    embeddings = label_embeddings(attributes) if attributes is not None else None
+    report = evaluate_sae(
+        sae,
+        model,
+        images,
+        embeddings=embeddings,
+        min_support=TOP_IMAGES,
+        out_dir=out / "evaluation",
+        progress=config.progress,
+    )
+    summary: dict[str, Any] = {
         "model": model_note,
         "family": model.family.name,
         "data": data_note,
         "hook": hook,
-        "caches": {
-            tokens: {"path": str(cache.path), "rows": cache.n_rows(), "d_in": cache.d_in()}
-            for tokens, cache in caches.items()
-        },
-        "concepts": len(set(labels)) if labels else None,
-        "seconds": round(time.perf_counter() - started, 1),
+        "sae": f"{run_config.architecture}, d_sae {sae.cfg.d_sae}, k {run_config.k}",
+        "scoring": "label embeddings (shared attributes)" if attributes else "dinov2",
+        "ms_sae": report.sae,
+        "ms_raw": report.raw_neurons,
+        "reconstruction": report.reconstruction,
+        "outputs": {"sae": str(out / "run" / "final"), "evaluation": str(out / "evaluation")},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if attributes is not None:
+        sae_top = top_activations(report.image_codes, k=TOP_IMAGES)
+        raw_top = top_activations(report.image_raw, k=TOP_IMAGES, positive_only=False)
+        order = [int(i) for i in report.image_ids]
+        ordered = [attributes[i] for i in order]
+        summary["purity_sae"] = concept_purity(sae_top.indices, ordered)
+        summary["purity_raw"] = concept_purity(raw_top.indices, ordered)
+        summary["purity_chance"] = _chance_purity(ordered)
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_nan_to_none))
     return summary
 
 
+def _chance_purity(attributes: list[tuple[str, ...]]) -> float:
+    """Purity of random 16-image sets (the baseline a neuron that ignores concepts gets)."""
+    generator = torch.Generator().manual_seed(0)
+    sets = torch.stack(
+        [torch.randperm(len(attributes), generator=generator)[:TOP_IMAGES] for _ in range(200)]
+    )
+    return concept_purity(sets, attributes)
+
+
+def _nan_to_none(value: Any) -> Any:
+    return None if isinstance(value, float) and value != value else value
+
+
 def format_summary(summary: dict[str, Any]) -> str:
+    sae, raw, rec = summary["ms_sae"], summary["ms_raw"], summary["reconstruction"]
     lines = [
-        f"model   {summary['model']} ({summary['family']} family)",
-        f"data    {summary['data']}",
-        f"hook    {summary['hook']}",
+        f"model    {summary['model']} ({summary['family']} family)",
+        f"data     {summary['data']}",
+        f"SAE      {summary['sae']} on {summary['hook']} (CLS tokens)",
+        f"MS via   {summary['scoring']}",
+        "",
+        f"{'':<22}{'SAE latents':>14}{'raw neurons':>14}",
+        f"{'MS mean +- std':<22}{_pm(sae):>14}{_pm(raw):>14}",
+        f"{'MS best':<22}{sae['best']:>14.3f}{raw['best']:>14.3f}",
+        f"{'neurons scored':<22}{int(sae['n_scored']):>14}{int(raw['n_scored']):>14}",
     ]
-    for tokens, cache in summary["caches"].items():
+    if "purity_sae" in summary:
         lines.append(
-            f"cache   {tokens:<9} {cache['rows']:>6} rows x {cache['d_in']}  -> {cache['path']}"
+            f"{'top-16 concept purity':<22}{summary['purity_sae']:>14.3f}{summary['purity_raw']:>14.3f}"
+            f"   (chance {summary['purity_chance']:.3f})"
         )
-    lines.append(f"time    {summary['seconds']} s")
+    lines += [
+        "",
+        f"SAE reconstruction: R^2 {rec['explained_variance']:.3f}, L0 {rec['l0']:.1f}, "
+        f"dead latents {rec['dead_fraction']:.1%}",
+    ]
+    lines.append("Verdict: " + verdict(summary))
+    if "RANDOM" in summary["model"]:
+        lines.append(
+            "Note: the encoder has random weights, so this shows the pipeline, not CLIP's features."
+        )
+    lines.append(
+        f"Outputs: {summary['outputs']['sae']} (SAELens format), {summary['outputs']['evaluation']}"
+    )
+    lines.append(f"Time: {summary['seconds']} s")
     return "\n".join(lines)
+
+
+def verdict(summary: dict[str, Any]) -> str:
+    """Whether the SAE latents beat the raw neurons, on each measure the summary has."""
+    comparisons = [("mean MS", summary["ms_sae"]["mean"], summary["ms_raw"]["mean"])]
+    if "purity_sae" in summary:
+        comparisons.append(("top-16 concept purity", summary["purity_sae"], summary["purity_raw"]))
+    won = [f"{name} ({a:.3f} vs {b:.3f})" for name, a, b in comparisons if a > b]
+    lost = [f"{name} ({a:.3f} vs {b:.3f})" for name, a, b in comparisons if not a > b]
+    if not lost:
+        return "the SAE latents beat the raw neurons on " + " and ".join(won) + "."
+    if not won:
+        return "the SAE latents do NOT beat the raw neurons: " + " and ".join(lost) + "."
+    return f"the SAE latents beat the raw neurons on {' and '.join(won)}, but NOT on {' and '.join(lost)}."
+
+
+def _pm(stats: dict[str, float]) -> str:
+    return f"{stats['mean']:.3f}+-{stats['std']:.3f}"

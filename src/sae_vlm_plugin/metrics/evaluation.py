@@ -79,6 +79,11 @@ class EvaluationReport:
     setup: dict[str, Any]
     sae_scores: MonosemanticityResult
     raw_scores: MonosemanticityResult
+    image_codes: Tensor
+    """Sparse ``(n_images, d_sae)`` per-image SAE activations the scores were computed from."""
+    image_raw: Tensor
+    """``(n_images, d_in)`` per-image raw hook activations."""
+    image_ids: list[str]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -125,10 +130,10 @@ def evaluate_sae(
     with torch.no_grad():
         codes = encode_rows(sae.encode, data.rows.to(sae.W_enc.dtype))
         reconstruction = torch.cat([sae.decode(c.to_dense()) for c in _row_blocks(codes)])
-    sae_scores = monosemanticity_score(
-        pool_codes(codes, data.image_index, data.n_images), embeddings, min_support=min_support
-    )
-    raw_scores = monosemanticity_score(data.image_means(), embeddings, min_support=min_support)
+    image_codes = pool_codes(codes, data.image_index, data.n_images)
+    image_raw = data.image_means()
+    sae_scores = monosemanticity_score(image_codes, embeddings, min_support=min_support)
+    raw_scores = monosemanticity_score(image_raw, embeddings, min_support=min_support)
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     fired[codes.indices()[1]] = True
     groups = []
@@ -165,6 +170,9 @@ def evaluate_sae(
         },
         sae_scores=sae_scores,
         raw_scores=raw_scores,
+        image_codes=image_codes,
+        image_raw=image_raw,
+        image_ids=data.image_ids,
     )
     if out_dir is not None:
         write_report(report, out_dir)
