@@ -103,8 +103,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     from sae_vlm_plugin.metrics.top_activations import top_activations
     from sae_vlm_plugin.model import VisionModel
     from sae_vlm_plugin.synthetic import concept_images
-    from sae_vlm_plugin.training.presets import preset_config
     from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
+    from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 
     started = time.perf_counter()
     out = Path(config.out_dir)
@@ -139,10 +139,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         "log_every_steps": 50,
         "checkpoint_every_steps": 0,
     }
-    run_config = preset_config(
-        "clip-l14-336-l22-cls-matryoshka-x8",
+    run_config = VisionSAERunnerConfig(
         cache_path=str(cache.path),
         hook_name=hook,
+        architecture="paper_matryoshka_batchtopk",
         expansion_factor=config.expansion_factor,
         k=config.k,
         run_dir=str(out / "run"),
