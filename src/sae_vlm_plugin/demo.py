@@ -129,16 +129,6 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     cache = extract_to_cache(
         model, images, hook, out / "cache", tokens="cls", progress=config.progress
     )
-    schedule = {
-        "training_steps": config.training_steps,
-        "batch_size": config.batch_size,
-        "warmup_steps": config.training_steps // 10,
-        "threshold_start_step": config.training_steps // 5,
-        "dead_feature_threshold": config.batch_size * config.training_steps // 4,
-        "n_batches_for_scaling": 4,
-        "log_every_steps": 50,
-        "checkpoint_every_steps": 0,
-    }
     run_config = VisionSAERunnerConfig(
         cache_path=str(cache.path),
         hook_name=hook,
@@ -146,7 +136,14 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         expansion_factor=config.expansion_factor,
         k=config.k,
         run_dir=str(out / "run"),
-        **schedule,
+        training_steps=config.training_steps,
+        batch_size=config.batch_size,
+        warmup_steps=config.training_steps // 10,
+        threshold_start_step=config.training_steps // 5,
+        dead_feature_threshold=config.batch_size * config.training_steps // 4,
+        n_batches_for_scaling=4,
+        log_every_steps=50,
+        checkpoint_every_steps=0,
     )
     sae = VisionSAETrainingRunner(run_config, progress=config.progress).run()
 
