@@ -357,3 +357,15 @@ def test_metrics_package_is_lazy_and_its_names_resolve():
         assert getattr(metrics, name) is not None
     with pytest.raises(AttributeError, match="no_such_metric"):
         metrics.no_such_metric  # noqa: B018
+
+
+def test_cli_alignment_prints_table_a1(tmp_path, capsys):
+    from sae_vlm_plugin.cli import main as cli_main
+
+    (tmp_path / "pairs.csv").write_text(PAIRS_CSV)
+    pairs = load_benchmark_pairs(tmp_path / "pairs.csv")
+    assert cli_main(["alignment", "--pairs", str(tmp_path / "pairs.csv")]) == 0
+    out = capsys.readouterr().out
+    for metric in ("dino", "clip"):
+        expected = score_benchmark(pairs, metric)
+        assert f"MS ({metric}): alignment {expected.score:.3f} over {expected.n_pairs} pairs" in out

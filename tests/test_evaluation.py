@@ -120,3 +120,73 @@ def test_evaluation_refuses_a_mismatched_model(trained):
             embeddings=torch.randn(len(images), 8),
             progress=False,
         )
+
+
+def test_report_adds_uniqueness_and_taxonomy_hierarchy(trained, tmp_path):
+    from sae_vlm_plugin.metrics.hierarchy import Taxonomy, mean_lca_depth
+    from sae_vlm_plugin.metrics.top_activations import top_activations
+    from sae_vlm_plugin.metrics.uniqueness import jaccard_uniqueness
+
+    model, images, sae, _ = trained
+    image_folder = tmp_path / "images"
+    for i, (image, label) in enumerate(
+        zip(images, tm.synthetic_images(len(images))[1], strict=True)
+    ):
+        (image_folder / label).mkdir(parents=True, exist_ok=True)
+        image.save(image_folder / label / f"{i:04d}.png")
+    labels = sorted(p.name for p in image_folder.iterdir())
+    taxonomy = Taxonomy.from_mapping({label: tuple(reversed(label.split("_"))) for label in labels})
+    embeddings = torch.randn(len(images), 8)
+    report = evaluate_sae(
+        sae, model, image_folder, embeddings=embeddings, taxonomy=taxonomy, progress=False
+    )
+    top = top_activations(report.image_codes.to_dense(), k=16)
+    assert report.uniqueness["n_latents"] >= 2  # latents firing on at least 16 of the images
+    assert report.uniqueness["mean_jaccard"] == pytest.approx(jaccard_uniqueness(top).mean_jaccard)
+    assert [level["level"] for level in report.hierarchy] == [0, 1, 2, 3]
+    classes = taxonomy.class_indices([i.split("/")[0] for i in report.image_ids])
+    depths = mean_lca_depth(top, classes, taxonomy)
+    level0 = depths[:8][~torch.isnan(depths[:8])]
+    expected = level0.mean().item() if level0.numel() else float("nan")
+    got = report.hierarchy[0]["mean_depth"]
+    assert (got != got and expected != expected) or got == pytest.approx(expected)
+
+
+def test_cli_evaluate_writes_the_report(trained, tmp_path, capsys):
+    from sae_vlm_plugin.cli import main as cli_main
+
+    model, images, _, cfg = trained
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(images[:40]):
+        image.save(folder / f"{i:03d}.png")
+    checkpoint = tmp_path / "clip"
+    model.source_module.save_pretrained(checkpoint)
+    from transformers import CLIPImageProcessor
+
+    CLIPImageProcessor(
+        size={"shortest_edge": tm.IMAGE_SIZE}, crop_size=tm.IMAGE_SIZE
+    ).save_pretrained(checkpoint)
+    dino = tmp_path / "dino"
+    tm.webssl_dino_model().save_pretrained(dino)
+    VisionModel(tm.webssl_dino_model()).family.image_processor(tm.IMAGE_SIZE).save_pretrained(dino)
+    code = cli_main(
+        [
+            "evaluate",
+            "--sae",
+            f"{cfg.run_dir}/final",
+            "--images",
+            str(folder),
+            "--model",
+            str(checkpoint),
+            "--scoring-encoder",
+            str(dino),
+            "--out",
+            str(tmp_path / "eval"),
+        ]
+    )
+    assert code == 0
+    assert "SAE latents  MS" in capsys.readouterr().out
+    assert (
+        json.loads((tmp_path / "eval" / "evaluation.json").read_text())["setup"]["n_images"] == 40
+    )

@@ -5,7 +5,9 @@
 paper's "No SAE" baseline): MS mean +- std, best, worst, quantiles and counts above thresholds,
 per Matryoshka group; and the SAE's R^2, L0 and dead fraction on the rows it reads. It writes
 ``evaluation.json`` and the paper's Figure 5 (MS over neurons sorted by score, against the
-normalised neuron index) as ``ms_sorted.png``.
+normalised neuron index) as ``ms_sorted.png``. It also reports the uniqueness of the latents'
+top-16 image sets (appendix G) and, given a taxonomy of the images' classes, the mean LCA depth
+of each Matryoshka level's top images (appendix E.3, Table A8).
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sae_vlm_plugin.images import open_image_source
 from sae_vlm_plugin.metrics.embeddings import image_embeddings
+from sae_vlm_plugin.metrics.hierarchy import Taxonomy, hierarchy_by_level, mean_lca_depth
 from sae_vlm_plugin.metrics.monosemanticity import MonosemanticityResult, monosemanticity_score
 from sae_vlm_plugin.metrics.sae_activations import (
     HookRows,
@@ -28,8 +32,11 @@ from sae_vlm_plugin.metrics.sae_activations import (
     hook_rows,
     pool_codes,
 )
+from sae_vlm_plugin.metrics.top_activations import top_activations
+from sae_vlm_plugin.metrics.uniqueness import jaccard_uniqueness
 
 MS_THRESHOLDS = (0.5, 0.75, 0.9)
+TOP_IMAGES = 16
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
@@ -77,6 +84,8 @@ class EvaluationReport:
     groups: list[dict[str, Any]]
     reconstruction: dict[str, float]
     setup: dict[str, Any]
+    uniqueness: dict[str, float]
+    hierarchy: list[dict[str, Any]]
     sae_scores: MonosemanticityResult
     raw_scores: MonosemanticityResult
     image_codes: Tensor
@@ -105,6 +114,7 @@ def evaluate_sae(
     hook: str | None = None,
     tokens: str | None = None,
     min_support: int = 2,
+    taxonomy: Taxonomy | None = None,
     batch_size: int = 64,
     out_dir: str | Path | None = None,
     progress: bool = True,
@@ -112,8 +122,10 @@ def evaluate_sae(
     """Evaluate ``sae`` (a SAELens SAE) on ``images`` seen by ``model`` (a ``VisionModel``).
 
     ``hook`` and ``tokens`` default to the SAE's metadata. ``embeddings`` (one row per image, in
-    source order) replaces running ``scoring_encoder`` (see ``image_embeddings``). With
-    ``out_dir``, writes ``evaluation.json`` and ``ms_sorted.png`` there.
+    source order) replaces running ``scoring_encoder`` (see ``image_embeddings``). ``taxonomy``
+    (e.g. ``Taxonomy.from_folder_names`` of iNaturalist's class folders) places each image by
+    its label (the class folder of an ImageNet-style tree) and adds the Matryoshka hierarchy.
+    With ``out_dir``, writes ``evaluation.json`` and ``ms_sorted.png`` there.
     """
     from sae_vlm_plugin.pretrained.loading import check_attachable
 
@@ -145,10 +157,33 @@ def evaluate_sae(
             sae_scores.min_support,
         )
         groups.append({"level": level, "latents": [start, stop], **ms_statistics(part)})
+    top = top_activations(image_codes, k=TOP_IMAGES)
+    unique = jaccard_uniqueness(top)
+    uniqueness = {
+        "n_latents": float(unique.n_neurons),
+        "mean_jaccard": unique.mean_jaccard,
+        "max_jaccard": unique.max_jaccard,
+        "fraction_unique": unique.fraction_unique,
+        "n_pairs_above_0.5": float(unique.n_above_threshold),
+    }
+    hierarchy = []
+    if taxonomy is not None:
+        labels = open_image_source(images).labels
+        if labels is None:
+            raise ValueError(
+                "a taxonomy needs labelled images (an ImageNet-style class-folder tree)"
+            )
+        by_id = dict(zip(open_image_source(images).ids, labels, strict=True))
+        classes = taxonomy.class_indices([by_id[i] for i in data.image_ids])
+        depths = mean_lca_depth(top, classes, taxonomy)
+        widths = [stop for _, stop in _group_bounds(sae)] or [sae.cfg.d_sae]
+        hierarchy = [vars(level) for level in hierarchy_by_level(depths, widths, sae_scores.scores)]
     report = EvaluationReport(
         sae=ms_statistics(sae_scores),
         raw_neurons=ms_statistics(raw_scores),
         groups=groups,
+        uniqueness=uniqueness,
+        hierarchy=hierarchy,
         reconstruction={
             "explained_variance": explained_variance(data.rows, reconstruction.float()),
             "l0": codes.indices().shape[1] / len(data.rows),

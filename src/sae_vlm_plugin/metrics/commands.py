@@ -1,0 +1,113 @@
+"""``sae-vlm evaluate`` and ``sae-vlm alignment``: the paper's evaluations from the command line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def add_metric_commands(commands: argparse._SubParsersAction) -> None:
+    """Add ``evaluate`` and ``alignment`` to the ``sae-vlm`` subcommands."""
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="MS, R^2, L0, dead latents, uniqueness of an SAE vs the raw neurons of its hook",
+        description="The paper's evaluation of an SAE on an image folder: MonoSemanticity Score "
+        "of its latents and of the raw neurons of the same hook, per Matryoshka group; "
+        "reconstruction R^2, L0 and dead fraction; uniqueness of the top-16 sets; with "
+        "--taxonomy, the Matryoshka hierarchy. Writes evaluation.json and ms_sorted.png.",
+    )
+    evaluate.add_argument("--sae", required=True, help="SAE directory, or RELEASE:SAE_ID")
+    evaluate.add_argument("--images", required=True, help="image folder (e.g. ImageNet val)")
+    evaluate.add_argument("--model", help="model to run (default: the SAE's metadata)")
+    evaluate.add_argument("--scoring-encoder", default="dinov2", help="dinov2 | clip | a hub id")
+    evaluate.add_argument("--min-support", type=int, default=2)
+    evaluate.add_argument(
+        "--taxonomy",
+        help="'inat' (class folders named like iNaturalist's) or a taxonomy file: adds the "
+        "Matryoshka hierarchy (mean LCA depth of each level's top images)",
+    )
+    evaluate.add_argument("--out", default="evaluation", help="output directory")
+    evaluate.add_argument("--device")
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+    alignment = commands.add_parser(
+        "alignment",
+        help="agreement of MS with the paper's user study (Table A1), from its pairs.csv",
+    )
+    alignment.add_argument("--pairs", required=True, help="the released benchmark's pairs.csv")
+    alignment.add_argument("--metric", action="append", help="dino and/or clip (default: both)")
+    alignment.add_argument("--bin-by", help="bin by this MS column's distance (Table A1(a): dino)")
+    alignment.set_defaults(handler=_cmd_alignment)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from sae_vlm_plugin.metrics.evaluation import evaluate_sae
+    from sae_vlm_plugin.model import VisionModel
+
+    sae = load_sae_argument(args.sae, args.device or "cpu")
+    model_name = args.model or sae.cfg.metadata.model_name
+    if not model_name:
+        raise SystemExit("the SAE's metadata names no model; pass --model")
+    report = evaluate_sae(
+        sae,
+        VisionModel(model_name, device=args.device),
+        args.images,
+        scoring_encoder=args.scoring_encoder,
+        min_support=args.min_support,
+        taxonomy=taxonomy_argument(args.taxonomy, args.images),
+        out_dir=args.out,
+    )
+    for name, stats in (("SAE latents", report.sae), ("raw neurons", report.raw_neurons)):
+        print(
+            f"{name:<12} MS {stats['mean']:.3f} +- {stats['std']:.3f} (best {stats['best']:.3f}, "
+            f"{int(stats['n_scored'])} of {int(stats['n_neurons'])} scored)"
+        )
+    rec = report.reconstruction
+    print(
+        f"R^2 {rec['explained_variance']:.3f}  L0 {rec['l0']:.1f}  dead {rec['dead_fraction']:.1%}"
+    )
+    print(f"-> {Path(args.out) / 'evaluation.json'}, {Path(args.out) / 'ms_sorted.png'}")
+    return 0
+
+
+def _cmd_alignment(args: argparse.Namespace) -> int:
+    from sae_vlm_plugin.metrics.alignment import load_benchmark_pairs, score_benchmark
+
+    pairs = load_benchmark_pairs(args.pairs)
+    for metric in args.metric or ["dino", "clip"]:
+        result = score_benchmark(pairs, metric, bin_by=args.bin_by)
+        print(f"MS ({metric}): alignment {result.score:.3f} over {result.n_pairs} pairs")
+        for b in result.bins:
+            print(f"  |dMS| in [{b.low:.1f}, {b.high:.1f}): {b.score:.3f} ({b.n_pairs} pairs)")
+    return 0
+
+
+def load_sae_argument(spec: str, device: str) -> Any:
+    """An SAE from a directory (SAELens format) or ``RELEASE:SAE_ID`` of the registry."""
+    if Path(spec).is_dir():
+        from sae_lens import SAE
+
+        return SAE.load_from_disk(spec, device=device)
+    release, sep, sae_id = spec.partition(":")
+    if not sep:
+        raise SystemExit(f"--sae {spec!r} is neither a directory nor RELEASE:SAE_ID")
+    from sae_vlm_plugin.pretrained.loading import load_sae
+
+    return load_sae(release, sae_id, device=device).sae
+
+
+def taxonomy_argument(spec: str | None, images: str) -> Any:
+    """None, ``inat`` (the image folder's iNaturalist-style class folders) or a taxonomy file."""
+    from sae_vlm_plugin.metrics.hierarchy import Taxonomy
+
+    if spec is None:
+        return None
+    if spec == "inat":
+        from sae_vlm_plugin.images import open_image_source
+
+        labels = open_image_source(images).labels
+        if labels is None:
+            raise SystemExit("--taxonomy inat needs class folders (root/<class>/<image>)")
+        return Taxonomy.from_folder_names(sorted(set(labels)))
+    return Taxonomy.from_file(spec)
