@@ -29,6 +29,10 @@ tr:hover td { background: #f0f4ff; }
 .stats td:first-child { text-align: left; color: #555; }
 .row { display: flex; gap: 24px; flex-wrap: wrap; align-items: flex-start; }
 .muted { color: #777; }
+.hist { width: 300px; }
+.hist .bars { display: flex; align-items: flex-end; height: 110px; gap: 1px; border-bottom: 1px solid #999; }
+.hist .bar { flex: 1; background: #4a7ab5; }
+.hist .axis { display: flex; justify-content: space-between; font-size: 11px; }
 """
 
 JS = r"""
@@ -157,21 +161,15 @@ JS = r"""
     }
   }
   function histogram(counts, max) {
-    var w = 300, h = 110, n = counts.length, peak = Math.max.apply(null, counts.concat([1]));
-    var ns = "http://www.w3.org/2000/svg", svg = document.createElementNS(ns, "svg");
-    svg.setAttribute("width", w); svg.setAttribute("height", h + 18); svg.setAttribute("id", "histogram");
-    for (var i = 0; i < n; i++) {
-      var bh = counts[i] / peak * h, rect = document.createElementNS(ns, "rect");
-      rect.setAttribute("x", i * w / n); rect.setAttribute("y", h - bh); rect.setAttribute("width", w / n - 1);
-      rect.setAttribute("height", bh); rect.setAttribute("fill", "#4a7ab5");
-      var t = document.createElementNS(ns, "title"); t.textContent = counts[i] + " images in [" + fmt(i * max / n, 3) + ", " + fmt((i + 1) * max / n, 3) + ")";
-      rect.appendChild(t); svg.appendChild(rect);
-    }
-    [["0", 0, "start"], [fmt(max, 3), w, "end"]].forEach(function (a) {
-      var t = document.createElementNS(ns, "text"); t.setAttribute("x", a[1]); t.setAttribute("y", h + 14);
-      t.setAttribute("font-size", "11"); t.setAttribute("text-anchor", a[2]); t.textContent = a[0]; svg.appendChild(t);
+    var h = 110, peak = Math.max.apply(null, counts.concat([1]));
+    var box = el("div", {id: "histogram", "class": "hist"}), bars = el("div", {"class": "bars"});
+    counts.forEach(function (c, i) {
+      var b = el("div", {"class": "bar", title: c + " images in [" + fmt(i * max / counts.length, 3) + ", " + fmt((i + 1) * max / counts.length, 3) + ")"});
+      b.style.height = Math.round(c / peak * h) + "px"; bars.appendChild(b);
     });
-    return svg;
+    box.appendChild(bars);
+    var axis = el("div", {"class": "axis"}); axis.appendChild(el("span", {}, "0")); axis.appendChild(el("span", {}, fmt(max, 3)));
+    box.appendChild(axis); return box;
   }
   function drawHeat(canvas, b64, side) {
     var bytes = atob(b64), ctx = canvas.getContext("2d"), img = ctx.createImageData(side, side);
