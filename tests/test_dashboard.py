@@ -131,11 +131,15 @@ def test_chromium_latent_page_images_and_heatmaps(patch_dashboard, tmp_path):
     shot = tmp_path / "latent.png"
     dom = chromium(index.as_uri() + "#latent=3", shot)
     state = status(dom)
-    assert state["view"] == "latent" and state["latent"] == "3"
-    assert state["images"] == "16" and state["images-loaded"] == "16"
-    assert state["images-broken"] == "0" and state["ready"] == "1"
+    assert state["view"] == "latent"
+    assert state["latent"] == "3"
+    assert state["images"] == "16"
+    assert state["images-loaded"] == "16"
+    assert state["images-broken"] == "0"
+    assert state["ready"] == "1"
     assert state["heatmaps"] == "16"
-    assert 'id="histogram"' in dom and 'id="similar"' in dom
+    assert 'id="histogram"' in dom
+    assert 'id="similar"' in dom
     assert shot.stat().st_size > 1000
 
 
@@ -177,4 +181,5 @@ def test_subset_of_latents(setup, patch_dashboard, tmp_path):
     text = (tmp_path / "data" / "index.js").read_text()
     assert '"latent":[9,2]' in text
     state = status(chromium(index.as_uri() + "#latent=2"))
-    assert state["images-loaded"] == "16" and state["heatmaps"] == "16"
+    assert state["images-loaded"] == "16"
+    assert state["heatmaps"] == "16"

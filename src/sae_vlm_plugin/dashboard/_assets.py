@@ -25,7 +25,7 @@ tr:hover td { background: #f0f4ff; }
 .cell .frame { position: relative; width: 128px; height: 128px; background: #ddd; }
 .cell img, .cell canvas { position: absolute; left: 0; top: 0; width: 128px; height: 128px;
   object-fit: cover; }
-.cell canvas { opacity: 0.55; image-rendering: auto; pointer-events: none; }
+.cell canvas { opacity: 0.75; image-rendering: auto; pointer-events: none; }
 .stats td:first-child { text-align: left; color: #555; }
 .row { display: flex; gap: 24px; flex-wrap: wrap; align-items: flex-start; }
 .muted { color: #777; }
@@ -175,8 +175,8 @@ JS = r"""
     var bytes = atob(b64), ctx = canvas.getContext("2d"), img = ctx.createImageData(side, side);
     for (var i = 0; i < side * side; i++) {
       var v = bytes.charCodeAt(i) / 255;
-      img.data[4 * i] = 255; img.data[4 * i + 1] = Math.round(255 * (1 - v)); img.data[4 * i + 2] = 0;
-      img.data[4 * i + 3] = Math.round(255 * v);
+      img.data[4 * i] = 0; img.data[4 * i + 1] = 255; img.data[4 * i + 2] = 255;
+      img.data[4 * i + 3] = Math.round(230 * v);
     }
     ctx.putImageData(img, 0, 0);
   }
@@ -205,6 +205,14 @@ JS = r"""
         right.appendChild(ul);
       }
       left.appendChild(el("h3", {}, "Top " + L.top.length + " images"));
+      if (L.heat) {
+        var lab = el("label", {}, " show patch heatmap (cyan = activation)"), box = el("input", {type: "checkbox", id: "heat-toggle"});
+        box.checked = true; lab.insertBefore(box, lab.firstChild);
+        box.addEventListener("change", function () {
+          Array.prototype.forEach.call(document.querySelectorAll("canvas.heatmap"), function (c) { c.style.display = box.checked ? "" : "none"; });
+        });
+        left.appendChild(lab);
+      }
       var grid = el("div", {"class": "grid", id: "topgrid"}), done = 0, ok = 0, bad = 0, heats = 0;
       status.setAttribute("data-images", String(L.top.length));
       function report() {
