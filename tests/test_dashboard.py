@@ -74,7 +74,7 @@ def test_heatmaps_match_direct_patch_codes(setup, patch_dashboard):
     from sae_vlm_plugin.images import open_image_source
 
     data = collect(report.image_codes, report.image_ids, report.sae_scores.scores, latents=[5])
-    heat, side = patch_heatmaps(
+    heat, side, _ = patch_heatmaps(
         sae, model, open_image_source(images), HOOK, data.latents, data.top_indices
     )
     assert side * side == tm.N_PATCHES

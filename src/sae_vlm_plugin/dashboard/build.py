@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,49 @@ from sae_vlm_plugin.dashboard.thumbnails import write_thumbnails
 from sae_vlm_plugin.images import ImageSource, open_image_source
 
 
+@dataclass
+class CollectedDashboard:
+    """What ``collect_dashboard`` gathered: the data, the images, and where each recorded image
+    is in them."""
+
+    data: DashboardData
+    source: ImageSource
+    positions: dict[int, int]
+    """Position in ``data.image_ids`` -> index in ``source``."""
+
+
 def build_dashboard(
     sae: Any,
     model: Any,
     images: Any,
     out_dir: str | Path,
+    *,
+    thumbnail_size: int = 112,
+    title: str | None = None,
+    **collect: Any,
+) -> Path:
+    """Write the dashboard of ``sae`` (a SAELens SAE) on ``images`` seen by ``model`` into
+    ``out_dir``; returns the path of ``index.html``.
+
+    ``collect`` goes to ``collect_dashboard`` (``embeddings``, ``scoring_encoder``, ``report``,
+    ``latents``, ``n_top``, ``heatmaps``, ``similar`` ...). Thumbnails are written once per image
+    id and size and reused by later builds.
+    """
+    found = collect_dashboard(sae, model, images, **collect)
+    return write_from_data(
+        found.data,
+        found.source,
+        out_dir,
+        positions=found.positions,
+        thumbnail_size=thumbnail_size,
+        title=title or f"SAE latents: {found.data.meta['model']} {found.data.meta['hook']}",
+    )
+
+
+def collect_dashboard(
+    sae: Any,
+    model: Any,
+    images: Any,
     *,
     embeddings: Tensor | None = None,
     scoring_encoder: Any = "dinov2",
@@ -31,20 +70,16 @@ def build_dashboard(
     heatmaps: bool | None = None,
     similar: bool | None = None,
     n_similar: int = 5,
-    thumbnail_size: int = 112,
     batch_size: int = 64,
-    title: str | None = None,
     progress: bool = False,
-) -> Path:
-    """Write the dashboard of ``sae`` (a SAELens SAE) on ``images`` seen by ``model`` into
-    ``out_dir``; returns the path of ``index.html``.
+) -> CollectedDashboard:
+    """The dashboard data of ``sae`` (a SAELens SAE) on ``images`` seen by ``model``.
 
     The per-image codes and MS come from ``report`` (an ``EvaluationReport`` of this SAE on these
     images) or from running ``evaluate_sae`` with ``embeddings`` / ``scoring_encoder``.
     ``latents`` restricts the dashboard to some latents (default: all). ``heatmaps`` (default:
     when the SAE reads patch tokens) adds per-patch maps of each latent on its top images;
     ``similar`` (default: Matryoshka SAEs) the ``n_similar`` nearest latents by decoder cosine.
-    Thumbnails are written once per image id and size and reused by later builds.
 
     Raises:
         ValueError: latents out of range, recorded image ids missing from ``images``, or an SAE
@@ -97,13 +132,12 @@ def build_dashboard(
             "min_support": int(report.sae_scores.min_support),
         },
     )
-    side = 0
     if heatmaps is None:
         heatmaps = str(tokens).split("@")[0].split("_")[0] in ("patches", "all", "random")
     if heatmaps:
         if source.is_pixels:
             raise ValueError("patch heatmaps need images, not a preprocessed pixel tensor")
-        data.heatmaps, side = patch_heatmaps(
+        data.heatmaps, data.heatmap_side, data.heatmap_peaks = patch_heatmaps(
             sae,
             model,
             source,
@@ -113,15 +147,7 @@ def build_dashboard(
             image_positions=positions,
             batch_size=min(batch_size, 16),
         )
-    return write_from_data(
-        data,
-        source,
-        out_dir,
-        positions=positions,
-        thumbnail_size=thumbnail_size,
-        title=title or f"SAE latents: {data.meta['model']} {data.meta['hook']}",
-        heatmap_side=side,
-    )
+    return CollectedDashboard(data, source, positions)
 
 
 def source_positions(source: ImageSource, image_ids: Sequence[str]) -> dict[int, int]:
@@ -145,7 +171,6 @@ def write_from_data(
     positions: dict[int, int] | None = None,
     thumbnail_size: int = 112,
     title: str = "SAE latents",
-    heatmap_side: int = 0,
 ) -> Path:
     """Thumbnails of the shown top images, the MS plot and the page for ``data``."""
     out = Path(out_dir)
@@ -161,5 +186,4 @@ def write_from_data(
         thumbs,
         title=title,
         ms_plot="ms_distribution.png",
-        heatmap_side=heatmap_side,
     )

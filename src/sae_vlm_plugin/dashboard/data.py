@@ -55,6 +55,10 @@ class DashboardData:
     heatmaps: Tensor | None = None
     """``(n, n_top, n_patches)`` uint8 per-patch activation (255 = the latent's max over its
     top images' patches), or None for SAEs that do not read patch tokens."""
+    heatmap_side: int = 0
+    """Patch grid side of the heatmaps (``n_patches = side**2``)."""
+    heatmap_peaks: Tensor | None = None
+    """``(n,)`` the activation that 255 stands for in each latent's heatmaps."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Setup shown on the page (model, hook, tokens, d_sae, n_images ...)."""
 

@@ -26,8 +26,9 @@ def patch_heatmaps(
     *,
     image_positions: dict[int, int] | None = None,
     batch_size: int = 16,
-) -> tuple[Tensor, int]:
-    """``(n_latents, n_top, n_patches)`` uint8 maps and the grid side ``sqrt(n_patches)``.
+) -> tuple[Tensor, int, Tensor]:
+    """``(n_latents, n_top, n_patches)`` uint8 maps, the grid side ``sqrt(n_patches)`` and the
+    ``(n_latents,)`` activation that 255 stands for.
 
     ``top_indices[r, j]`` is the j-th top image of ``latents[r]`` as a position in the recorded
     image ids (-1 for padding); ``image_positions`` maps those positions to indices of ``source``
@@ -61,10 +62,14 @@ def patch_heatmaps(
         where = torch.tensor([local[int(i)] for i in images[mask]], dtype=torch.long)
         heat[rows, slots] = codes[where, :, latents[rows]]
     if heat is None:
-        return torch.zeros(top_indices.shape[0], n_top, 0, dtype=torch.uint8), 0
+        return (
+            torch.zeros(top_indices.shape[0], n_top, 0, dtype=torch.uint8),
+            0,
+            torch.zeros(top_indices.shape[0]),
+        )
     side = math.isqrt(n_patches)
     if side * side != n_patches:
         raise ValueError(f"{n_patches} patch tokens do not form a square grid")
     peak = heat.clamp(min=0).amax(dim=(1, 2), keepdim=True).clamp(min=1e-12)
     scaled = (heat.clamp(min=0) / peak * 255).round().to(torch.uint8)
-    return scaled, side
+    return scaled, side, peak.view(-1)

@@ -28,7 +28,6 @@ def write_dashboard(
     *,
     title: str = "SAE latents",
     ms_plot: str | None = None,
-    heatmap_side: int = 0,
 ) -> Path:
     """Write ``index.html`` and its data files for ``data`` into ``out_dir``.
 
@@ -67,7 +66,7 @@ def write_dashboard(
         "version": FORMAT_VERSION,
         "chunk_size": CHUNK_SIZE,
         "n_groups": n_groups,
-        "heatmap_side": heatmap_side,
+        "heatmap_side": data.heatmap_side,
         "ms_plot": ms_plot,
         "setup": setup,
     }
