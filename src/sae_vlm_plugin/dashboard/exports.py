@@ -5,8 +5,9 @@ Neither tool knows images, so an image becomes a "sequence": its first token is 
 reference (a path relative to the export folder, or a ``data:`` URI) with the image's activation;
 for patch-token SAEs the following tokens are ``patch r,c`` with the latent's activation on each
 patch (from the heatmaps, in activation units). Similar latents by decoder cosine go into the
-correlated-features table (SAEDashboard's ``correlated_features_cossim``, which Neuronpedia's own
-converter writes as ``correlated_features_l1``).
+correlated-features table (SAEDashboard's ``correlated_features_cossim`` - and its ``pearson``
+column, which its HTML table displays - and Neuronpedia's ``correlated_features_l1``, where
+Neuronpedia's own converter puts the cosine).
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-
-import torch
 
 from sae_vlm_plugin.dashboard.data import DashboardData
 from sae_vlm_plugin.dashboard.thumbnails import write_thumbnails
@@ -135,7 +134,7 @@ def _np_activations(data: DashboardData, r: int, refs: dict[int, str]) -> list[d
                 "bin_min": -1,
                 "bin_max": peak,
                 "bin_contains": -1,
-                "tokens": [refs[image]] + _patch_names(len(patches)),
+                "tokens": [refs[image], *_patch_names(len(patches))],
                 "values": [round(float(data.top_values[r, slot]), 5), *patches],
                 "qualifying_token_index": 0,
             }
@@ -205,7 +204,7 @@ def saedashboard_data(
                 SequencesConfig(
                     stack_mode="stack-all",
                     buffer=None,
-                    compute_buffer=False,
+                    compute_buffer=True,
                     n_quantiles=0,
                     top_acts_group_size=data.n_top,
                 ),
@@ -234,16 +233,22 @@ def saedashboard_data(
                     qualifying_token_index=0,
                     token_ids=[image] + [n_images + j for j in range(len(patches))],
                     feat_acts=[round(float(data.top_values[r, slot]), 5), *patches],
+                    # No logits for images: empty hover data, zero loss effect.
                     loss_contribution=[0.0] * (1 + len(patches)),
+                    token_logits=[0.0] * (1 + len(patches)),
+                    top_token_ids=[[] for _ in range(1 + len(patches))],
+                    top_logits=[[] for _ in range(1 + len(patches))],
+                    bottom_token_ids=[[] for _ in range(1 + len(patches))],
+                    bottom_logits=[[] for _ in range(1 + len(patches))],
                 )
             )
         tables = FeatureTablesData()
         if has_similar:
             tables.correlated_features_indices = data.similar_indices[r].tolist()  # type: ignore[index]
             tables.correlated_features_cossim = data.similar_values[r].tolist()  # type: ignore[index]
-            tables.correlated_features_pearson = [math.nan] * len(
-                tables.correlated_features_indices
-            )
+            # SAEDashboard's table shows the "pearson" column; there is no activation
+            # correlation here, so it shows the decoder cosine too (valid JSON, no NaN).
+            tables.correlated_features_pearson = tables.correlated_features_cossim
         peak = float(data.max_activation[r])
         feature_data[int(data.latents[r])] = FeatureData(
             feature_tables_data=tables,
@@ -273,9 +278,7 @@ def saedashboard_data(
         feature_centric_layout=layout,
     )
     stand_in = SimpleNamespace(tokenizer=_ImageVocabulary(names, n_patches))
-    return SaeVisData(
-        cfg=cfg, feature_data_dict=feature_data, feature_stats=stats, model=stand_in
-    )
+    return SaeVisData(cfg=cfg, feature_data_dict=feature_data, feature_stats=stats, model=stand_in)
 
 
 def export_saedashboard(
