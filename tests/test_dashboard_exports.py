@@ -116,3 +116,58 @@ def test_saedashboard_data_classes_and_writers(collected, tmp_path):
     # The page SAEDashboard writes loads its libraries from a CDN (why it needs a network);
     # our own dashboard never does.
     assert EXTERNAL_URL.search(page) is not None
+
+
+def test_cli_dashboard_with_exports_and_server(tmp_path, image_folder, capsys):
+    import argparse
+    import urllib.request
+
+    from transformers import CLIPImageProcessor
+
+    from sae_vlm_plugin.dashboard.cli import add_dashboard_command, parse_latents, start_server
+
+    checkpoint = tmp_path / "ckpt"
+    tm.clip_vision_model().save_pretrained(checkpoint)
+    processor = CLIPImageProcessor(size={"shortest_edge": tm.IMAGE_SIZE}, crop_size=tm.IMAGE_SIZE)
+    processor.save_pretrained(checkpoint)
+    scorer = tmp_path / "scorer"
+    tm.clip_vision_model().save_pretrained(scorer)
+    processor.save_pretrained(scorer)
+    sae_dir = tmp_path / "sae"
+    random_sae(16, "patches").save_model(sae_dir)
+    parser = argparse.ArgumentParser()
+    add_dashboard_command(parser.add_subparsers(dest="command"))
+    out = tmp_path / "dash"
+    args = parser.parse_args(
+        [
+            "dashboard",
+            "--sae",
+            str(sae_dir),
+            "--images",
+            str(image_folder),
+            "--out",
+            str(out),
+            "--model",
+            str(checkpoint),
+            "--scoring-encoder",
+            str(scorer),
+            "--latents",
+            "0-3,9",
+            "--neuronpedia",
+            "--saedashboard",
+        ]
+    )
+    assert args.handler(args) == 0
+    assert (out / "index.html").is_file()
+    assert (out / "neuronpedia" / "batch-0.json").is_file()
+    assert (out / "saedashboard" / "saedashboard.json").is_file()
+    assert '"latent":[0,1,2,3,9]' in (out / "data" / "index.js").read_text()
+    assert parse_latents("2-4,8") == [2, 3, 4, 8]
+    server = start_server(out, port=0)
+    try:
+        port = server.server_address[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=10) as reply:
+            assert b"data/index.js" in reply.read()
+    finally:
+        server.shutdown()
+        server.server_close()
