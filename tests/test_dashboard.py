@@ -183,3 +183,18 @@ def test_subset_of_latents(setup, patch_dashboard, tmp_path):
     state = status(chromium(index.as_uri() + "#latent=2"))
     assert state["images-loaded"] == "16"
     assert state["heatmaps"] == "16"
+
+
+def test_data_from_codes_rejects_mismatched_input(patch_dashboard):
+    _, report, _, _ = patch_dashboard
+    codes, ids, scores = report.image_codes, report.image_ids, report.sae_scores.scores
+    with pytest.raises(TypeError, match="sparse COO"):
+        data_from_codes(codes.to_dense(), ids, scores)
+    with pytest.raises(ValueError, match="59 image ids for codes of 60 images"):
+        data_from_codes(codes, ids[:-1], scores)
+    with pytest.raises(ValueError, match="do not come from the same SAE"):
+        data_from_codes(codes, ids, scores[:10])
+    with pytest.raises(ValueError, match="does not match the activations"):
+        data_from_codes(codes, ids, scores, w_dec=torch.randn(10, 4))
+    with pytest.raises(ValueError, match="latent -1 is out of range"):
+        data_from_codes(codes, ids, scores, latents=[-1])
