@@ -9,7 +9,12 @@ from typing import Any
 
 from torch import Tensor
 
-from sae_vlm_plugin.dashboard.data import DashboardData, data_from_codes, group_levels
+from sae_vlm_plugin.dashboard.data import (
+    DashboardData,
+    check_latents,
+    data_from_codes,
+    group_levels,
+)
 from sae_vlm_plugin.dashboard.heatmaps import patch_heatmaps
 from sae_vlm_plugin.dashboard.html import plot_ms_distribution, write_dashboard
 from sae_vlm_plugin.dashboard.thumbnails import write_thumbnails
@@ -80,6 +85,9 @@ def collect_dashboard(
     ``latents`` restricts the dashboard to some latents (default: all). ``heatmaps`` (default:
     when the SAE reads patch tokens) adds per-patch maps of each latent on its top images;
     ``similar`` (default: Matryoshka SAEs) the ``n_similar`` nearest latents by decoder cosine.
+    Heatmaps are held as ``(n_latents, n_top, n_patches)`` floats while computed and written as
+    one byte per patch (65,536 latents x 16 x 576 patches: 2.4 GB, then ~800 MB of page data),
+    so for the widest patch SAEs pass ``latents`` (e.g. the best-scoring few thousand).
 
     Raises:
         ValueError: latents out of range, recorded image ids missing from ``images``, or an SAE
@@ -89,8 +97,6 @@ def collect_dashboard(
 
     d_sae = int(sae.cfg.d_sae)
     if latents is not None:  # fail before the expensive evaluation
-        from sae_vlm_plugin.dashboard.data import check_latents
-
         check_latents(latents, d_sae)
     tokens = tokens or getattr(sae.cfg.metadata, "tokens", None) or "cls"
     if report is None:

@@ -1,8 +1,8 @@
 """Per-patch activation maps of each latent on its top images (patch-token SAEs only).
 
 Only the union of the shown latents' top images is run through the model again, a few images
-at a time; of each image's dense ``(n_patches, d_sae)`` codes only the columns of the latents
-that rank that image among their top images are kept.
+at a time; each image's dense ``(n_patches, d_sae)`` codes are computed alone and only the columns
+of the latents that rank that image among their top images are kept.
 """
 
 from __future__ import annotations
@@ -53,14 +53,16 @@ def patch_heatmaps(
         n_patches = len(data.rows) // len(pil)
         if heat is None:
             heat = torch.zeros(top_indices.shape[0], n_top, n_patches)
-        with torch.no_grad():
-            codes = sae.encode(data.rows.to(sae.W_enc.dtype)).float()
-        codes = codes.view(len(pil), n_patches, -1)
         local = {int(image): i for i, image in enumerate(chunk)}
         mask = torch.isin(images, chunk)
         rows, slots = pairs[mask, 0], pairs[mask, 1]
         where = torch.tensor([local[int(i)] for i in images[mask]], dtype=torch.long)
-        heat[rows, slots] = codes[where, :, latents[rows]]
+        for i in range(len(pil)):
+            # One image's dense (n_patches, d_sae) codes at a time: 150 MB at 576 x 65,536.
+            take = where == i
+            with torch.no_grad():
+                codes = sae.encode(data.rows[data.image_index == i].to(sae.W_enc.dtype)).float()
+            heat[rows[take], slots[take]] = codes[:, latents[rows[take]]].T
     if heat is None:
         return (
             torch.zeros(top_indices.shape[0], n_top, 0, dtype=torch.uint8),
