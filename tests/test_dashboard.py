@@ -24,18 +24,18 @@ D_SAE = 64
 @pytest.fixture(scope="module")
 def setup():
     model = VisionModel(tm.clip_vision_model())
-    images, _ = tm.synthetic_images(N_IMAGES)
+    images, labels = tm.synthetic_images(N_IMAGES)
     embeddings = torch.randn(N_IMAGES, 8, generator=torch.Generator().manual_seed(1))
-    return model, images, embeddings
+    return model, images, embeddings, labels
 
 
 @pytest.fixture(scope="module")
 def patch_dashboard(setup, tmp_path_factory):
-    model, images, embeddings = setup
+    model, images, embeddings, labels = setup
     sae = random_sae(D_SAE, "patches")
     report = evaluate_sae(sae, model, images, embeddings=embeddings, progress=False)
     out = tmp_path_factory.mktemp("patch_dash")
-    index = build_dashboard(sae, model, images, out, report=report)
+    index = build_dashboard(sae, model, images, out, report=report, labels=labels)
     return sae, report, out, index
 
 
@@ -67,7 +67,7 @@ def test_decoder_neighbours_match_brute_force():
 
 
 def test_heatmaps_match_direct_patch_codes(setup, patch_dashboard):
-    model, images, _ = setup
+    model, images, *_ = setup
     sae, report, _, _ = patch_dashboard
     from sae_vlm_plugin.dashboard.data import data_from_codes as collect
     from sae_vlm_plugin.dashboard.heatmaps import patch_heatmaps
@@ -100,12 +100,12 @@ def test_writes_no_external_url(patch_dashboard):
 
 
 def test_thumbnails_are_reused(setup, patch_dashboard):
-    model, images, _ = setup
+    model, images, *_ = setup
     sae, report, out, _ = patch_dashboard
     thumbs = sorted(out.glob("thumbs/*/*.jpg"))
     assert thumbs
     stamps = {p: p.stat().st_mtime_ns for p in thumbs}
-    build_dashboard(sae, model, images, out, report=report)
+    build_dashboard(sae, model, images, out, report=report, labels=setup[3])
     assert {p: p.stat().st_mtime_ns for p in thumbs} == stamps
 
 
@@ -144,7 +144,7 @@ def test_chromium_latent_page_images_and_heatmaps(patch_dashboard, tmp_path):
 
 
 def test_chromium_cls_dashboard_has_no_heatmaps(setup, tmp_path):
-    model, images, embeddings = setup
+    model, images, embeddings, *_ = setup
     sae = random_sae(32, "cls", seed=2, matryoshka=False)
     index = build_dashboard(sae, model, images, tmp_path, embeddings=embeddings)
     state = status(chromium(index.as_uri() + "#latent=1"))
@@ -153,21 +153,21 @@ def test_chromium_cls_dashboard_has_no_heatmaps(setup, tmp_path):
 
 
 def test_latents_out_of_range(setup, patch_dashboard, tmp_path):
-    model, images, _ = setup
+    model, images, *_ = setup
     sae, report, _, _ = patch_dashboard
     with pytest.raises(ValueError, match=r"latent 64 is out of range; valid latents are 0..63"):
         build_dashboard(sae, model, images, tmp_path, report=report, latents=[1, 64])
 
 
 def test_images_missing_for_recorded_ids(setup, patch_dashboard, tmp_path):
-    model, images, _ = setup
+    model, images, *_ = setup
     sae, report, _, _ = patch_dashboard
     with pytest.raises(ValueError, match="missing from the images"):
         build_dashboard(sae, model, images[:30], tmp_path, report=report)
 
 
 def test_sae_that_does_not_match_the_activations(setup, patch_dashboard, tmp_path):
-    model, images, _ = setup
+    model, images, *_ = setup
     _, report, _, _ = patch_dashboard
     other = random_sae(32, "patches")
     with pytest.raises(ValueError, match="does not match the activations"):
@@ -175,7 +175,7 @@ def test_sae_that_does_not_match_the_activations(setup, patch_dashboard, tmp_pat
 
 
 def test_subset_of_latents(setup, patch_dashboard, tmp_path):
-    model, images, _ = setup
+    model, images, *_ = setup
     sae, report, _, _ = patch_dashboard
     index = build_dashboard(sae, model, images, tmp_path, report=report, latents=[9, 2])
     text = (tmp_path / "data" / "index.js").read_text()
@@ -198,3 +198,23 @@ def test_data_from_codes_rejects_mismatched_input(patch_dashboard):
         data_from_codes(codes, ids, scores, w_dec=torch.randn(10, 4))
     with pytest.raises(ValueError, match="latent -1 is out of range"):
         data_from_codes(codes, ids, scores, latents=[-1])
+
+
+def test_top_labels_and_search(setup, patch_dashboard):
+    *_, labels = setup
+    _, report, _, index = patch_dashboard
+    data = data_from_codes(
+        report.image_codes, report.image_ids, report.sae_scores.scores, image_labels=labels
+    )
+    for latent in (0, 11):
+        top = [labels[i] for i in data.top_indices[latent].tolist() if i >= 0]
+        best = max(top.count(label) for label in top)
+        assert (
+            data.top_labels[latent] == f"{next(x for x in top if top.count(x) == best)} {best}/16"
+        )
+    query = data.top_labels[0].split()[0]
+    dom = chromium(index.as_uri() + f"#q={query}")
+    shown = [int(x) for x in re.findall(r'class="latent-row" data-latent="(\d+)"', dom)]
+    expected = [i for i, label in enumerate(data.top_labels) if query in label][:50]
+    assert shown == expected
+    assert shown

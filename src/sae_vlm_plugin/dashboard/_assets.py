@@ -29,6 +29,7 @@ tr:hover td { background: #f0f4ff; }
 .stats td:first-child { text-align: left; color: #555; }
 .row { display: flex; gap: 24px; flex-wrap: wrap; align-items: flex-start; }
 .muted { color: #777; }
+td.label { text-align: left; }
 .hist { width: 300px; }
 .hist .bars { display: flex; align-items: flex-end; height: 110px; gap: 1px; border-bottom: 1px solid #999; }
 .hist .bar { flex: 1; background: #4a7ab5; }
@@ -48,6 +49,7 @@ JS = r"""
   var COLS = [["latent", "latent"], ["ms", "MS"], ["support", "support"],
               ["density", "density"], ["max", "max act"]];
   if (C.group) COLS.push(["group", "group"]);
+  if (C.label) COLS.push(["label", "top label"]);
   function fmt(v, d) { return v === null || v === undefined || isNaN(v) ? "-" : (+v).toFixed(d); }
   function parseHash() {
     var s = {}; location.hash.replace(/^#/, "").split("&").forEach(function (kv) {
@@ -63,13 +65,14 @@ JS = r"""
     for (var k in attrs || {}) e.setAttribute(k, attrs[k]);
     if (text !== undefined) e.textContent = text; return e;
   }
+  function missing(v) { return v === null || v === "" || (typeof v === "number" && isNaN(v)); }
   var order = null, orderKey = "";
   function sorted(key, dir) {
     var k = key + ":" + dir; if (orderKey === k) return order;
     var col = C[key], idx = new Array(N); for (var i = 0; i < N; i++) idx[i] = i;
     var sign = dir === "asc" ? 1 : -1;
     idx.sort(function (a, b) {
-      var x = col[a], y = col[b], nx = x === null || isNaN(x), ny = y === null || isNaN(y);
+      var x = col[a], y = col[b], nx = missing(x), ny = missing(y);
       if (nx || ny) return nx === ny ? a - b : (nx ? 1 : -1);
       return x === y ? a - b : (x < y ? -sign : sign);
     });
@@ -88,7 +91,8 @@ JS = r"""
       if ((msMin > -Infinity || msMax < Infinity) && (ms === null || ms < msMin || ms > msMax)) continue;
       if (C.density[r] < dMin || C.density[r] > dMax || C.max[r] < aMin) continue;
       if (grp !== "" && C.group && String(C.group[r]) !== grp) continue;
-      if (q && String(C.latent[r]).indexOf(q) !== 0) continue;
+      if (q && (/^\d+$/.test(q) ? String(C.latent[r]).indexOf(q) !== 0
+                : !(C.label && C.label[r].toLowerCase().indexOf(q.toLowerCase()) >= 0))) continue;
       kept.push(r);
     }
     var pages = Math.max(1, Math.ceil(kept.length / pageSize));
@@ -110,7 +114,7 @@ JS = r"""
       inp.addEventListener("change", function () { var t = parseHash(); t[name] = inp.value; t.page = 0; setHash(t); });
       l.appendChild(inp); ctl.appendChild(l);
     }
-    field("q", "search latent", s.q); field("ms_min", "MS \u2265", s.ms_min); field("ms_max", "MS \u2264", s.ms_max);
+    field("q", C.label ? "search latent / label" : "search latent", s.q); field("ms_min", "MS \u2265", s.ms_min); field("ms_max", "MS \u2264", s.ms_max);
     field("density_min", "density \u2265", s.density_min); field("density_max", "density \u2264", s.density_max);
     field("max_min", "max act \u2265", s.max_min);
     if (C.group) {
@@ -145,6 +149,7 @@ JS = r"""
       tr.appendChild(el("td", {}, fmt(C.ms[r], 3))); tr.appendChild(el("td", {}, String(C.support[r])));
       tr.appendChild(el("td", {}, fmt(C.density[r], 4))); tr.appendChild(el("td", {}, fmt(C.max[r], 3)));
       if (C.group) tr.appendChild(el("td", {}, String(C.group[r])));
+      if (C.label) tr.appendChild(el("td", {"class": "label"}, C.label[r]));
       table.appendChild(tr);
     });
     main.appendChild(table);
@@ -194,6 +199,7 @@ JS = r"""
       var st = el("table", {"class": "stats"});
       [["MS", fmt(C.ms[r], 4)], ["support (images)", C.support[r]], ["density", fmt(C.density[r], 5)],
        ["max activation", fmt(C.max[r], 4)]].concat(C.group ? [["Matryoshka group", C.group[r]]] : [])
+        .concat(C.label ? [["top label", C.label[r]]] : [])
         .forEach(function (p) { var tr = el("tr"); tr.appendChild(el("td", {}, p[0])); tr.appendChild(el("td", {}, String(p[1]))); st.appendChild(tr); });
       right.appendChild(st);
       right.appendChild(el("h3", {}, "Activation histogram (images where it fires)"));

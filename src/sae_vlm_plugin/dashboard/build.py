@@ -75,6 +75,7 @@ def collect_dashboard(
     heatmaps: bool | None = None,
     similar: bool | None = None,
     n_similar: int = 5,
+    labels: Sequence[str] | None = None,
     batch_size: int = 64,
     progress: bool = False,
 ) -> CollectedDashboard:
@@ -88,6 +89,8 @@ def collect_dashboard(
     Heatmaps are held as ``(n_latents, n_top, n_patches)`` floats while computed and written as
     one byte per patch (65,536 latents x 16 x 576 patches: 2.4 GB, then ~800 MB of page data),
     so for the widest patch SAEs pass ``latents`` (e.g. the best-scoring few thousand).
+    ``labels`` (one per image of ``images``; default: the source's own labels, e.g. class
+    folders) give each latent a searchable "top label".
 
     Raises:
         ValueError: latents out of range, recorded image ids missing from ``images``, or an SAE
@@ -118,6 +121,9 @@ def collect_dashboard(
         )
     source = open_image_source(images)
     positions = source_positions(source, report.image_ids)
+    labels = list(labels) if labels is not None else source.labels
+    if labels is not None and len(labels) != len(source):
+        raise ValueError(f"{len(labels)} labels for {len(source)} images")
     groups = group_levels(_group_bounds(sae), d_sae)
     if similar is None:
         similar = groups is not None
@@ -130,6 +136,7 @@ def collect_dashboard(
         groups=groups,
         w_dec=sae.W_dec if similar else None,
         n_similar=n_similar,
+        image_labels=None if labels is None else [labels[positions[p]] for p in positions],
         meta={
             "model": str(report.setup.get("model", "")),
             "hook": str(report.setup.get("hook", "")),

@@ -11,6 +11,7 @@ re-running the model on those images only.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +60,9 @@ class DashboardData:
     """Patch grid side of the heatmaps (``n_patches = side**2``)."""
     heatmap_peaks: Tensor | None = None
     """``(n,)`` the activation that 255 stands for in each latent's heatmaps."""
+    top_labels: list[str] | None = None
+    """Per latent, the most common label among its top images with its count ("cat 12/16"),
+    when the images have labels."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Setup shown on the page (model, hook, tokens, d_sae, n_images ...)."""
 
@@ -144,11 +148,13 @@ def data_from_codes(
     groups: Tensor | None = None,
     w_dec: Tensor | None = None,
     n_similar: int = 5,
+    image_labels: Sequence[str] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> DashboardData:
     """Dashboard data from sparse ``(n_images, d_sae)`` codes and the per-latent ``scores``.
 
-    ``w_dec`` (``(d_sae, d_in)``) adds the ``n_similar`` nearest latents by decoder cosine.
+    ``w_dec`` (``(d_sae, d_in)``) adds the ``n_similar`` nearest latents by decoder cosine;
+    ``image_labels`` (one per image) the most common label of each latent's top images.
     """
     if not image_codes.is_sparse:
         raise TypeError("image_codes must be a sparse COO tensor (n_images, d_sae)")
@@ -160,6 +166,8 @@ def data_from_codes(
             f"{scores.shape[0]} scores for codes of {d_sae} latents: the scores and the "
             "activations do not come from the same SAE"
         )
+    if image_labels is not None and len(image_labels) != n_images:
+        raise ValueError(f"{len(image_labels)} image labels for codes of {n_images} images")
     if w_dec is not None and w_dec.shape[0] != d_sae:
         raise ValueError(
             f"the SAE has {w_dec.shape[0]} latents but the activations have {d_sae}: "
@@ -196,7 +204,26 @@ def data_from_codes(
         groups=None if groups is None else groups[ids],
         similar_indices=similar_ids,
         similar_values=similar_vals,
+        top_labels=None
+        if image_labels is None
+        else top_label_summary(top.indices[ids], image_labels),
         meta={"d_sae": d_sae, "n_images": n_images, **(meta or {})},
     )
     data.check()
     return data
+
+
+def top_label_summary(top_indices: Tensor, image_labels: Sequence[str]) -> list[str]:
+    """Per row of ``top_indices``, ``"label count/n"`` of its most common image label (ties: the
+    label of the better-ranked image), or ``""`` for a latent without top images."""
+    summaries = []
+    for row in top_indices.tolist():
+        labels = [image_labels[i] for i in row if i >= 0]
+        if not labels:
+            summaries.append("")
+            continue
+        counts = Counter(labels)
+        best = max(counts.values())
+        label = next(label for label in labels if counts[label] == best)
+        summaries.append(f"{label} {best}/{len(labels)}")
+    return summaries

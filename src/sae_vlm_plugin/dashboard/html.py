@@ -55,6 +55,8 @@ def write_dashboard(
         "density": _floats(data.density, 6),
         "max": _floats(data.max_activation, 4),
     }
+    if data.top_labels is not None:
+        columns["label"] = data.top_labels
     n_groups = 0
     if data.groups is not None:
         columns["group"] = data.groups.tolist()
