@@ -171,3 +171,36 @@ def test_cli_dashboard_with_exports_and_server(tmp_path, image_folder, capsys):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _synthetic_codes(n_images: int = 30, d_sae: int = 12):
+    generator = torch.Generator().manual_seed(5)
+    dense = torch.rand(n_images, d_sae, generator=generator)
+    dense[dense < 0.6] = 0
+    return dense.to_sparse(), [f"im{i}" for i in range(n_images)], torch.rand(d_sae)
+
+
+def test_exports_without_heatmaps_or_neighbours_from_a_pixel_tensor(tmp_path):
+    """A CLS-style dashboard straight from codes, with images given as a pixel tensor."""
+    from sae_dashboard.neuronpedia.neuronpedia_dashboard import NeuronpediaDashboardBatch
+    from sae_dashboard.sae_vis_data import _SaeVisData
+
+    from sae_vlm_plugin.dashboard import data_from_codes, write_from_data
+    from sae_vlm_plugin.images import open_image_source
+
+    codes, ids, scores = _synthetic_codes()
+    pixels = torch.randn(30, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    source = open_image_source(pixels)
+    source.ids = ids
+    data = data_from_codes(codes, ids, scores)
+    index = write_from_data(data, source, tmp_path / "dash", thumbnail_size=16)
+    assert index.is_file()
+    assert len(list((tmp_path / "dash" / "thumbs" / "16").glob("*.jpg"))) == len(
+        data.top_indices[data.top_indices >= 0].unique()
+    )
+    (path,) = export_neuronpedia(data, source, tmp_path / "np", model_id="m", layer=0, sae_set="s")
+    batch = NeuronpediaDashboardBatch(**json.loads(path.read_text()))
+    assert all(len(a.tokens) == 1 for f in batch.features for a in f.activations)
+    paths = export_saedashboard(data, source, tmp_path / "sd", hook_point="hook_pooled")
+    loaded = _SaeVisData.from_dict(json.loads(paths["json"].read_text()))
+    assert sorted(loaded.feature_data_dict) == list(range(12))
