@@ -1,0 +1,170 @@
+"""``sae-vlm dashboard``: build the static dashboard (and exports) of an SAE from the command line,
+optionally serving it on localhost.
+
+``add_dashboard_command(subparsers)`` adds the command to the ``sae-vlm`` parser; it sets
+``handler`` (``args -> exit code``) like the other subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def add_dashboard_command(commands: argparse._SubParsersAction) -> None:
+    """Add ``dashboard`` to ``commands``."""
+    parser = commands.add_parser(
+        "dashboard",
+        help="write a static offline HTML dashboard of an SAE's latents on images",
+        description="Evaluate an SAE on images (MS, top images, density, patch heatmaps) and "
+        "write a self-contained dashboard folder (open index.html, no network needed); "
+        "optionally also Neuronpedia batch JSON and SAEDashboard data.",
+    )
+    parser.add_argument("--sae", required=True, help="SAELens SAE folder, or RELEASE/SAE_ID")
+    parser.add_argument("--images", required=True, help="an image folder")
+    parser.add_argument("--out", required=True, help="output folder (thumbnails are reused)")
+    parser.add_argument("--model", help="vision model (default: the SAE metadata's model_name)")
+    parser.add_argument("--family", help="force a model family (see `sae-vlm families`)")
+    parser.add_argument("--hook", help="hook name (default: the SAE metadata's hook_name)")
+    parser.add_argument("--tokens", help="token selection (default: the SAE metadata's tokens)")
+    parser.add_argument(
+        "--scoring-encoder", default="dinov2", help="image encoder for MS (default: dinov2)"
+    )
+    parser.add_argument("--n-top", type=int, default=16, help="top images per latent")
+    parser.add_argument(
+        "--latents", help="latents to show, e.g. 0-99,512 (default: all)", type=parse_latents
+    )
+    parser.add_argument(
+        "--heatmaps",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="patch heatmaps (auto: for SAEs on patch tokens)",
+    )
+    parser.add_argument("--neuronpedia", action="store_true", help="also write OUT/neuronpedia/")
+    parser.add_argument("--saedashboard", action="store_true", help="also write OUT/saedashboard/")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", help="e.g. cuda, cpu")
+    parser.add_argument(
+        "--serve", action="store_true", help="serve OUT on http://127.0.0.1:PORT afterwards"
+    )
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--serve-seconds", type=float, help="stop serving after this many seconds (default: Ctrl-C)"
+    )
+    parser.set_defaults(handler=_cmd_dashboard)
+
+
+def parse_latents(text: str) -> list[int]:
+    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]``."""
+    latents: list[int] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            latents.extend(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad latent list {text!r}; e.g. 0-99,512") from None
+    return latents
+
+
+def _load_sae(spec: str, device: str | None) -> Any:
+    from sae_lens import SAE
+
+    if Path(spec).exists():
+        return SAE.load_from_disk(spec, device=device or "cpu")
+    release, _, sae_id = spec.partition("/")
+    if not sae_id:
+        raise ValueError(f"--sae {spec!r} is neither a folder nor RELEASE/SAE_ID")
+    from sae_vlm_plugin.pretrained.loading import load_sae
+
+    return load_sae(release, sae_id, device=device or "cpu").sae
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from sae_vlm_plugin.dashboard.build import collect_dashboard, write_from_data
+    from sae_vlm_plugin.dashboard.exports import export_neuronpedia, export_saedashboard
+    from sae_vlm_plugin.model import VisionModel
+
+    sae = _load_sae(args.sae, args.device)
+    model_name = args.model or getattr(sae.cfg.metadata, "model_name", None)
+    if not model_name:
+        raise ValueError("the SAE's metadata names no model; pass --model")
+    model = VisionModel(model_name, family=args.family, device=args.device)
+    found = collect_dashboard(
+        sae,
+        model,
+        args.images,
+        scoring_encoder=args.scoring_encoder,
+        hook=args.hook,
+        tokens=args.tokens,
+        n_top=args.n_top,
+        latents=args.latents,
+        heatmaps={"auto": None, "on": True, "off": False}[args.heatmaps],
+        batch_size=args.batch_size,
+        progress=True,
+    )
+    out = Path(args.out)
+    index = write_from_data(found.data, found.source, out, positions=found.positions)
+    print(f"dashboard: {index}")
+    hook = found.data.meta["hook"]
+    if args.neuronpedia:
+        layer = int(hook.split(".")[1]) if hook.startswith("blocks.") else 0
+        paths = export_neuronpedia(
+            found.data,
+            found.source,
+            out / "neuronpedia",
+            model_id=str(model_name),
+            layer=layer,
+            sae_set=Path(args.sae).name,
+            positions=found.positions,
+        )
+        print(f"neuronpedia: {len(paths)} batch files in {out / 'neuronpedia'}")
+    if args.saedashboard:
+        written = export_saedashboard(
+            found.data,
+            found.source,
+            out / "saedashboard",
+            hook_point=hook,
+            positions=found.positions,
+        )
+        print(f"saedashboard: {written['json']}")
+    if args.serve:
+        serve_dashboard(out, port=args.port, seconds=args.serve_seconds)
+    return 0
+
+
+def start_server(
+    directory: str | Path, *, host: str = "127.0.0.1", port: int = 8000
+) -> http.server.ThreadingHTTPServer:
+    """Serve ``directory`` read-only on ``host:port`` (port 0: any free port) in a daemon
+    thread; call ``shutdown()`` and ``server_close()`` on the result to stop."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer((host, port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def serve_dashboard(
+    directory: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    seconds: float | None = None,
+) -> None:
+    """Serve ``directory`` on ``host:port`` until Ctrl-C or for ``seconds``."""
+    server = start_server(directory, host=host, port=port)
+    print(f"serving {directory} on http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
+    try:
+        if seconds is None:
+            while True:
+                time.sleep(3600)
+        time.sleep(seconds)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        server.server_close()

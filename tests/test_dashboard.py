@@ -1,0 +1,220 @@
+"""The static HTML dashboard: its data against direct computation, and the page in a real
+headless Chromium (index lists and sorts latents, a latent shows 16 loaded images and heatmaps),
+with no external URL anywhere in what it writes."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+import tiny_models as tm
+from dashboard_helpers import EXTERNAL_URL, HOOK, chromium, random_sae, status
+from sae_vlm_plugin import VisionModel
+from sae_vlm_plugin.dashboard import build_dashboard, data_from_codes
+from sae_vlm_plugin.dashboard.data import N_BINS, decoder_neighbours
+from sae_vlm_plugin.metrics.evaluation import evaluate_sae
+
+N_IMAGES = 60
+D_SAE = 64
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = VisionModel(tm.clip_vision_model())
+    images, labels = tm.synthetic_images(N_IMAGES)
+    embeddings = torch.randn(N_IMAGES, 8, generator=torch.Generator().manual_seed(1))
+    return model, images, embeddings, labels
+
+
+@pytest.fixture(scope="module")
+def patch_dashboard(setup, tmp_path_factory):
+    model, images, embeddings, labels = setup
+    sae = random_sae(D_SAE, "patches")
+    report = evaluate_sae(sae, model, images, embeddings=embeddings, progress=False)
+    out = tmp_path_factory.mktemp("patch_dash")
+    index = build_dashboard(sae, model, images, out, report=report, labels=labels)
+    return sae, report, out, index
+
+
+def test_data_matches_dense_reference(patch_dashboard):
+    _, report, _, _ = patch_dashboard
+    dense = report.image_codes.to_dense().double()
+    data = data_from_codes(report.image_codes, report.image_ids, report.sae_scores.scores)
+    assert torch.equal(data.support, (dense > 0).sum(0))
+    torch.testing.assert_close(data.density, (dense > 0).double().mean(0))
+    torch.testing.assert_close(data.max_activation, dense.max(0).values)
+    assert torch.equal(data.histograms.sum(1), data.support)
+    assert data.histograms.shape == (D_SAE, N_BINS)
+    for latent in (0, 7, 40):
+        column = dense[:, latent]
+        order = sorted(range(N_IMAGES), key=lambda i: (-column[i].item(), i))[:16]
+        order = [i for i in order if column[i] > 0]
+        assert data.top_indices[latent, : len(order)].tolist() == order
+
+
+def test_decoder_neighbours_match_brute_force():
+    w_dec = torch.randn(50, 12, generator=torch.Generator().manual_seed(3))
+    ids, values = decoder_neighbours(w_dec, torch.tensor([0, 9, 49]), k=5, block=2)
+    unit = torch.nn.functional.normalize(w_dec, dim=1)
+    for row, latent in enumerate((0, 9, 49)):
+        cos = unit @ unit[latent]
+        cos[latent] = -math.inf
+        assert ids[row].tolist() == cos.topk(5).indices.tolist()
+        torch.testing.assert_close(values[row], cos.topk(5).values)
+
+
+def test_heatmaps_match_direct_patch_codes(setup, patch_dashboard):
+    model, images, *_ = setup
+    sae, report, _, _ = patch_dashboard
+    from sae_vlm_plugin.dashboard.data import data_from_codes as collect
+    from sae_vlm_plugin.dashboard.heatmaps import patch_heatmaps
+    from sae_vlm_plugin.images import open_image_source
+
+    data = collect(report.image_codes, report.image_ids, report.sae_scores.scores, latents=[5])
+    heat, side, _ = patch_heatmaps(
+        sae, model, open_image_source(images), HOOK, data.latents, data.top_indices
+    )
+    assert side * side == tm.N_PATCHES
+    rows = torch.stack(
+        [
+            model.capture(model.preprocess([images[int(i)]]), [HOOK])[HOOK][0, 1:]
+            for i in data.top_indices[0]
+            if i >= 0
+        ]
+    )
+    codes = sae.encode(rows).detach()[..., 5].clamp(min=0)
+    expected = (codes / codes.max() * 255).round()
+    assert (heat[0, : len(rows)].float() - expected).abs().max() <= 1
+
+
+def test_writes_no_external_url(patch_dashboard):
+    _, _, out, _ = patch_dashboard
+    written = [p for p in out.rglob("*") if p.suffix in {".html", ".js", ".css", ".json"}]
+    assert written
+    for path in written:
+        found = EXTERNAL_URL.search(path.read_text(encoding="utf-8"))
+        assert found is None, f"{path.name} references {found.group(0)!r}"
+
+
+def test_thumbnails_are_reused(setup, patch_dashboard):
+    model, images, *_ = setup
+    sae, report, out, _ = patch_dashboard
+    thumbs = sorted(out.glob("thumbs/*/*.jpg"))
+    assert thumbs
+    stamps = {p: p.stat().st_mtime_ns for p in thumbs}
+    build_dashboard(sae, model, images, out, report=report, labels=setup[3])
+    assert {p: p.stat().st_mtime_ns for p in thumbs} == stamps
+
+
+def test_chromium_index_lists_and_sorts(patch_dashboard, tmp_path):
+    _, report, _, index = patch_dashboard
+    dom = chromium(index.as_uri(), tmp_path / "index.png")
+    assert (tmp_path / "index.png").stat().st_size > 1000
+    assert status(dom)["view"] == "index"
+    listed = [int(x) for x in re.findall(r'class="latent-row" data-latent="(\d+)"', dom)]
+    assert listed == list(range(50))
+    assert "page 1 / 2" in dom
+    sorted_dom = chromium(index.as_uri() + "#sort=ms&dir=desc")
+    by_ms = [int(x) for x in re.findall(r'class="latent-row" data-latent="(\d+)"', sorted_dom)]
+    scores = [round(s, 4) for s in report.sae_scores.scores.tolist()]
+    expected = sorted(range(D_SAE), key=lambda i: (-scores[i], i))[:50]
+    assert by_ms == expected != listed
+    filtered = chromium(index.as_uri() + "#group=0")
+    assert len(re.findall('class="latent-row"', filtered)) == D_SAE // 4
+
+
+def test_chromium_latent_page_images_and_heatmaps(patch_dashboard, tmp_path):
+    _, _, _, index = patch_dashboard
+    shot = tmp_path / "latent.png"
+    dom = chromium(index.as_uri() + "#latent=3", shot)
+    state = status(dom)
+    assert state["view"] == "latent"
+    assert state["latent"] == "3"
+    assert state["images"] == "16"
+    assert state["images-loaded"] == "16"
+    assert state["images-broken"] == "0"
+    assert state["ready"] == "1"
+    assert state["heatmaps"] == "16"
+    assert 'id="histogram"' in dom
+    assert 'id="similar"' in dom
+    assert shot.stat().st_size > 1000
+
+
+def test_chromium_cls_dashboard_has_no_heatmaps(setup, tmp_path):
+    model, images, embeddings, *_ = setup
+    sae = random_sae(32, "cls", seed=2, matryoshka=False)
+    index = build_dashboard(sae, model, images, tmp_path, embeddings=embeddings)
+    state = status(chromium(index.as_uri() + "#latent=1"))
+    assert state["images-loaded"] == state["images"] != "0"
+    assert state["heatmaps"] == "0"
+
+
+def test_latents_out_of_range(setup, patch_dashboard, tmp_path):
+    model, images, *_ = setup
+    sae, report, _, _ = patch_dashboard
+    with pytest.raises(ValueError, match=r"latent 64 is out of range; valid latents are 0..63"):
+        build_dashboard(sae, model, images, tmp_path, report=report, latents=[1, 64])
+
+
+def test_images_missing_for_recorded_ids(setup, patch_dashboard, tmp_path):
+    model, images, *_ = setup
+    sae, report, _, _ = patch_dashboard
+    with pytest.raises(ValueError, match="missing from the images"):
+        build_dashboard(sae, model, images[:30], tmp_path, report=report)
+
+
+def test_sae_that_does_not_match_the_activations(setup, patch_dashboard, tmp_path):
+    model, images, *_ = setup
+    _, report, _, _ = patch_dashboard
+    other = random_sae(32, "patches")
+    with pytest.raises(ValueError, match="does not match the activations"):
+        build_dashboard(other, model, images, tmp_path, report=report)
+
+
+def test_subset_of_latents(setup, patch_dashboard, tmp_path):
+    model, images, *_ = setup
+    sae, report, _, _ = patch_dashboard
+    index = build_dashboard(sae, model, images, tmp_path, report=report, latents=[9, 2])
+    text = (tmp_path / "data" / "index.js").read_text()
+    assert '"latent":[9,2]' in text
+    state = status(chromium(index.as_uri() + "#latent=2"))
+    assert state["images-loaded"] == "16"
+    assert state["heatmaps"] == "16"
+
+
+def test_data_from_codes_rejects_mismatched_input(patch_dashboard):
+    _, report, _, _ = patch_dashboard
+    codes, ids, scores = report.image_codes, report.image_ids, report.sae_scores.scores
+    with pytest.raises(TypeError, match="sparse COO"):
+        data_from_codes(codes.to_dense(), ids, scores)
+    with pytest.raises(ValueError, match="59 image ids for codes of 60 images"):
+        data_from_codes(codes, ids[:-1], scores)
+    with pytest.raises(ValueError, match="do not come from the same SAE"):
+        data_from_codes(codes, ids, scores[:10])
+    with pytest.raises(ValueError, match="does not match the activations"):
+        data_from_codes(codes, ids, scores, w_dec=torch.randn(10, 4))
+    with pytest.raises(ValueError, match="latent -1 is out of range"):
+        data_from_codes(codes, ids, scores, latents=[-1])
+
+
+def test_top_labels_and_search(setup, patch_dashboard):
+    *_, labels = setup
+    _, report, _, index = patch_dashboard
+    data = data_from_codes(
+        report.image_codes, report.image_ids, report.sae_scores.scores, image_labels=labels
+    )
+    for latent in (0, 11):
+        top = [labels[i] for i in data.top_indices[latent].tolist() if i >= 0]
+        best = max(top.count(label) for label in top)
+        assert (
+            data.top_labels[latent] == f"{next(x for x in top if top.count(x) == best)} {best}/16"
+        )
+    query = data.top_labels[0].split()[0]
+    dom = chromium(index.as_uri() + f"#q={query}")
+    shown = [int(x) for x in re.findall(r'class="latent-row" data-latent="(\d+)"', dom)]
+    expected = [i for i, label in enumerate(data.top_labels) if query in label][:50]
+    assert shown == expected
+    assert shown

@@ -1,0 +1,206 @@
+"""Neuronpedia and SAEDashboard exports, validated by the real ``sae_dashboard`` classes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import tiny_models as tm
+from dashboard_helpers import EXTERNAL_URL, random_sae
+from sae_vlm_plugin import VisionModel
+from sae_vlm_plugin.dashboard import (
+    collect_dashboard,
+    export_neuronpedia,
+    export_saedashboard,
+    saedashboard_data,
+)
+
+N_IMAGES = 40
+
+
+@pytest.fixture(scope="module")
+def collected():
+    model = VisionModel(tm.clip_vision_model())
+    images, _ = tm.synthetic_images(N_IMAGES)
+    embeddings = torch.randn(N_IMAGES, 8, generator=torch.Generator().manual_seed(1))
+    sae = random_sae(32, "patches")
+    return collect_dashboard(sae, model, images, embeddings=embeddings, latents=range(10))
+
+
+def test_neuronpedia_batches_round_trip_through_its_classes(collected, tmp_path):
+    from sae_dashboard.neuronpedia.neuronpedia_dashboard import NeuronpediaDashboardBatch
+
+    data = collected.data
+    paths = export_neuronpedia(
+        data,
+        collected.source,
+        tmp_path,
+        model_id="tiny-clip",
+        layer=1,
+        sae_set="test",
+        positions=collected.positions,
+        features_per_batch=4,
+    )
+    assert [p.name for p in paths] == ["batch-0.json", "batch-1.json", "batch-2.json"]
+    features = []
+    for path in paths:
+        raw = json.loads(path.read_text())
+        batch = NeuronpediaDashboardBatch(**raw)
+        assert batch.to_dict() == raw
+        features.extend(batch.features)
+    assert [f.feature_index for f in features] == list(range(10))
+    first = features[0]
+    assert len(first.activations) == 16
+    top = first.activations[0]
+    assert (tmp_path / top.tokens[0]).is_file()
+    assert top.values[0] == pytest.approx(float(data.top_values[0, 0]), abs=1e-4)
+    assert len(top.tokens) == 1 + tm.N_PATCHES == len(top.values)
+    # The patch values are activations: their max over the top images is the heatmap peak.
+    patch_max = max(max(a.values[1:]) for a in first.activations)
+    assert patch_max == pytest.approx(float(data.heatmap_peaks[0]), rel=1e-3)
+    assert first.frac_nonzero == pytest.approx(float(data.density[0]))
+    assert sum(first.freq_hist_data_bar_heights) == int(data.support[0])
+    assert first.correlated_features_indices == data.similar_indices[0].tolist()
+
+
+def test_neuronpedia_embedded_images(collected, tmp_path):
+    from sae_dashboard.neuronpedia.neuronpedia_dashboard import NeuronpediaDashboardBatch
+
+    (path,) = export_neuronpedia(
+        collected.data,
+        collected.source,
+        tmp_path,
+        model_id="m",
+        layer=1,
+        sae_set="s",
+        positions=collected.positions,
+        embed_images=True,
+    )
+    batch = NeuronpediaDashboardBatch(**json.loads(path.read_text()))
+    assert batch.features[3].activations[0].tokens[0].startswith("data:image/jpeg;base64,")
+
+
+def test_saedashboard_data_classes_and_writers(collected, tmp_path):
+    from sae_dashboard.sae_vis_data import _SaeVisData
+
+    data = collected.data
+    vis = saedashboard_data(
+        data,
+        collected.source,
+        tmp_path,
+        hook_point="blocks.1.hook_resid_post",
+        positions=collected.positions,
+    )
+    assert sorted(vis.feature_data_dict) == list(range(10))
+    feature = vis.feature_data_dict[2]
+    (group,) = feature.sequence_data.seq_group_data
+    assert len(group.seq_data) == 16
+    assert group.seq_data[0].original_index == int(data.top_indices[2, 0])
+    assert feature.acts_histogram_data.bar_heights == data.histograms[2].double().tolist()
+    paths = export_saedashboard(
+        data,
+        collected.source,
+        tmp_path,
+        hook_point="blocks.1.hook_resid_post",
+        positions=collected.positions,
+    )
+    loaded = _SaeVisData.from_dict(json.loads(paths["json"].read_text()))
+    again = loaded.feature_data_dict[2]
+    assert again.sequence_data.seq_group_data[0].seq_data[0].feat_acts[0] == pytest.approx(
+        float(data.top_values[2, 0]), abs=1e-4
+    )
+    page = paths["html"].read_text()
+    assert "TOP ACTIVATIONS" in page
+    # The page SAEDashboard writes loads its libraries from a CDN (why it needs a network);
+    # our own dashboard never does.
+    assert EXTERNAL_URL.search(page) is not None
+
+
+def test_cli_dashboard_with_exports_and_server(tmp_path, image_folder, capsys):
+    import argparse
+    import urllib.request
+
+    from transformers import CLIPImageProcessor
+
+    from sae_vlm_plugin.dashboard.cli import add_dashboard_command, parse_latents, start_server
+
+    checkpoint = tmp_path / "ckpt"
+    tm.clip_vision_model().save_pretrained(checkpoint)
+    processor = CLIPImageProcessor(size={"shortest_edge": tm.IMAGE_SIZE}, crop_size=tm.IMAGE_SIZE)
+    processor.save_pretrained(checkpoint)
+    scorer = tmp_path / "scorer"
+    tm.clip_vision_model().save_pretrained(scorer)
+    processor.save_pretrained(scorer)
+    sae_dir = tmp_path / "sae"
+    random_sae(16, "patches").save_model(sae_dir)
+    parser = argparse.ArgumentParser()
+    add_dashboard_command(parser.add_subparsers(dest="command"))
+    out = tmp_path / "dash"
+    args = parser.parse_args(
+        [
+            "dashboard",
+            "--sae",
+            str(sae_dir),
+            "--images",
+            str(image_folder),
+            "--out",
+            str(out),
+            "--model",
+            str(checkpoint),
+            "--scoring-encoder",
+            str(scorer),
+            "--latents",
+            "0-3,9",
+            "--neuronpedia",
+            "--saedashboard",
+        ]
+    )
+    assert args.handler(args) == 0
+    assert (out / "index.html").is_file()
+    assert (out / "neuronpedia" / "batch-0.json").is_file()
+    assert (out / "saedashboard" / "saedashboard.json").is_file()
+    assert '"latent":[0,1,2,3,9]' in (out / "data" / "index.js").read_text()
+    assert parse_latents("2-4,8") == [2, 3, 4, 8]
+    server = start_server(out, port=0)
+    try:
+        port = server.server_address[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=10) as reply:
+            assert b"data/index.js" in reply.read()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _synthetic_codes(n_images: int = 30, d_sae: int = 12):
+    generator = torch.Generator().manual_seed(5)
+    dense = torch.rand(n_images, d_sae, generator=generator)
+    dense[dense < 0.6] = 0
+    return dense.to_sparse(), [f"im{i}" for i in range(n_images)], torch.rand(d_sae)
+
+
+def test_exports_without_heatmaps_or_neighbours_from_a_pixel_tensor(tmp_path):
+    """A CLS-style dashboard straight from codes, with images given as a pixel tensor."""
+    from sae_dashboard.neuronpedia.neuronpedia_dashboard import NeuronpediaDashboardBatch
+    from sae_dashboard.sae_vis_data import _SaeVisData
+
+    from sae_vlm_plugin.dashboard import data_from_codes, write_from_data
+    from sae_vlm_plugin.images import open_image_source
+
+    codes, ids, scores = _synthetic_codes()
+    pixels = torch.randn(30, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    source = open_image_source(pixels)
+    source.ids = ids
+    data = data_from_codes(codes, ids, scores)
+    index = write_from_data(data, source, tmp_path / "dash", thumbnail_size=16)
+    assert index.is_file()
+    assert len(list((tmp_path / "dash" / "thumbs" / "16").glob("*.jpg"))) == len(
+        data.top_indices[data.top_indices >= 0].unique()
+    )
+    (path,) = export_neuronpedia(data, source, tmp_path / "np", model_id="m", layer=0, sae_set="s")
+    batch = NeuronpediaDashboardBatch(**json.loads(path.read_text()))
+    assert all(len(a.tokens) == 1 for f in batch.features for a in f.activations)
+    paths = export_saedashboard(data, source, tmp_path / "sd", hook_point="hook_pooled")
+    loaded = _SaeVisData.from_dict(json.loads(paths["json"].read_text()))
+    assert sorted(loaded.feature_data_dict) == list(range(12))
