@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from sae_vlm_plugin import __version__
+from sae_vlm_plugin.dashboard.cli import add_dashboard_command
 from sae_vlm_plugin.metrics.commands import add_metric_commands
 from sae_vlm_plugin.pretrained.commands import add_pretrained_commands
 
@@ -191,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_extract(commands)
     _add_train(commands)
     add_metric_commands(commands)
+    add_dashboard_command(commands)
     add_pretrained_commands(commands)
     demo = commands.add_parser(
         "demo",
