@@ -303,3 +303,39 @@ def test_white_image_prompt(llava):
     image = Image.new("RGB", (tiny_models.IMAGE_SIZE,) * 2, "white")
     batch = tiny.processor(images=[image], text=["<image> write a poem"], return_tensors="pt")
     assert generate(model, **batch, max_new_tokens=2, do_sample=False).shape[0] == 1
+
+
+def test_every_encoder_family_can_be_steered(vision_build):
+    _, module = vision_build
+    model = VisionModel(module)
+    args, kwargs = model.forward_inputs(tiny_models.pixel_batch(2))
+    point = model.hook_point("blocks.1.hook_resid_post")
+
+    def block_outputs() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad(), model.trace(*args, **kwargs):
+            one = model.read_hook(point).save()
+            two = model.read_hook(model.hook_point("blocks.2.hook_resid_post")).save()
+        return one, two
+
+    clean_one, clean_two = block_outputs()
+    with steer(model, _sae(), {}, keep_error=True, hook=point.name):
+        _, spliced_two = block_outputs()
+    torch.testing.assert_close(spliced_two, clean_two, atol=1e-5, rtol=0)
+    with steer(model, _sae(), {LATENT: VALUE}, hook=point.name, tokens="patches"):
+        steered_one, steered_two = block_outputs()
+    prefix = point.n_prefix_tokens
+    assert torch.equal(steered_one[:, :prefix], clean_one[:, :prefix])
+    assert not torch.allclose(steered_one[:, prefix:], clean_one[:, prefix:])
+    assert not torch.allclose(steered_two, clean_two)
+    assert torch.equal(block_outputs()[1], clean_two)
+
+
+def test_handle_repr(llava):
+    _, model = llava
+    handle = steer(model, _sae(), {LATENT: VALUE})
+    assert repr(handle) == (
+        "Steering('vision.blocks.1.hook_resid_post' as 'sae', mode=clamp, latents={3: 40.0}, "
+        "keep_error=False, active)"
+    )
+    handle.remove()
+    assert repr(handle).endswith("removed)")

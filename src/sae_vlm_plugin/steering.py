@@ -29,8 +29,9 @@ only the edited latents' decoder directions change the activation.
 
 The edit is applied at the first time its module runs in a call, which is once per forward pass
 of an encoder and once per ``generate`` of LLaVA (the vision tower runs at prefill). A call that
-never runs the steered module (a text-only LLaVA forward) fails with nnsight's OutOfOrderError
-while an edit is active; ``generate`` refuses it up front.
+never runs the steered module (a text-only LLaVA forward, or ``model.capture`` of a hook before
+the steered one, whose early stop skips it) fails with nnsight's OutOfOrderError while an edit is
+active; ``generate`` refuses the first up front, ``mean_activation`` avoids the second.
 """
 
 from __future__ import annotations
@@ -98,6 +99,9 @@ class SAESteeringModule(torch.nn.Module):
         self.hook_sae_recons = torch.nn.Identity()
         self.hook_sae_error = torch.nn.Identity()
 
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, latents={self.latents}, keep_error={self.keep_error}"
+
     def edit_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """The codes with the chosen latents clamped to / shifted by / scaled by their values."""
         if not self.latents:
@@ -137,6 +141,9 @@ class DirectionSteeringModule(torch.nn.Module):
         self.register_buffer("vector", vector.detach().clone().float(), persistent=False)
         self.hook_in = torch.nn.Identity()
         self.hook_out = torch.nn.Identity()
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha:g}, |vector|={float(self.vector.norm()):.4g}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.hook_in(x)
@@ -300,10 +307,10 @@ class Steering:
     (also reachable as ``model.<site>.<name>``, e.g. ``model.blocks[1].sae``).
     """
 
-    model: VisionModel
-    site: SteeringSite
+    model: VisionModel = field(repr=False)
+    site: SteeringSite = field(repr=False)
     module: torch.nn.Module
-    envoy: Envoy
+    envoy: Envoy = field(repr=False)
     name: str
     _edit: Any = field(repr=False)
     _parent: Envoy = field(repr=False)
@@ -325,6 +332,10 @@ class Steering:
         self.model._edits = [e for e in self.model._edits if e is not self._edit]
         _unmount(self._parent, self.name, self.envoy)
         self.removed = True
+
+    def __repr__(self) -> str:
+        state = "removed" if self.removed else ("active" if self.active else "cleared")
+        return f"Steering({self.hook!r} as {self.name!r}, {self.module.extra_repr()}, {state})"
 
     def __enter__(self) -> Steering:
         return self
@@ -488,7 +499,9 @@ def mean_activation(
     total: torch.Tensor | None = None
     count = 0
     for start in range(0, pixels.shape[0], batch_size):
-        value = model.capture(pixels[start : start + batch_size], [hook])[hook].float()
+        # An active steering edit must be served, so no early stop while one is stored.
+        batch = pixels[start : start + batch_size]
+        value = model.capture(batch, [hook], stop=not model._edits)[hook].float()
         if site.point.has_tokens:
             if site.tokens is not None:
                 value = value[:, site.tokens]
