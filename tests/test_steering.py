@@ -92,6 +92,7 @@ def test_clamp_replaces_projector_input_with_decoded_clamped_codes(llava, inputs
     torch.testing.assert_close(seen, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)
     assert torch.all(steered_codes[..., LATENT] == VALUE)
+    assert "forward" not in sae.__dict__  # the caller's SAE is never instrumented by nnsight
 
 
 def test_keep_error_without_edit_is_the_model_and_clamp_moves_along_the_decoder_row(llava, inputs):
