@@ -1,0 +1,170 @@
+"""Steering: latency of a steered LLaVA ``generate`` against an unsteered one.
+
+Same prompt, same image, same number of new tokens (``min_new_tokens = max_new_tokens``,
+greedy). Three ways to generate, timed round-robin:
+
+- ``plain``: ``LlavaForConditionalGeneration.generate`` on the bare module (no nnsight);
+- ``unsteered``: ``sae_vlm_plugin.steering.generate`` with no edit (nnsight, nothing stored);
+- ``steered``: the same with ``steer(model, sae, {k: 50})`` active (paper setting: clamp on all
+  tokens at the block the projector reads, SAE width 8 x d_vision).
+
+Timed on one thread (see ``run``). Models (random weights, CPU): the tests' tiny LLaVA (CLIP 3 blocks x 32, Llama 2 x 32) and a
+small LLaVA (CLIP 6 blocks x 256 at 112 px / 14 px patches = 64 image tokens, Llama 4 x 512).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from harness import Figure, time_side_by_side
+
+BENCHMARK = "steering"
+
+
+def _small_llava() -> Any:
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    import tiny_models
+
+    tokenizer = tiny_models.llava_tokenizer()
+    vision = CLIPVisionConfig(
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        image_size=112,
+        patch_size=14,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids(tiny_models.IMAGE_TOKEN),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(0)
+    return LlavaForConditionalGeneration(config).eval(), tokenizer, vision
+
+
+def _inputs(tokenizer: Any, vision: Any, image_token: int, words: str) -> dict[str, torch.Tensor]:
+    n_image = (vision.image_size // vision.patch_size) ** 2
+    text = tokenizer([words], return_tensors="pt")["input_ids"]
+    ids = torch.cat([torch.full((1, n_image), image_token), text], dim=1)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randn(1, 3, vision.image_size, vision.image_size, generator=generator)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
+
+
+def _figures(label: str, module: Any, tokenizer: Any, vision: Any, n_new: int, repeats: int):
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
+    from sae_vlm_plugin.model import VisionModel
+    from sae_vlm_plugin.steering import generate, steer
+
+    model = VisionModel(module)
+    d_vision = int(vision.hidden_size)
+    torch.manual_seed(0)
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_vision, d_sae=8 * d_vision)).eval()
+    inputs = _inputs(
+        tokenizer, vision, int(module.config.image_token_index), "write a poem about love"
+    )
+    gen = {"max_new_tokens": n_new, "min_new_tokens": n_new, "do_sample": False}
+
+    def plain() -> None:
+        with torch.no_grad():
+            module.generate(**inputs, **gen)
+
+    handle = steer(model, sae, {0: 50.0})
+    try:
+
+        def steered() -> None:
+            generate(model, **inputs, **gen)
+
+        # edits are per model: time the unsteered nnsight path on a second wrapper
+        clean_model = VisionModel(module)
+
+        def unsteered_clean() -> None:
+            generate(clean_model, **inputs, **gen)
+
+        times = time_side_by_side(
+            {"plain": plain, "unsteered": unsteered_clean, "steered": steered},
+            repeats=repeats,
+            warmup=1,
+        )
+    finally:
+        handle.remove()
+    ms = {name: f"{seconds * 1e3:.0f} ms" for name, seconds in times.items()}
+    shape = f"{label}, {inputs['input_ids'].shape[1]} prompt tokens, {n_new} new"
+    return [
+        Figure(
+            BENCHMARK,
+            f"steered generate / unsteered ({label})",
+            times["steered"] / times["unsteered"],
+            "steering.generate, no edit",
+            goal_max=1.10,
+            detail=f"{shape}: {ms['steered']} vs {ms['unsteered']}",
+        ),
+        Figure(
+            BENCHMARK,
+            f"steered generate / plain HF generate ({label})",
+            times["steered"] / times["plain"],
+            "LlavaForConditionalGeneration.generate",
+            goal_max=1.10,
+            detail=f"{ms['steered']} vs {ms['plain']}",
+        ),
+        Figure(
+            BENCHMARK,
+            f"unsteered nnsight generate / plain ({label})",
+            times["unsteered"] / times["plain"],
+            "LlavaForConditionalGeneration.generate",
+            detail=f"{ms['unsteered']} vs {ms['plain']}",
+        ),
+    ]
+
+
+def run(quick: bool) -> list[Figure]:
+    # One thread: on a shared 2-core machine, two threads per matmul made the medians swing
+    # by 2x between neighbouring runs; one thread keeps the side-by-side ratio stable.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(quick)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(quick: bool) -> list[Figure]:
+    import tiny_models
+
+    tiny = tiny_models.llava_model()
+    tokenizer = tiny_models.llava_tokenizer()
+    figures = _figures(
+        "tiny LLaVA",
+        tiny.model,
+        tokenizer,
+        tiny.model.config.vision_config,
+        n_new=8 if quick else 32,
+        repeats=5 if quick else 21,
+    )
+    if quick:
+        return figures
+    module, tokenizer, vision = _small_llava()
+    return [*figures, *_figures("small LLaVA", module, tokenizer, vision, n_new=32, repeats=11)]

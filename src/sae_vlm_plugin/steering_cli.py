@@ -1,0 +1,115 @@
+"""``sae-vlm steer``: LLaVA's answers to one prompt and image while sweeping one SAE latent.
+
+    sae-vlm steer --model llava-hf/llava-1.5-7b-hf --sae DIR --latent 123 --values 0,30,40,50 \\
+        --prompt "Write me a short love poem" --image white
+
+prints the answer without any SAE, then one answer per value (paper Figure 6). Wire it into the
+``sae-vlm`` parser with ``add_steer_command(subparsers)``; it sets ``handler`` like the other
+subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def _values(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"--values expects comma-separated numbers, got {text!r}"
+        ) from error
+
+
+def add_steer_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``steer`` to ``commands`` (the ``sae-vlm`` subparsers); returns its parser."""
+    parser = commands.add_parser(
+        "steer",
+        help="sweep one SAE latent on LLaVA and print the generations side by side",
+        description="Generate LLaVA's answer to a prompt about an image without any SAE and "
+        "with the SAE spliced in at its hook and one latent set to each value (paper Fig. 6).",
+    )
+    parser.add_argument("--model", required=True, help="LLaVA hub id or local folder")
+    parser.add_argument("--sae", required=True, help="SAELens SAE folder (SAE.load_from_disk)")
+    parser.add_argument("--latent", required=True, type=int, help="latent index to steer")
+    parser.add_argument(
+        "--values", required=True, type=_values, help="comma-separated values, e.g. 0,30,40,50"
+    )
+    parser.add_argument("--prompt", required=True, help="the text prompt")
+    parser.add_argument(
+        "--image", default="white", help="image file, or 'white' (the paper's blank image)"
+    )
+    parser.add_argument("--mode", default="clamp", choices=["clamp", "add", "scale"])
+    parser.add_argument(
+        "--keep-error", action="store_true", help="add the SAE error back (paper: off)"
+    )
+    parser.add_argument(
+        "--tokens", default="all", choices=["all", "image", "patches", "cls"], help="tokens edited"
+    )
+    parser.add_argument("--hook", help="hook to steer (default: the SAE's, else LLaVA's layer)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ...")
+    parser.set_defaults(handler=_cmd_steer)
+    return parser
+
+
+def load_llava(name: str, device: str | None = None) -> tuple[Any, Any]:
+    """``(VisionModel, processor)`` of a LLaVA checkpoint (hub id or local folder)."""
+    from transformers import AutoProcessor
+
+    from sae_vlm_plugin.model import VisionModel
+
+    model = VisionModel(name, family="llava", device=device)
+    return model, AutoProcessor.from_pretrained(name)
+
+
+def format_sweep(answers: dict[str, str], latent: int) -> str:
+    """One block per setting, in sweep order."""
+    width = max(len(key) for key in answers)
+    lines = []
+    for key, text in answers.items():
+        label = key if key == "no steer" else f"latent {latent} = {key}"
+        lines.append(f"[{label:<{width + 10}}] {text}")
+    return "\n".join(lines)
+
+
+def _cmd_steer(args: argparse.Namespace) -> int:
+    from PIL import Image
+    from sae_lens import SAE
+
+    from sae_vlm_plugin.steering import steer
+    from sae_vlm_plugin.steering_eval import sweep, white_image
+
+    model, processor = load_llava(args.model, args.device)
+    sae = SAE.load_from_disk(args.sae, device=str(model.device or "cpu"))
+    if args.image == "white":
+        size = int(model.source_module.config.vision_config.image_size)
+        image = white_image(size)
+    else:
+        image = Image.open(args.image).convert("RGB")
+
+    def make_steering(value: float) -> Any:
+        return steer(
+            model,
+            sae,
+            {args.latent: value},
+            mode=args.mode,
+            keep_error=args.keep_error,
+            tokens=args.tokens,
+            hook=args.hook,
+        )
+
+    make_steering(0.0).remove()  # bad latent / hook / width: fail before generating anything
+    answers = sweep(
+        model,
+        processor,
+        args.prompt,
+        image,
+        make_steering,
+        args.values,
+        max_new_tokens=args.max_new_tokens,
+    )
+    print(format_sweep(answers, args.latent))
+    return 0
