@@ -26,6 +26,14 @@ def test_demo_runs_end_to_end_and_writes_loadable_outputs(tmp_path, capsys):
     evaluation = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
     assert evaluation["setup"]["n_images"] == 270
     assert (tmp_path / "evaluation" / "ms_sorted.png").exists()
+    assert (tmp_path / "dashboard" / "index.html").exists()
+    steering = json.loads((tmp_path / "steering.json").read_text())
+    assert set(steering["answers"]) == {"no steer", "0", "10", "30"}
+    assert steering["changed"] == any(
+        text != steering["answers"]["no steer"]
+        for key, text in steering["answers"].items()
+        if key != "no steer"
+    )
 
 
 def test_concept_purity_on_known_cases():

@@ -27,6 +27,10 @@ _LAZY_API: dict[str, str] = {
     "VisionSAERunnerConfig": "sae_vlm_plugin.training.runner_config",
     "VisionSAETrainingRunner": "sae_vlm_plugin.training.runner",
     "check_attachable": "sae_vlm_plugin.pretrained.loading",
+    "diffmean_vector": "sae_vlm_plugin.steering",
+    "generate": "sae_vlm_plugin.steering",
+    "steer": "sae_vlm_plugin.steering",
+    "steer_direction": "sae_vlm_plugin.steering",
     "export_sae": "sae_vlm_plugin.pretrained.loading",
     "list_presets": "sae_vlm_plugin.training.presets",
     "list_releases": "sae_vlm_plugin.pretrained.registry",
@@ -60,6 +64,10 @@ if TYPE_CHECKING:
     from sae_vlm_plugin.pretrained.loading import load_sae as load_sae
     from sae_vlm_plugin.pretrained.registry import list_releases as list_releases
     from sae_vlm_plugin.pretrained.registry import register_releases as register_releases
+    from sae_vlm_plugin.steering import diffmean_vector as diffmean_vector
+    from sae_vlm_plugin.steering import generate as generate
+    from sae_vlm_plugin.steering import steer as steer
+    from sae_vlm_plugin.steering import steer_direction as steer_direction
     from sae_vlm_plugin.tokens import TokenSelection as TokenSelection
     from sae_vlm_plugin.training.presets import list_presets as list_presets
     from sae_vlm_plugin.training.presets import preset_config as preset_config

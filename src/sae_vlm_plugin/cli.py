@@ -10,6 +10,7 @@ from sae_vlm_plugin import __version__
 from sae_vlm_plugin.dashboard.cli import add_dashboard_command
 from sae_vlm_plugin.metrics.commands import add_metric_commands
 from sae_vlm_plugin.pretrained.commands import add_pretrained_commands
+from sae_vlm_plugin.steering_cli import add_steer_command
 
 
 def _print_table(rows: dict[str, str]) -> None:
@@ -193,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     add_metric_commands(commands)
     add_dashboard_command(commands)
+    add_steer_command(commands)
     add_pretrained_commands(commands)
     demo = commands.add_parser(
         "demo",
