@@ -32,7 +32,7 @@ def add_steer_command(commands: argparse._SubParsersAction) -> argparse.Argument
         "with the SAE spliced in at its hook and one latent set to each value (paper Fig. 6).",
     )
     parser.add_argument("--model", required=True, help="LLaVA hub id or local folder")
-    parser.add_argument("--sae", required=True, help="SAELens SAE folder (SAE.load_from_disk)")
+    parser.add_argument("--sae", required=True, help="SAELens SAE folder, or RELEASE:SAE_ID")
     parser.add_argument("--latent", required=True, type=int, help="latent index to steer")
     parser.add_argument(
         "--values", required=True, type=_values, help="comma-separated values, e.g. 0,30,40,50"
@@ -77,13 +77,13 @@ def format_sweep(answers: dict[str, str], latent: int) -> str:
 
 def _cmd_steer(args: argparse.Namespace) -> int:
     from PIL import Image
-    from sae_lens import SAE
 
+    from sae_vlm_plugin.metrics.commands import load_sae_argument
     from sae_vlm_plugin.steering import steer
     from sae_vlm_plugin.steering_eval import sweep, white_image
 
     model, processor = load_llava(args.model, args.device)
-    sae = SAE.load_from_disk(args.sae, device=str(model.device or "cpu"))
+    sae = load_sae_argument(args.sae, str(model.device or "cpu"))
     if args.image == "white":
         size = int(model.source_module.config.vision_config.image_size)
         image = white_image(size)
