@@ -223,3 +223,64 @@ def test_cli_extract_writes_a_cache(tmp_path, image_folder, capsys):
     cache = ActivationCache(tmp_path / "cache")
     assert cache.settings["model"] == str(checkpoint)
     assert cache.settings["dtype"] == "float16"
+
+
+def test_two_process_torchrun_extraction_equals_one_process(tmp_path, model, image_folder):
+    import shutil
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed next to this interpreter")
+    checkpoint = tmp_path / "clip"
+    model.source_module.save_pretrained(checkpoint)
+    from transformers import CLIPImageProcessor
+
+    CLIPImageProcessor(
+        size={"shortest_edge": tm.IMAGE_SIZE}, crop_size=tm.IMAGE_SIZE
+    ).save_pretrained(checkpoint)
+    arguments = [
+        "-m",
+        "sae_vlm_plugin.cli",
+        "extract",
+        "--model",
+        str(checkpoint),
+        "--hook",
+        BLOCK,
+        "--tokens",
+        "random_k",
+        "--images",
+        str(image_folder),
+        "--images-per-shard",
+        "4",
+        "--batch-size",
+        "3",
+    ]
+    single = subprocess.run(
+        [sys.executable, *arguments, "--out", str(tmp_path / "one")], capture_output=True, text=True
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    double = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "--no-python",
+            sys.executable,
+            *arguments,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = ActivationCache(tmp_path / "one"), ActivationCache(tmp_path / "two")
+    assert two.complete
+    assert one.image_ids == two.image_ids
+    a, b = one.load(), two.load()
+    assert torch.equal(a["image_index"], b["image_index"])
+    assert torch.equal(a["token_index"], b["token_index"])
+    # Same rows; values equal up to the float reduction order of the two processes' kernels.
+    torch.testing.assert_close(a["activations"], b["activations"], atol=1e-5, rtol=1e-5)

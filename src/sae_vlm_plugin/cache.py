@@ -12,6 +12,11 @@ Shards cover fixed image ranges and are written atomically (temporary file, then
 extraction killed at any point and started again with the same settings redoes only the shards
 that are missing: the result has exactly the rows of an uninterrupted run. A directory holding a
 run with different settings is refused.
+
+Under ``torch.distributed`` (e.g. ``torchrun --nproc-per-node N sae-vlm extract ...``) rank ``r``
+of ``N`` takes the shards ``s`` with ``s % N == r``; rank 0 writes the manifest and, once every
+rank is done, marks the cache complete. Shards are the same files a single process writes, so
+the finished cache is identical, and a rerun after any rank died redoes only missing shards.
 """
 
 from __future__ import annotations
@@ -119,6 +124,88 @@ def extract_to_cache(
     )
     root = Path(out_dir)
     manifest_path = root / "cache.json"
+    rank, world = _distributed_rank_and_size()
+    if rank == 0:
+        manifest = _open_manifest(root, settings, selection, points, source, dataset_name)
+    _barrier(world)
+    if rank != 0:
+        manifest = _open_manifest(root, settings, selection, points, source, dataset_name)
+    for point in points:
+        (root / point.name).mkdir(exist_ok=True)
+
+    n_shards = -(-len(source) // images_per_shard)
+    todo = [
+        s
+        for s in range(n_shards)
+        if s % world == rank and not all((root / p.name / _shard_name(s)).exists() for p in points)
+    ]
+    mine = [s for s in range(n_shards) if s % world == rank]
+    done_images = sum(
+        min(images_per_shard, len(source) - s * images_per_shard) for s in set(mine) - set(todo)
+    )
+    mine_images = sum(min(images_per_shard, len(source) - s * images_per_shard) for s in mine)
+    bar = tqdm(
+        total=mine_images,
+        initial=done_images,
+        desc="extract" if world == 1 else f"extract (rank {rank}/{world})",
+        unit="img",
+        disable=not progress,
+    )
+    for shard in todo:
+        start, end = shard * images_per_shard, min((shard + 1) * images_per_shard, len(source))
+        parts: dict[str, list[Any]] = {p.name: [] for p in points}
+        skipped: list[str] = []
+        for batch in iter_extracted_batches(
+            vision_model,
+            source,
+            points,
+            selection,
+            range(start, end),
+            batch_size,
+            skip_unreadable=skip_unreadable,
+            num_workers=num_workers,
+        ):
+            skipped.extend(batch.skipped)
+            for name, rows in batch.hooks.items():
+                parts[name].append(rows)
+            bar.update(len(batch.image_indices) + len(batch.skipped))
+        for point in points:
+            _write_shard(
+                root / point.name / _shard_name(shard),
+                parts[point.name],
+                point.d_model,
+                dtype,
+                skipped,
+            )
+    bar.close()
+    _barrier(world)
+    skipped_all = {
+        image_id
+        for path in sorted((root / points[0].name).glob("shard_*.safetensors"))
+        for image_id in json.loads(_shard_metadata(path).get("skipped", "[]"))
+    }
+    if rank == 0:
+        manifest["skipped_images"] = sorted(skipped_all)
+        manifest["complete"] = True
+        _write_json_atomic(manifest_path, manifest)
+    _barrier(world)
+    cache = ActivationCache(root)
+    if skipped_all and progress and rank == 0:
+        print(f"skipped {len(skipped_all)} unreadable image(s) of {len(source)}")
+    return cache
+
+
+def _open_manifest(
+    root: Path,
+    settings: CacheSettings,
+    selection: TokenSelection,
+    points: Sequence[Any],
+    source: Any,
+    dataset_name: str | None,
+) -> dict[str, Any]:
+    """The manifest of the cache at ``root``: checked against ``settings`` if it exists (a
+    different run is refused), else created with the image table."""
+    manifest_path = root / "cache.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("format") != CACHE_FORMAT:
@@ -152,58 +239,23 @@ def extract_to_cache(
         }
         _write_json_atomic(root / "images.json", {"ids": source.ids, "labels": source.labels})
         _write_json_atomic(manifest_path, manifest)
-    for point in points:
-        (root / point.name).mkdir(exist_ok=True)
+    return manifest
 
-    n_shards = -(-len(source) // images_per_shard)
-    todo = [
-        s
-        for s in range(n_shards)
-        if not all((root / p.name / _shard_name(s)).exists() for p in points)
-    ]
-    done_images = sum(
-        min(images_per_shard, len(source) - s * images_per_shard)
-        for s in set(range(n_shards)) - set(todo)
-    )
-    bar = tqdm(
-        total=len(source), initial=done_images, desc="extract", unit="img", disable=not progress
-    )
-    skipped_all = set(manifest.get("skipped_images", []))
-    for shard in todo:
-        start, end = shard * images_per_shard, min((shard + 1) * images_per_shard, len(source))
-        parts: dict[str, list[Any]] = {p.name: [] for p in points}
-        skipped: list[str] = []
-        for batch in iter_extracted_batches(
-            vision_model,
-            source,
-            points,
-            selection,
-            range(start, end),
-            batch_size,
-            skip_unreadable=skip_unreadable,
-            num_workers=num_workers,
-        ):
-            skipped.extend(batch.skipped)
-            for name, rows in batch.hooks.items():
-                parts[name].append(rows)
-            bar.update(len(batch.image_indices) + len(batch.skipped))
-        for point in points:
-            _write_shard(
-                root / point.name / _shard_name(shard),
-                parts[point.name],
-                point.d_model,
-                dtype,
-                skipped,
-            )
-        skipped_all.update(skipped)
-    bar.close()
-    manifest["skipped_images"] = sorted(skipped_all)
-    manifest["complete"] = True
-    _write_json_atomic(manifest_path, manifest)
-    cache = ActivationCache(root)
-    if skipped_all and progress:
-        print(f"skipped {len(skipped_all)} unreadable image(s) of {len(source)}")
-    return cache
+
+def _distributed_rank_and_size() -> tuple[int, int]:
+    """``(rank, world size)`` of an initialised ``torch.distributed`` group, else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def _write_shard(path: Path, parts: list[Any], d_in: int, dtype: str, skipped: list[str]) -> None:
@@ -355,6 +407,13 @@ class ActivationCache:
 
 def _read_shard(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
+
+
+def _shard_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file, from its header."""
+    with path.open("rb") as file:
+        header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
+    return dict(header.get("__metadata__", {}))
 
 
 def _tensor_shapes(path: Path) -> dict[str, list[int]]:

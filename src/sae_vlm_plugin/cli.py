@@ -28,26 +28,42 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+    import torch.distributed as dist
+
     from sae_vlm_plugin.cache import extract_to_cache
     from sae_vlm_plugin.model import VisionModel
 
-    model = VisionModel(args.model, family=args.family, device=args.device)
-    cache = extract_to_cache(
-        model,
-        args.images,
-        args.hook,
-        args.out,
-        tokens=args.tokens,
-        batch_size=args.batch_size,
-        k=args.k,
-        seed=args.seed,
-        dtype=args.dtype,
-        images_per_shard=args.images_per_shard,
-        skip_unreadable=args.skip_unreadable,
-        num_workers=args.workers,
-    )
-    for hook in cache.hooks:
-        print(f"{hook}: {cache.n_rows(hook)} rows x {cache.d_in(hook)} -> {cache.path / hook}")
+    device = args.device
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    if distributed:  # launched by torchrun: one process per device (gloo on CPU)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available() and device is None:
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    try:
+        model = VisionModel(args.model, family=args.family, device=device)
+        cache = extract_to_cache(
+            model,
+            args.images,
+            args.hook,
+            args.out,
+            tokens=args.tokens,
+            batch_size=args.batch_size,
+            k=args.k,
+            seed=args.seed,
+            dtype=args.dtype,
+            images_per_shard=args.images_per_shard,
+            skip_unreadable=args.skip_unreadable,
+            num_workers=args.workers,
+        )
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+    if not distributed or int(os.environ.get("RANK", "0")) == 0:
+        for hook in cache.hooks:
+            print(f"{hook}: {cache.n_rows(hook)} rows x {cache.d_in(hook)} -> {cache.path / hook}")
     return 0
 
 
