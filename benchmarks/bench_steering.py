@@ -8,8 +8,9 @@ greedy). Three ways to generate, timed round-robin:
 - ``steered``: the same with ``steer(model, sae, {k: 50})`` active (paper setting: clamp on all
   tokens at the block the projector reads, SAE width 8 x d_vision).
 
-Timed on one thread (see ``run``). Models (random weights, CPU): the tests' tiny LLaVA (CLIP 3 blocks x 32, Llama 2 x 32) and a
-small LLaVA (CLIP 6 blocks x 256 at 112 px / 14 px patches = 64 image tokens, Llama 4 x 512).
+Timed on one thread (see ``run``). Models (random weights, CPU): the tests' tiny LLaVA (CLIP 3
+blocks x 32, Llama 2 x 32) and a small LLaVA built by ``demo_llava.tiny_llava`` (CLIP 6 blocks x
+256 at 112 px / 14 px patches = 64 image tokens, Llama 4 x 512).
 """
 
 from __future__ import annotations
@@ -23,16 +24,10 @@ BENCHMARK = "steering"
 
 
 def _small_llava() -> Any:
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-    )
+    from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    import tiny_models
+    from sae_vlm_plugin.demo_llava import tiny_llava
 
-    tokenizer = tiny_models.llava_tokenizer()
     vision = CLIPVisionConfig(
         hidden_size=256,
         intermediate_size=1024,
@@ -41,27 +36,11 @@ def _small_llava() -> Any:
         image_size=112,
         patch_size=14,
     )
-    text = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=512,
-        intermediate_size=1376,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=8,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    config = LlavaConfig(
-        vision_config=vision.to_dict(),
-        text_config=text.to_dict(),
-        image_token_index=tokenizer.convert_tokens_to_ids(tiny_models.IMAGE_TOKEN),
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
     torch.manual_seed(0)
-    return LlavaForConditionalGeneration(config).eval(), tokenizer, vision
+    module, processor = tiny_llava(
+        CLIPVisionModel(vision), text_width=512, text_layers=4, text_heads=8
+    )
+    return module, processor.tokenizer, vision
 
 
 def _inputs(tokenizer: Any, vision: Any, image_token: int, words: str) -> dict[str, torch.Tensor]:

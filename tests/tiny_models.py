@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from sae_vlm_plugin import synthetic
+from sae_vlm_plugin.demo_llava import IMAGE_TOKEN, word_tokenizer
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
@@ -263,7 +264,6 @@ LLAVA_WORDS = tuple(
         "exactly",
     ]
 )
-IMAGE_TOKEN = "<image>"
 
 
 @dataclass(frozen=True)
@@ -276,25 +276,7 @@ class TinyLlava:
 
 def llava_tokenizer():
     """A word-level fast tokenizer with Llama-style specials and ``<image>``, built offline."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
-    vocab = {token: i for i, token in enumerate([*specials, *LLAVA_WORDS, "?", ".", ":", ","])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        additional_special_tokens=[IMAGE_TOKEN],
-        model_input_names=["input_ids", "attention_mask"],
-    )
-    return tokenizer
+    return word_tokenizer(LLAVA_WORDS)
 
 
 def llava_model() -> TinyLlava:

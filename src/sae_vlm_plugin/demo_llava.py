@@ -8,6 +8,7 @@ the generation, not what a trained LLaVA would say (that needs ``llava-hf/llava-
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -50,13 +51,13 @@ WORDS = [
 ]
 
 
-def word_tokenizer() -> Any:
-    """A word-level fast tokenizer with Llama-style special tokens and ``<image>``."""
+def word_tokenizer(words: Sequence[str] = WORDS) -> Any:
+    """A word-level fast tokenizer over ``words`` with Llama-style special tokens and ``<image>``."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
-    vocab = {token: i for i, token in enumerate([*specials, *WORDS, "?", ".", ":", ","])}
+    vocab = {token: i for i, token in enumerate([*specials, *words, "?", ".", ":", ","])}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
@@ -72,9 +73,17 @@ def word_tokenizer() -> Any:
     )
 
 
-def tiny_llava(vision: Any, vision_feature_layer: int = -2) -> tuple[Any, Any]:
+def tiny_llava(
+    vision: Any,
+    vision_feature_layer: int = -2,
+    *,
+    text_width: int = 64,
+    text_layers: int = 2,
+    text_heads: int = 4,
+) -> tuple[Any, Any]:
     """``(LlavaForConditionalGeneration, LlavaProcessor)`` around ``vision`` (a transformers
-    CLIP vision model, whose weights are copied into the tower)."""
+    CLIP vision model, whose weights are copied into the tower), with a random Llama of
+    ``text_layers`` blocks of width ``text_width``."""
     from transformers import (
         CLIPImageProcessor,
         LlamaConfig,
@@ -87,11 +96,11 @@ def tiny_llava(vision: Any, vision_feature_layer: int = -2) -> tuple[Any, Any]:
     vision_config = vision.config
     text_config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        hidden_size=text_width,
+        intermediate_size=2 * text_width,
+        num_hidden_layers=text_layers,
+        num_attention_heads=text_heads,
+        num_key_value_heads=text_heads,
         max_position_embeddings=256,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
