@@ -28,21 +28,11 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    import os
-
-    import torch
-    import torch.distributed as dist
-
     from sae_vlm_plugin.cache import extract_to_cache
     from sae_vlm_plugin.model import VisionModel
+    from sae_vlm_plugin.training.data_parallel import DataParallel, process_group_from_environment
 
-    device = args.device
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
-    if distributed:  # launched by torchrun: one process per device (gloo on CPU)
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        if torch.cuda.is_available() and device is None:
-            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    try:
+    with process_group_from_environment(args.device) as device:  # torchrun: one rank per device
         model = VisionModel(args.model, family=args.family, device=device)
         cache = extract_to_cache(
             model,
@@ -58,10 +48,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             skip_unreadable=args.skip_unreadable,
             num_workers=args.workers,
         )
-    finally:
-        if distributed:
-            dist.destroy_process_group()
-    if not distributed or int(os.environ.get("RANK", "0")) == 0:
+        is_main = DataParallel.current().is_main
+    if is_main:
         for hook in cache.hooks:
             print(f"{hook}: {cache.n_rows(hook)} rows x {cache.d_in(hook)} -> {cache.path / hook}")
     return 0
@@ -97,7 +85,18 @@ def _parse_overrides(pairs: list[str]) -> dict[str, object]:
     return overrides
 
 
+def _data_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """``--set`` pairs plus the dedicated flags (``--images``, ``--cache`` ...) that were given."""
+    overrides = _parse_overrides(args.set or [])
+    for key in ("images", "cache_path", "model", "device"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    return overrides
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    from sae_vlm_plugin.training.data_parallel import DataParallel, process_group_from_environment
     from sae_vlm_plugin.training.presets import list_presets, preset_config
     from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
     from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
@@ -105,11 +104,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.list_presets:
         _print_table(list_presets())
         return 0
-    overrides = _parse_overrides(args.set or [])
-    for key in ("images", "cache_path", "run_dir", "model", "device"):
-        value = getattr(args, key)
-        if value is not None:
-            overrides[key] = value
+    overrides = _data_overrides(args)
+    if args.run_dir is not None:
+        overrides["run_dir"] = args.run_dir
     if args.config is not None:
         values = VisionSAERunnerConfig.from_file(args.config).to_dict()
         config = VisionSAERunnerConfig.from_dict({**values, **overrides})
@@ -117,9 +114,43 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = preset_config(args.preset, **overrides)
     else:
         raise SystemExit("give --preset NAME or --config FILE (see --list-presets)")
-    sae = VisionSAETrainingRunner(config).run()
-    print(f"trained {config.architecture} d_sae={sae.cfg.d_sae} -> {config.run_dir}/final")
+    with process_group_from_environment(config.device):  # torchrun: data-parallel
+        sae = VisionSAETrainingRunner(config).run()
+        is_main = DataParallel.current().is_main
+    if is_main:
+        print(f"trained {config.architecture} d_sae={sae.cfg.d_sae} -> {config.run_dir}/final")
     return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from sae_vlm_plugin.training.data_parallel import DataParallel, process_group_from_environment
+    from sae_vlm_plugin.training.sweep import VisionSAESweepRunner
+    from sae_vlm_plugin.training.sweep_config import sweep_from_file, sweep_from_presets
+
+    overrides = _data_overrides(args)
+    if args.config is not None:
+        configs = sweep_from_file(args.config, args.run_dir, **overrides)
+    elif args.preset:
+        configs = sweep_from_presets(args.preset, args.run_dir or "runs/sweep", **overrides)
+    else:
+        raise SystemExit("give --config SWEEP_FILE or --preset PATTERN (repeatable)")
+    with process_group_from_environment(configs[0].device):  # torchrun: each SAE data-parallel
+        saes = VisionSAESweepRunner(configs).run()
+        is_main = DataParallel.current().is_main
+    if is_main:
+        for config, sae in zip(configs, saes, strict=True):
+            print(f"trained {config.architecture} d_sae={sae.cfg.d_sae} -> {config.run_dir}/final")
+    return 0
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", help="train from this image folder (extracting on the fly)")
+    parser.add_argument("--cache", dest="cache_path", help="train from this activation cache")
+    parser.add_argument("--model", help="override the preset's model")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ...")
+    parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override any config field (repeatable)"
+    )
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
@@ -127,20 +158,35 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "train",
         help="train a vision SAE with SAELens (a paper preset or a config file)",
         description="Train a vision SAE through SAELens' SAETrainer. Re-running the same command "
-        "resumes from the run directory's latest checkpoint.",
+        "resumes from the run directory's latest checkpoint. Under torchrun it trains "
+        "data-parallel over the ranks (from a cache).",
     )
     train.add_argument("--preset", help="a paper preset (see --list-presets)")
     train.add_argument("--config", help="a YAML or JSON VisionSAERunnerConfig")
     train.add_argument("--list-presets", action="store_true", help="list the presets and exit")
-    train.add_argument("--images", help="train from this image folder (extracting on the fly)")
-    train.add_argument("--cache", dest="cache_path", help="train from this activation cache")
-    train.add_argument("--model", help="override the preset's model")
     train.add_argument("--run-dir", help="checkpoints, log.jsonl and final/ go here")
-    train.add_argument("--device", help="cpu, cuda, cuda:1 ...")
-    train.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override any config field (repeatable)"
-    )
+    _add_data_flags(train)
     train.set_defaults(handler=_cmd_train)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="train several SAEs from one pass over the activations",
+        description="Train several SAEs (widths, k, architectures, hooks) on one activation "
+        "stream per hook, each exactly as `sae-vlm train` would. SAE i goes to RUN_DIR/<name>. "
+        "Re-running resumes; under torchrun every SAE trains data-parallel.",
+    )
+    sweep.add_argument(
+        "--config", help="a sweep file: run_dir, shared settings, saes (name -> settings)"
+    )
+    sweep.add_argument(
+        "--preset",
+        action="append",
+        metavar="PATTERN",
+        help="presets matching this shell pattern, e.g. 'clip-l14-336-l22-*' (repeatable)",
+    )
+    sweep.add_argument("--run-dir", help="each SAE trains in RUN_DIR/<name>")
+    _add_data_flags(sweep)
+    sweep.set_defaults(handler=_cmd_sweep)
 
 
 def _cmd_families(args: argparse.Namespace) -> int:

@@ -42,11 +42,11 @@ from sae_lens.saes.sae import TrainingSAE, TrainStepInput, TrainStepOutput
 from torch import nn
 from typing_extensions import override
 
+from sae_vlm_plugin.training.batch_reduction import LocalBatch, ShardedBatch
 from sae_vlm_plugin.training.config import (
     PaperBatchTopKTrainingSAEConfig,
     PaperMatryoshkaBatchTopKTrainingSAEConfig,
 )
-from sae_vlm_plugin.training.geometric_median import geometric_median
 from sae_vlm_plugin.training.selection import auxiliary_entries, batch_topk
 from sae_vlm_plugin.training.sparse_ops import (
     ActivePattern,
@@ -86,6 +86,17 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
         self._level_widths = list(itertools.accumulate(cfg.level_sizes()))
         self._level_weights = cfg.level_weights()
         self._decoder_renorm_pending = False
+        self._batch: LocalBatch = LocalBatch()
+
+    def shard_batches_over(self, group: Any = None) -> None:
+        """Train data-parallel: from now on each training batch is this rank's equal share of a
+        global batch split over the ranks of the ``torch.distributed`` ``group`` (None: the
+        default group), and every batch-wide step (BatchTopK over ``k * B_global`` entries, dead
+        latents, ``b_dec``'s geometric median, the auxiliary loss' denominator) is taken over the
+        global batch (``batch_reduction.ShardedBatch``). Gradients must be averaged over the
+        ranks (DistributedDataParallel does it); the SAE then trains as one process with the
+        global batch would."""
+        self._batch = ShardedBatch(group)
 
     @override
     def initialize_weights(self) -> None:
@@ -145,17 +156,22 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
         step = step_input.n_training_steps
         x = self._checked_batch(step_input.sae_in, step)
         n_rows, d_sae = x.shape[0], self.cfg.d_sae
+        n_rows_global = n_rows * self._batch.world_size
         self._apply_pending_decoder_renorm()
         with torch.no_grad():
             if step == 0:
-                self.b_dec.copy_(geometric_median(x))
+                self.b_dec.copy_(self._batch.geometric_median(x))
             x_centered = x - self.b_dec
             pre = torch.addmm(self.b_enc, x_centered, self.W_enc)
-            kept, kept_values = batch_topk(pre.view(-1), self.cfg.k * n_rows, d_sae)
+            kept, kept_values, smallest_kept = self._batch.topk(
+                pre.view(-1), self.cfg.k * n_rows_global, d_sae
+            )
             if step > self.cfg.threshold_start_step:
-                self._update_threshold(kept_values)
-            self.n_tokens_since_fired += n_rows
-            self.n_tokens_since_fired[kept % d_sae] = 0
+                self._update_threshold(smallest_kept)
+            fired = torch.zeros(d_sae, dtype=torch.bool, device=x.device)
+            fired[kept % d_sae] = True
+            self.n_tokens_since_fired += n_rows_global
+            self.n_tokens_since_fired[self._batch.fired(fired)] = 0
             dead = self.n_tokens_since_fired >= self.cfg.dead_feature_threshold
             n_dead = int(dead.sum())
             if n_dead > 0:
@@ -280,9 +296,8 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
             )
         return x
 
-    def _update_threshold(self, kept_values: torch.Tensor) -> None:
-        # kept_values are the positive BatchTopK activations (see batch_topk)
-        smallest = kept_values.min() if kept_values.numel() else self.threshold.new_zeros(())
+    def _update_threshold(self, smallest: torch.Tensor) -> None:
+        """``smallest``: the smallest kept (positive) BatchTopK activation, 0 if none."""
         if self.threshold < 0:
             self.threshold.copy_(smallest)
         else:
@@ -294,7 +309,7 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
     ) -> torch.Tensor:
         if aux_reconstruction is None:
             return residual.new_zeros(())
-        denominator = (residual - residual.mean(dim=0)).pow(2).sum(dim=-1).mean()
+        denominator = self._batch.residual_variance(residual)
         if denominator <= 0:
             return residual.new_zeros(())
         return (residual - aux_reconstruction).pow(2).sum(dim=-1).mean() / denominator

@@ -1,0 +1,323 @@
+"""One SAE of a training run: its SAELens ``SAETrainer``, log, checkpoints and export.
+
+A ``TrainingJob`` drives ``SAETrainer`` through its public seams (``step``,
+``maybe_reset_sparsity``, ``build_train_step_log_dict``, ``save_trainer_state`` /
+``load_trainer_state``, ``set_final_sae_metadata``), as SAELens' ``MultiSAETrainer`` does, and
+adds what a vision run needs around them:
+
+- a JSON-lines log (``run_dir/log.jsonl``) of every logged step and evaluation;
+- checkpoints ``run_dir/checkpoints/step_N`` (the full training SAE state, SAELens' trainer
+  state, and the step), written atomically;
+- the export: ``run_dir/final`` holds a SAELens inference SAE (``cfg.json`` +
+  ``sae_weights.safetensors``, input scaling folded in) whose metadata records model, family,
+  hook, tokens, dataset, preset and library versions; plain ``sae_lens.SAE.load_from_disk``
+  loads it.
+
+Under data parallelism every rank runs the job on its share of each batch; rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from sae_vlm_plugin.hooks import parse_block_hook
+from sae_vlm_plugin.training.data_parallel import DataParallel
+from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+from sae_vlm_plugin.training.sources import ActivationSource, build_training_sae
+
+Evaluator = Callable[[Any, int, Any], dict[str, Any]]
+"""``(training SAE in eval mode, step, the trainer's ActivationScaler) -> metrics``, run every
+``eval_every_steps`` (e.g. ``metrics.evaluation.MonosemanticityEvaluator``)."""
+
+CHECKPOINT_STATE = "training_sae.safetensors"
+RUNNER_STATE = "runner_state.json"
+
+
+class JsonlLog:
+    """Append-only JSON-lines log; a resumed run truncates entries past its checkpoint. Values
+    that are not JSON scalars (wandb histograms, say) are left out."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        kept = [
+            line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step
+        ]
+        self.path.write_text("".join(f"{line}\n" for line in kept))
+
+    def write(self, step: int, kind: str, values: dict[str, Any]) -> None:
+        entry: dict[str, Any] = {"step": step, "kind": kind}
+        for key, value in values.items():
+            plain = _jsonable(value)
+            if plain is not _OMIT:
+                entry[key] = plain
+        with self.path.open("a") as file:
+            file.write(json.dumps(entry) + "\n")
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines()]
+
+
+_OMIT = object()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, bool | int | float | str | list | dict):
+        return value
+    return _OMIT
+
+
+class TrainingJob:
+    """One SAE of a run; ``name`` prefixes its entries in a shared wandb run."""
+
+    def __init__(
+        self,
+        cfg: VisionSAERunnerConfig,
+        source: ActivationSource,
+        *,
+        name: str,
+        evaluator: Evaluator | None,
+        parallel: DataParallel,
+    ) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.name = name
+        self.evaluator = evaluator
+        self.parallel = parallel
+        self.device = parallel.device_for(cfg.device)
+        self.run_dir = Path(cfg.run_dir)
+        self.log = JsonlLog(self.run_dir / "log.jsonl")
+        self.trainer: Any = None
+        if cfg.d_in is not None and cfg.d_in != source.d_in:
+            where = cfg.cache_path or f"{source.model_name} {cfg.hook_name}"
+            raise ValueError(
+                f"the activations of {where} have d_in={source.d_in}, but the config asks "
+                f"for an SAE with d_in={cfg.d_in}"
+            )
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def check_run_dir(self) -> None:
+        """Record the config in ``run_dir`` (rank 0), refusing a run_dir of another run."""
+        if not self.parallel.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.run_dir / "config.json"
+        mine = self.cfg.to_dict()
+        if config_path.exists():
+            recorded = json.loads(config_path.read_text())
+            differences = [k for k in mine if recorded.get(k) != mine[k] and k != "run_dir"]
+            if differences:
+                raise ValueError(
+                    f"{self.run_dir} holds a run with different settings ({', '.join(differences)}); "
+                    "resume it with the same config or choose another run_dir"
+                )
+        config_path.write_text(json.dumps(mine, indent=1))
+
+    def checkpoint_steps(self) -> list[int]:
+        """Steps of this job's complete checkpoints, ascending."""
+        return sorted(
+            int(path.parent.name.split("_")[1])
+            for path in (self.run_dir / "checkpoints").glob(f"step_*/{RUNNER_STATE}")
+        )
+
+    def start(self, scaling_factor: float | None, resume_step: int | None) -> None:
+        """Build the SAE and its trainer (from ``resume_step``'s checkpoint if given); under
+        data parallelism, wrap it for DDP."""
+        from sae_lens.config import LoggingConfig, SAETrainerConfig
+        from sae_lens.training.sae_trainer import SAETrainer
+
+        from sae_vlm_plugin.training import (
+            PaperBatchTopKTrainingSAE,
+            paper_learning_rate,
+            prepare_paper_trainer,
+        )
+
+        cfg, parallel = self.cfg, self.parallel
+        torch.manual_seed(cfg.seed)
+        sae = build_training_sae(dataclasses.replace(cfg, device=self.device), self.source.d_in)
+        lr = cfg.lr if cfg.lr is not None else paper_learning_rate(sae.cfg.d_sae)
+        is_paper = isinstance(sae, PaperBatchTopKTrainingSAE)
+        local_batch = cfg.batch_size // parallel.world_size
+        trainer_cfg = SAETrainerConfig(
+            total_training_samples=cfg.training_steps * local_batch,
+            train_batch_size_samples=local_batch,
+            lr=lr,
+            lr_end=lr,
+            lr_scheduler_name="constant",
+            lr_warm_up_steps=0 if is_paper else cfg.warmup_steps,
+            device=self.device,
+            n_checkpoints=0,
+            checkpoint_path=None,
+            save_final_checkpoint=False,
+            logger=LoggingConfig(log_to_wandb=True, wandb_log_frequency=cfg.log_every_steps),
+        )
+        trainer = SAETrainer(trainer_cfg, sae, iter(()), evaluator=None)
+        if is_paper:
+            prepare_paper_trainer(
+                trainer, scaling_factor=scaling_factor, warmup_steps=cfg.warmup_steps
+            )
+        else:
+            trainer.activation_scaler.scaling_factor = scaling_factor
+        if resume_step is not None:
+            self._restore(trainer, self.run_dir / "checkpoints" / f"step_{resume_step}")
+            parallel.drop_sparsity_counts(trainer)
+        if parallel.is_main:
+            self.log.truncate_after(-1 if resume_step is None else resume_step)
+        sae.to(self.device)
+        if parallel.enabled:
+            parallel.wrap(trainer)
+        self.trainer = trainer
+
+    # -- one step -------------------------------------------------------------------------
+
+    def train_step(self, batch: torch.Tensor, wandb_run: Any) -> float:
+        """One training step on this rank's ``batch``; logs, evaluates and checkpoints on the
+        config's schedule. Returns the step's loss (this rank's)."""
+        trainer, cfg, parallel = self.trainer, self.cfg, self.parallel
+        if _is_sparsity_window_end(trainer):
+            parallel.consolidate_sparsity(trainer)
+        sparsity = trainer.maybe_reset_sparsity()
+        output = trainer.step(batch)
+        trainer.n_training_steps += 1
+        done = trainer.n_training_steps
+        if sparsity:
+            self._record(done, "sparsity", sparsity, wandb_run)
+        if done % cfg.log_every_steps == 0 or done == cfg.training_steps:
+            values = trainer.build_train_step_log_dict(
+                output, trainer.n_training_samples * parallel.world_size
+            )
+            self._record(done, "train", parallel.mean_over_ranks(values), wandb_run)
+        if self.evaluator is not None and (
+            done % cfg.eval_every_steps == 0 or done == cfg.training_steps
+        ):
+            if parallel.is_main:
+                trainer.sae.eval()
+                metrics = self.evaluator(trainer.sae, done, trainer.activation_scaler)
+                self._record(done, "eval", metrics, wandb_run)
+                trainer.sae.train()
+            parallel.barrier()
+        checkpoint_due = cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0
+        if checkpoint_due and done < cfg.training_steps:
+            self._save_checkpoint()
+        return float(output.loss.item())
+
+    @property
+    def done(self) -> bool:
+        return self.trainer.n_training_steps >= self.cfg.training_steps
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def _save_checkpoint(self) -> None:
+        trainer = self.trainer
+        self.parallel.consolidate_sparsity(trainer)
+        if not self.parallel.is_main:
+            return
+        step = trainer.n_training_steps
+        final = self.run_dir / "checkpoints" / f"step_{step}"
+        tmp = final.with_name(f".{final.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in trainer.sae.state_dict().items()}
+        save_file(state, str(tmp / CHECKPOINT_STATE))
+        trainer.save_trainer_state(tmp)
+        (tmp / RUNNER_STATE).write_text(
+            json.dumps({"step": step, "samples": trainer.n_training_samples})
+        )
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+
+    def _restore(self, trainer: Any, checkpoint: Path) -> None:
+        if not (checkpoint / RUNNER_STATE).exists():
+            raise FileNotFoundError(
+                f"rank {self.parallel.rank} cannot read the checkpoint {checkpoint} that rank 0 "
+                "resumes from; the run_dir must be on a filesystem every rank sees"
+            )
+        trainer.sae.load_state_dict(
+            load_file(str(checkpoint / CHECKPOINT_STATE), device=self.device)
+        )
+        trainer.load_trainer_state(checkpoint)
+
+    # -- logging --------------------------------------------------------------------------
+
+    def _record(self, step: int, kind: str, values: dict[str, Any], wandb_run: Any) -> None:
+        if not self.parallel.is_main:
+            return
+        self.log.write(step, kind, values)
+        if wandb_run is not None:
+            prefix = f"{self.name}/" if self.name else ""
+            wandb_run.log({f"{prefix}{k}": v for k, v in values.items()}, step=step)
+
+    # -- export ---------------------------------------------------------------------------
+
+    def export(self) -> Any:
+        """Fold the input scaling in, record the metadata and save ``run_dir/final`` (rank 0);
+        every rank returns the saved inference SAE."""
+        from sae_lens import SAE
+
+        self.parallel.consolidate_sparsity(self.trainer)
+        if self.parallel.is_main:
+            self._save_inference_sae()
+        self.parallel.barrier()
+        return SAE.load_from_disk(self.run_dir / "final", device=self.device)
+
+    def _save_inference_sae(self) -> None:
+        from sae_vlm_plugin import __version__
+        from sae_vlm_plugin.environment import library_versions
+
+        trainer, cfg, source = self.trainer, self.cfg, self.source
+        sae = trainer.sae
+        scaling = trainer.activation_scaler.scaling_factor
+        if scaling is not None:
+            sae.fold_activation_norm_scaling_factor(scaling)
+            trainer.activation_scaler.scaling_factor = None
+        trainer.set_final_sae_metadata()
+        metadata = sae.cfg.metadata
+        # The registry's vocabulary (``pretrained.schema.VisionMetadata``) plus SAELens' own keys.
+        metadata.model_name = source.model_name
+        metadata.hook_name = source.hook_name
+        metadata.family = source.family
+        metadata.tokens = source.tokens
+        metadata.training_architecture = cfg.architecture
+        metadata.training_data = source.dataset
+        metadata.dataset_path = source.dataset
+        parsed = parse_block_hook(source.hook_name)
+        metadata.layer = parsed[1] if parsed is not None else None
+        metadata.k = cfg.k
+        metadata.expansion_factor = sae.cfg.d_sae / sae.cfg.d_in
+        widths = getattr(sae.cfg, "matryoshka_widths", None)  # cumulative, paper and built-in
+        if widths:
+            sizes = [b - a for a, b in itertools.pairwise([0, *widths])]
+            metadata.group_fractions = [size / sae.cfg.d_sae for size in sizes]
+        metadata.preset = cfg.preset
+        metadata.training_steps = cfg.training_steps
+        metadata.sae_vlm_plugin_version = __version__
+        metadata.library_versions = library_versions()
+        for key, value in cfg.extra_metadata.items():
+            metadata[key] = value
+        sae.save_inference_model(self.run_dir / "final")
+
+
+def _is_sparsity_window_end(trainer: Any) -> bool:
+    """Whether ``maybe_reset_sparsity`` is about to read (and reset) SAELens' sparsity window."""
+    steps = trainer.n_training_steps
+    return steps > 0 and steps % trainer.cfg.feature_sampling_window == 0

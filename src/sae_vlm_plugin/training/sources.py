@@ -1,0 +1,120 @@
+"""What a ``VisionSAERunnerConfig`` describes: its activation stream and its training SAE."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+
+
+@dataclass(frozen=True)
+class ActivationSource:
+    """Where a run's activations come from, and what to record about them."""
+
+    d_in: int
+    model_name: str
+    family: str
+    hook_name: str
+    tokens: str
+    dataset: str
+    make_batches: Callable[[int], Iterator[torch.Tensor]]
+    """``seed -> endless iterator of (batch_size, d_in) batches``, deterministic in the seed."""
+
+
+def activation_source(cfg: VisionSAERunnerConfig, model: Any = None) -> ActivationSource:
+    """The activation stream ``cfg`` describes (``model``: an already built ``VisionModel``)."""
+    if cfg.cache_path is not None:
+        from sae_vlm_plugin.cache import ActivationCache
+
+        cache = ActivationCache(cfg.cache_path)
+        if cfg.hook_name not in cache.hooks:
+            raise ValueError(
+                f"the cache at {cache.path} holds {', '.join(cache.hooks)}, not {cfg.hook_name!r}; "
+                "set hook_name to one of them"
+            )
+        settings = cache.settings
+        return ActivationSource(
+            d_in=cache.d_in(cfg.hook_name),
+            model_name=settings["model"],
+            family=settings["family"],
+            hook_name=cfg.hook_name,
+            tokens=settings["tokens"],
+            dataset=cfg.dataset_name or cache.manifest.get("dataset", str(cache.path)),
+            make_batches=lambda seed: cache.batches(
+                cfg.hook_name, cfg.batch_size, seed=seed, device=None
+            ),
+        )
+    from sae_vlm_plugin.model import VisionModel
+    from sae_vlm_plugin.tokens import TokenSelection
+    from sae_vlm_plugin.training.image_stream import image_activation_batches
+
+    if model is None:
+        assert cfg.model is not None  # the config checks that images come with a model
+        model = VisionModel(cfg.model, device=cfg.device)
+    vision_model = model
+    selection = TokenSelection.parse(cfg.tokens, k=cfg.tokens_per_image, seed=cfg.seed)
+    point = vision_model.hook_point(cfg.hook_name)
+    return ActivationSource(
+        d_in=point.d_model,
+        model_name=vision_model.model_name,
+        family=vision_model.family.name,
+        hook_name=cfg.hook_name,
+        tokens=selection.describe(),
+        dataset=cfg.dataset_name or str(cfg.images),
+        make_batches=lambda seed: image_activation_batches(
+            vision_model,
+            cfg.images,
+            cfg.hook_name,
+            selection,
+            cfg.batch_size,
+            batch_size_images=cfg.extraction_batch_size,
+            buffer_batches=cfg.mixing_buffer_batches,
+            seed=seed,
+        ),
+    )
+
+
+def build_training_sae(cfg: VisionSAERunnerConfig, d_in: int) -> Any:
+    """The training SAE of ``cfg.architecture`` at width ``cfg.sae_width(d_in)``."""
+    from sae_lens import (
+        BatchTopKTrainingSAE,
+        BatchTopKTrainingSAEConfig,
+        MatryoshkaBatchTopKTrainingSAE,
+        MatryoshkaBatchTopKTrainingSAEConfig,
+    )
+
+    from sae_vlm_plugin.training import (
+        PaperBatchTopKTrainingSAE,
+        PaperBatchTopKTrainingSAEConfig,
+        PaperMatryoshkaBatchTopKTrainingSAE,
+        PaperMatryoshkaBatchTopKTrainingSAEConfig,
+        group_sizes_from_fractions,
+    )
+    from sae_vlm_plugin.training.config import PAPER_GROUP_FRACTIONS
+
+    d_sae = cfg.sae_width(d_in)
+    common: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, "k": cfg.k, "device": cfg.device}
+    paper: dict[str, Any] = {
+        "auxk_alpha": cfg.auxk_alpha,
+        "dead_feature_threshold": cfg.dead_feature_threshold,
+        "threshold_start_step": cfg.threshold_start_step,
+    }
+    fractions = cfg.group_fractions or list(PAPER_GROUP_FRACTIONS)
+    if cfg.architecture == "paper_batchtopk":
+        return PaperBatchTopKTrainingSAE(PaperBatchTopKTrainingSAEConfig(**common, **paper))
+    if cfg.architecture == "paper_matryoshka_batchtopk":
+        return PaperMatryoshkaBatchTopKTrainingSAE(
+            PaperMatryoshkaBatchTopKTrainingSAEConfig(**common, **paper, group_fractions=fractions)
+        )
+    builtin = {**common, "aux_loss_coefficient": cfg.auxk_alpha}
+    if cfg.architecture == "batchtopk":
+        return BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(**builtin))
+    widths = list(itertools.accumulate(group_sizes_from_fractions(fractions, d_sae)))
+    return MatryoshkaBatchTopKTrainingSAE(
+        MatryoshkaBatchTopKTrainingSAEConfig(**builtin, matryoshka_widths=widths)
+    )

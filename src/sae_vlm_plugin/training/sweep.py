@@ -1,0 +1,239 @@
+"""``VisionSAESweepRunner``: several SAEs trained from one pass over the activations.
+
+The paper's Table 1 is 60 SAEs (two architectures x six widths x five layers) on the same
+ImageNet activations. A sweep reads each hook's activation stream once and feeds every batch to
+every SAE on that hook, each with its own SAELens ``SAETrainer`` (optimizer, learning rate,
+scaler, sparsity statistics), as SAELens' ``MultiSAETrainer`` does. Unlike ``MultiSAETrainer``,
+every SAE keeps its own trainer settings: the paper's learning rate depends on the width.
+
+Each SAE sees exactly the batches it would see trained alone with its config (the stream is a
+pure function of the data settings and the seed), starts from the same initial weights (the
+seed is set before each SAE is built) and so ends with the same weights. What the SAEs of a
+sweep must share is listed in ``SHARED_SETTINGS``; they may differ in hook, architecture,
+width, k, learning rate and the other SAE settings. Under ``torchrun`` every SAE trains
+data-parallel over all ranks (``data_parallel``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sae_vlm_plugin.training.data_parallel import DataParallel
+from sae_vlm_plugin.training.job import Evaluator, TrainingJob
+from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+from sae_vlm_plugin.training.sources import ActivationSource, activation_source
+
+SHARED_SETTINGS = (
+    "cache_path",
+    "model",
+    "images",
+    "dataset_name",
+    "tokens",
+    "tokens_per_image",
+    "extraction_batch_size",
+    "mixing_buffer_batches",
+    "batch_size",
+    "training_steps",
+    "seed",
+    "device",
+    "checkpoint_every_steps",
+    "n_batches_for_scaling",
+    "log_to_wandb",
+    "wandb_project",
+)
+"""Settings every SAE of a sweep must have in common: those of the activation stream, its
+length and position (checkpoints), and the run's logging."""
+
+SCALING_SEED_OFFSET = 1_000_003
+"""The scaling estimate reads its own stream (seed + this), leaving the training stream untouched."""
+
+
+class VisionSAESweepRunner:
+    """Train the SAEs ``configs`` describe from one pass over each hook's activations;
+    ``run()`` returns their exported inference SAEs, in order.
+
+    ``model``: an already built ``VisionModel`` (training from images). ``evaluator`` runs on
+    every SAE (default: MS on ``eval_images`` for the SAEs whose config names them).
+    """
+
+    def __init__(
+        self,
+        configs: Sequence[VisionSAERunnerConfig],
+        *,
+        model: Any = None,
+        evaluator: Evaluator | None = None,
+        progress: bool = True,
+    ) -> None:
+        if not configs:
+            raise ValueError("a sweep needs at least one SAE config")
+        _check_shared_settings(configs)
+        self.configs = list(configs)
+        self.progress = progress
+        self.parallel = DataParallel.current()
+        first = self.configs[0]
+        self.parallel.check_batch_size(first.batch_size)
+        if self.parallel.enabled and first.cache_path is None:
+            raise ValueError(
+                "data-parallel training reads its activations from a cache: extract them first "
+                "(torchrun ... sae-vlm extract, which splits the images over the ranks) and "
+                "train with cache_path; training from images would run the model on every "
+                "image on every rank"
+            )
+        if model is None and first.model is not None:
+            from sae_vlm_plugin.model import VisionModel
+
+            model = VisionModel(first.model, device=self.parallel.device_for(first.device))
+        self.model = model
+        self.sources: dict[str, ActivationSource] = {}
+        for cfg in self.configs:
+            if cfg.hook_name not in self.sources:
+                self.sources[cfg.hook_name] = activation_source(cfg, model)
+        names = _job_names(self.configs)
+        self.jobs = [
+            TrainingJob(
+                cfg,
+                self.sources[cfg.hook_name],
+                name=name,
+                evaluator=evaluator or self._ms_evaluator(cfg),
+                parallel=self.parallel,
+            )
+            for cfg, name in zip(self.configs, names, strict=True)
+        ]
+
+    def run(self) -> list[Any]:
+        from tqdm.auto import tqdm
+
+        from sae_vlm_plugin.training import estimate_paper_scaling_factor
+
+        parallel, first = self.parallel, self.configs[0]
+        for job in self.jobs:
+            job.check_run_dir()
+        resume_step = parallel.broadcast(self._resume_step() if parallel.is_main else None)
+        scaling: dict[str, float] = {}
+        if resume_step is None:
+            for hook, source in self.sources.items():
+                if any(cfg.scale_inputs for cfg in self.configs if cfg.hook_name == hook):
+                    scaling[hook] = estimate_paper_scaling_factor(
+                        source.make_batches(first.seed + SCALING_SEED_OFFSET),
+                        first.n_batches_for_scaling,
+                    )
+        for job in self.jobs:
+            factor = scaling.get(job.cfg.hook_name) if job.cfg.scale_inputs else None
+            job.start(factor, resume_step)
+        streams = {hook: source.make_batches(first.seed) for hook, source in self.sources.items()}
+        start = resume_step or 0
+        for stream in streams.values():
+            for _ in range(start):
+                next(stream)  # replay the stream to the checkpoint's position
+        wandb_run = self._start_wandb() if parallel.is_main else None
+        description = "train SAE" if len(self.jobs) == 1 else f"train {len(self.jobs)} SAEs"
+        bar = tqdm(
+            total=first.training_steps,
+            initial=start,
+            desc=description,
+            unit="step",
+            disable=not (self.progress and parallel.is_main),
+        )
+        try:
+            for step in range(start, first.training_steps):
+                batches = {
+                    hook: parallel.shard(_next_batch(s, step)) for hook, s in streams.items()
+                }
+                losses = [
+                    job.train_step(batches[job.cfg.hook_name], wandb_run) for job in self.jobs
+                ]
+                if (step + 1) % first.log_every_steps == 0:
+                    bar.set_postfix(loss=" ".join(f"{loss:.4g}" for loss in losses))
+                bar.update(1)
+        finally:
+            bar.close()
+            if wandb_run is not None:
+                wandb_run.finish()
+        return [job.export() for job in self.jobs]
+
+    def _resume_step(self) -> int | None:
+        """The latest step every SAE has a complete checkpoint of (None: start afresh)."""
+        steps = {job.name or str(job.run_dir): set(job.checkpoint_steps()) for job in self.jobs}
+        if not any(steps.values()):
+            return None
+        common = set.intersection(*steps.values())
+        if not common:
+            listing = "; ".join(f"{name}: {sorted(s) or 'none'}" for name, s in steps.items())
+            raise ValueError(
+                "the SAEs of this sweep have no checkpoint step in common, so the shared "
+                f"stream cannot resume ({listing}); resume the sweep with the SAEs it was "
+                "started with, or give new SAEs a sweep of their own"
+            )
+        return max(common)
+
+    def _ms_evaluator(self, cfg: VisionSAERunnerConfig) -> Evaluator | None:
+        """MS on ``cfg.eval_images``, seen by the run's model (for a cache: the model it names)."""
+        if cfg.eval_images is None:
+            return None
+        from sae_vlm_plugin.metrics.evaluation import MonosemanticityEvaluator
+        from sae_vlm_plugin.model import VisionModel
+
+        source = self.sources[cfg.hook_name]
+        if self.model is None:
+            self.model = VisionModel(source.model_name, device=self.parallel.device_for(cfg.device))
+        return MonosemanticityEvaluator.from_images(
+            self.model,
+            cfg.eval_images,
+            cfg.hook_name,
+            source.tokens,
+            scoring_encoder=cfg.scoring_encoder,
+        )
+
+    def _start_wandb(self) -> Any:
+        first = self.configs[0]
+        if not first.log_to_wandb:
+            return None
+        import wandb
+
+        config = (
+            first.to_dict()
+            if len(self.configs) == 1
+            else {job.name: job.cfg.to_dict() for job in self.jobs}
+        )
+        return wandb.init(project=first.wandb_project, config=config, dir=str(first.run_dir))
+
+
+def _check_shared_settings(configs: Sequence[VisionSAERunnerConfig]) -> None:
+    first = configs[0]
+    for cfg in configs[1:]:
+        different = [name for name in SHARED_SETTINGS if getattr(cfg, name) != getattr(first, name)]
+        if different:
+            raise ValueError(
+                f"the SAEs of a sweep share one activation stream, so they must agree on "
+                f"{', '.join(SHARED_SETTINGS)}; {cfg.run_dir} differs from {first.run_dir} in "
+                f"{', '.join(different)}"
+            )
+    run_dirs = [str(Path(cfg.run_dir).resolve()) for cfg in configs]
+    duplicates = sorted({d for d in run_dirs if run_dirs.count(d) > 1})
+    if duplicates:
+        raise ValueError(f"every SAE of a sweep needs its own run_dir; shared: {duplicates}")
+
+
+def _job_names(configs: Sequence[VisionSAERunnerConfig]) -> list[str]:
+    """Prefixes of each SAE's entries in a shared wandb run: none for one SAE, else the
+    run_dir's name (or ``sae{i}`` when those repeat)."""
+    if len(configs) == 1:
+        return [""]
+    names = [Path(cfg.run_dir).name for cfg in configs]
+    if len(set(names)) < len(names):
+        return [f"sae{i}" for i in range(len(configs))]
+    return names
+
+
+def _next_batch(stream: Iterator[torch.Tensor], step: int) -> torch.Tensor:
+    batch = next(stream)
+    if not torch.isfinite(batch).all():
+        raise ValueError(
+            f"step {step}: the activation batch holds NaN or inf values "
+            f"({(~torch.isfinite(batch)).sum().item()} entries); check the source"
+        )
+    return batch

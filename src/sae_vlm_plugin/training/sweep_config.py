@@ -1,0 +1,83 @@
+"""The SAEs of a sweep, from a sweep file or from presets; each trains in ``run_dir/<name>``.
+
+A sweep file (YAML, read with ``safe_load``, or JSON) holds the settings all SAEs share and
+each SAE's own::
+
+    run_dir: runs/table1-l22          # optional (else the command's --run-dir)
+    shared:                           # any VisionSAERunnerConfig field
+      cache_path: cache/clip-l22
+      hook_name: blocks.22.hook_resid_post
+    saes:                             # name -> that SAE's fields (presets allowed)
+      batchtopk-x8: {architecture: paper_batchtopk, expansion_factor: 8}
+      matryoshka-x8: {preset: clip-l14-336-l22-cls-matryoshka-x8}
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from pathlib import Path
+from typing import Any
+
+from sae_vlm_plugin.training.presets import list_presets, preset_config
+from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+
+SWEEP_FILE_KEYS = ("run_dir", "shared", "saes")
+
+
+def sweep_from_presets(
+    patterns: list[str], run_dir: str, **overrides: Any
+) -> list[VisionSAERunnerConfig]:
+    """One config per preset matching any of ``patterns`` (shell-style, e.g.
+    ``clip-l14-336-l22-*``: the twelve Table 1 SAEs of block 22), trained in
+    ``run_dir/<preset>`` with ``overrides`` applied to all."""
+    names = list(list_presets())
+    chosen = [name for name in names if any(fnmatch.fnmatchcase(name, p) for p in patterns)]
+    unmatched = [p for p in patterns if not fnmatch.filter(names, p)]
+    if unmatched:
+        raise ValueError(
+            f"no preset matches {', '.join(map(repr, unmatched))}; list them with "
+            "`sae-vlm train --list-presets`"
+        )
+    return [
+        preset_config(name, **{**overrides, "run_dir": str(Path(run_dir) / name)})
+        for name in chosen
+    ]
+
+
+def sweep_from_file(
+    path: str | Path, run_dir: str | None = None, **overrides: Any
+) -> list[VisionSAERunnerConfig]:
+    """The SAEs of the sweep file at ``path`` (format in the module docstring); ``overrides``
+    apply to every SAE, last; ``run_dir`` replaces the file's."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        spec = yaml.safe_load(text)
+    else:
+        spec = json.loads(text)
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path} must hold a mapping with keys {', '.join(SWEEP_FILE_KEYS)}")
+    unknown = sorted(set(spec) - set(SWEEP_FILE_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown sweep keys {unknown}; valid: {', '.join(SWEEP_FILE_KEYS)}"
+        )
+    saes = spec.get("saes")
+    if not isinstance(saes, dict) or not saes:
+        raise ValueError(f"{path}: 'saes' must map each SAE's name to its settings")
+    root = run_dir or spec.get("run_dir")
+    if root is None:
+        raise ValueError(f"{path}: give run_dir in the file or on the command line")
+    shared = spec.get("shared") or {}
+    configs = []
+    for name, own in saes.items():
+        values = {**shared, **(own or {}), **overrides, "run_dir": str(Path(root) / name)}
+        preset = values.pop("preset", None)
+        if preset is not None:
+            configs.append(preset_config(preset, **values))
+        else:
+            configs.append(VisionSAERunnerConfig.from_dict(values))
+    return configs
