@@ -36,6 +36,9 @@ _LAZY_API: dict[str, str] = {
     "top_activations": "sae_vlm_plugin.metrics.top_activations",
     "VisionSAERunnerConfig": "sae_vlm_plugin.training.runner_config",
     "VisionSAETrainingRunner": "sae_vlm_plugin.training.runner",
+    "VisionSAESweepRunner": "sae_vlm_plugin.training.sweep",
+    "sweep_from_file": "sae_vlm_plugin.training.sweep_config",
+    "sweep_from_presets": "sae_vlm_plugin.training.sweep_config",
     "alignment_score": "sae_vlm_plugin.metrics.alignment",
     "build_dashboard": "sae_vlm_plugin.dashboard",
     "check_attachable": "sae_vlm_plugin.pretrained.loading",
@@ -89,6 +92,9 @@ if TYPE_CHECKING:
     from sae_vlm_plugin.training.runner_config import (
         VisionSAERunnerConfig as VisionSAERunnerConfig,
     )
+    from sae_vlm_plugin.training.sweep import VisionSAESweepRunner as VisionSAESweepRunner
+    from sae_vlm_plugin.training.sweep_config import sweep_from_file as sweep_from_file
+    from sae_vlm_plugin.training.sweep_config import sweep_from_presets as sweep_from_presets
 
 __all__ = ["__version__", *sorted(_LAZY_API)]
 

@@ -181,6 +181,8 @@ class TrainingJob:
         if resume_step is not None:
             self._restore(trainer, self.run_dir / "checkpoints" / f"step_{resume_step}")
             parallel.drop_sparsity_counts(trainer)
+            # SAELens counts this rank's rows; the checkpoint may come from another world size.
+            trainer.n_training_samples = trainer.n_training_steps * local_batch
         if parallel.is_main:
             self.log.truncate_after(-1 if resume_step is None else resume_step)
         sae.to(self.device)
