@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -17,6 +19,9 @@ import torch
 import tiny_models as tm
 from sae_vlm_plugin import ActivationCache, VisionModel, extract_activations, extract_to_cache
 from sae_vlm_plugin.cli import main as cli_main
+
+if TYPE_CHECKING:
+    from transformers import CLIPVisionModel
 
 BLOCK = "blocks.1.hook_resid_post"
 TESTS_DIR = Path(__file__).resolve().parent
@@ -191,14 +196,68 @@ def test_cache_reader_errors(tmp_path, model):
         cache.load("hook_pooled")
 
 
-def test_cli_extract_writes_a_cache(tmp_path, image_folder, capsys):
-    checkpoint = tmp_path / "ckpt"
-    tm.clip_vision_model().save_pretrained(checkpoint)
+def _save_checkpoint(module: CLIPVisionModel, directory: Path) -> Path:
+    """Save ``module`` and a ``CLIPImageProcessor`` sized to its input into ``directory``,
+    the layout ``sae-vlm extract --model DIRECTORY`` loads."""
     from transformers import CLIPImageProcessor
 
+    size = module.config.image_size
+    module.save_pretrained(directory)
     CLIPImageProcessor(
-        size={"shortest_edge": tm.IMAGE_SIZE}, crop_size=tm.IMAGE_SIZE
-    ).save_pretrained(checkpoint)
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    ).save_pretrained(directory)
+    return directory
+
+
+def _extract_arguments(
+    checkpoint: Path, images: Path, hook: str, *, images_per_shard: int, batch_size: int
+) -> list[str]:
+    """``python`` arguments of a ``sae-vlm extract`` of ``random_k`` tokens, less ``--out``."""
+    return [
+        "-m",
+        "sae_vlm_plugin.cli",
+        "extract",
+        "--model",
+        str(checkpoint),
+        "--hook",
+        hook,
+        "--tokens",
+        "random_k",
+        "--images",
+        str(images),
+        "--images-per-shard",
+        str(images_per_shard),
+        "--batch-size",
+        str(batch_size),
+    ]
+
+
+@pytest.fixture
+def torchrun() -> str:
+    """The ``torchrun`` launcher installed next to this interpreter (the test skips without)."""
+    path = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if path is None:
+        pytest.skip("torchrun is not installed next to this interpreter")
+    return path
+
+
+def _two_process_command(torchrun: str, arguments: list[str], out: Path) -> list[str]:
+    """``torchrun`` running the ``python`` ``arguments`` in 2 local processes into ``out``."""
+    return [
+        torchrun,
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "--no-python",
+        sys.executable,
+        *arguments,
+        "--out",
+        str(out),
+    ]
+
+
+def test_cli_extract_writes_a_cache(tmp_path, image_folder, capsys):
+    checkpoint = _save_checkpoint(tm.clip_vision_model(), tmp_path / "ckpt")
     code = cli_main(
         [
             "extract",
@@ -225,52 +284,19 @@ def test_cli_extract_writes_a_cache(tmp_path, image_folder, capsys):
     assert cache.settings["dtype"] == "float16"
 
 
-def test_two_process_torchrun_extraction_equals_one_process(tmp_path, model, image_folder):
-    import shutil
-
-    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    if torchrun is None:
-        pytest.skip("torchrun is not installed next to this interpreter")
-    checkpoint = tmp_path / "clip"
-    model.source_module.save_pretrained(checkpoint)
-    from transformers import CLIPImageProcessor
-
-    CLIPImageProcessor(
-        size={"shortest_edge": tm.IMAGE_SIZE}, crop_size=tm.IMAGE_SIZE
-    ).save_pretrained(checkpoint)
-    arguments = [
-        "-m",
-        "sae_vlm_plugin.cli",
-        "extract",
-        "--model",
-        str(checkpoint),
-        "--hook",
-        BLOCK,
-        "--tokens",
-        "random_k",
-        "--images",
-        str(image_folder),
-        "--images-per-shard",
-        "4",
-        "--batch-size",
-        "3",
-    ]
+def test_two_process_torchrun_extraction_equals_one_process(
+    tmp_path, model, image_folder, torchrun
+):
+    checkpoint = _save_checkpoint(model.source_module, tmp_path / "clip")
+    arguments = _extract_arguments(
+        checkpoint, image_folder, BLOCK, images_per_shard=4, batch_size=3
+    )
     single = subprocess.run(
         [sys.executable, *arguments, "--out", str(tmp_path / "one")], capture_output=True, text=True
     )
     assert single.returncode == 0, single.stderr[-2000:]
     double = subprocess.run(
-        [
-            torchrun,
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "--no-python",
-            sys.executable,
-            *arguments,
-            "--out",
-            str(tmp_path / "two"),
-        ],
+        _two_process_command(torchrun, arguments, tmp_path / "two"),
         capture_output=True,
         text=True,
         timeout=300,
@@ -284,3 +310,111 @@ def test_two_process_torchrun_extraction_equals_one_process(tmp_path, model, ima
     assert torch.equal(a["token_index"], b["token_index"])
     # Same rows; values equal up to the float reduction order of the two processes' kernels.
     torch.testing.assert_close(a["activations"], b["activations"], atol=1e-5, rtol=1e-5)
+
+
+def _slow_clip() -> CLIPVisionModel:
+    """A random CLIP vision tower heavy enough (about 75 ms an image on one CPU thread here)
+    that a 2-process extraction of 18 images is still running when its first shard lands."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(
+        hidden_size=384,
+        intermediate_size=1536,
+        num_hidden_layers=6,
+        num_attention_heads=6,
+        image_size=64,
+        patch_size=4,
+    )
+    torch.manual_seed(tm.SEED)
+    return CLIPVisionModel(config).eval()
+
+
+def _worker_pid(launcher_pid: int, rank: int) -> int | None:
+    """The pid of the child of ``launcher_pid`` (torchrun) whose environment has ``RANK=rank``,
+    read from Linux' ``/proc``; None while there is none."""
+    wanted = f"RANK={rank}".encode()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines())
+            if int(fields["PPid"]) != launcher_pid:
+                continue
+            environment = (status.parent / "environ").read_bytes().split(b"\0")
+        except (OSError, KeyError, ValueError):  # the process ended meanwhile
+            continue
+        if wanted in environment:
+            return int(status.parent.name)
+    return None
+
+
+def _assert_same_rows(cache: ActivationCache, reference: ActivationCache, n_shards: int) -> None:
+    """``cache`` is complete and holds exactly ``reference``'s rows, once each, in
+    ``n_shards`` shards, with no temporary file left behind."""
+    assert cache.complete
+    assert cache.image_ids == reference.image_ids
+    assert len(cache.shard_paths()) == n_shards
+    assert not list(cache.path.rglob(".*.tmp"))
+    rows, expected = cache.load(), reference.load()
+    assert torch.equal(rows["image_index"], expected["image_index"])
+    assert torch.equal(rows["token_index"], expected["token_index"])
+    pairs = torch.stack([rows["image_index"], rows["token_index"]], dim=1)
+    assert len(pairs.unique(dim=0)) == len(pairs)
+    # Values equal up to the float reduction order of differently threaded processes.
+    torch.testing.assert_close(rows["activations"], expected["activations"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the rank in /proc")
+def test_killing_one_rank_and_restarting_completes_without_loss_or_duplication(
+    tmp_path, image_folder, torchrun
+):
+    """SIGKILL rank 1 of a 2-process ``torchrun`` extraction mid-way; the interrupted cache is
+    then finished by a second 2-process run, and (a copy of it) by one plain process: both
+    equal an uninterrupted 1-process run row for row."""
+    hook = "blocks.5.hook_resid_post"
+    n_shards = 18  # one image a shard, so each rank has 9 shards to write
+    checkpoint = _save_checkpoint(_slow_clip(), tmp_path / "clip")
+    arguments = _extract_arguments(checkpoint, image_folder, hook, images_per_shard=1, batch_size=1)
+    options = {"tokens": "random_k", "batch_size": 1, "images_per_shard": 1, "progress": False}
+    model = VisionModel(str(checkpoint))  # named as the command names it: same cache settings
+    reference = extract_to_cache(model, image_folder, hook, tmp_path / "reference", **options)
+
+    out = tmp_path / "interrupted"
+    log = tmp_path / "torchrun.log"
+    with log.open("w") as log_file:
+        launcher = subprocess.Popen(
+            _two_process_command(torchrun, arguments, out), stdout=log_file, stderr=log_file
+        )
+    try:
+        deadline = time.monotonic() + 120
+        rank1 = None
+        while rank1 is None or not list((out / hook).glob("shard_*.safetensors")):
+            assert launcher.poll() is None, (
+                f"the run ended before a rank was killed:\n{log.read_text()[-3000:]}"
+            )
+            assert time.monotonic() < deadline, "no shard appeared in time"
+            rank1 = rank1 or _worker_pid(launcher.pid, rank=1)
+            time.sleep(0.01)
+        os.kill(rank1, signal.SIGKILL)
+        assert launcher.wait(timeout=120) != 0  # torchrun tears the group down and fails
+    finally:
+        if launcher.poll() is None:  # the test failed before the kill
+            launcher.terminate()  # torchrun stops its workers on SIGTERM
+            launcher.wait(timeout=60)
+    interrupted = ActivationCache(out)
+    assert not interrupted.complete
+    written = {path.name for path in interrupted.shard_paths()}
+    assert 1 <= len(written) < n_shards
+    rank1_shards = {f"shard_{s:06d}.safetensors" for s in range(1, n_shards, 2)}
+    assert not rank1_shards <= written, "rank 1 was killed after its work was done"
+    alone = tmp_path / "finished_alone"
+    shutil.copytree(out, alone)
+
+    restarted = subprocess.run(
+        _two_process_command(torchrun, arguments, out), capture_output=True, text=True, timeout=300
+    )
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    _assert_same_rows(ActivationCache(out), reference, n_shards)
+
+    _assert_same_rows(
+        extract_to_cache(model, image_folder, hook, alone, **options), reference, n_shards
+    )
