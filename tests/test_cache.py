@@ -151,8 +151,15 @@ def test_a_cache_of_a_different_run_is_refused(tmp_path, model):
         extract_to_cache(model, pixels[:3], BLOCK, tmp_path / "c", tokens="cls", progress=False)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "file.txt").write_text("x")
-    with pytest.raises(ValueError, match="not empty and holds no activation cache"):
+    with pytest.raises(ValueError, match=r"not empty \(file.txt\) and holds no activation cache"):
         extract_to_cache(model, pixels, BLOCK, tmp_path / "other", progress=False)
+    # Killed between writing the image table and the manifest: started afresh.
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "images.json").write_text('{"ids": ["x"], "labels": null}')
+    (tmp_path / "half" / ".cache.json.tmp").write_text("{")
+    cache = extract_to_cache(model, pixels, BLOCK, tmp_path / "half", progress=False)
+    assert cache.complete
+    assert cache.n_rows() == 4
     with pytest.raises(
         ValueError, match="unknown storage dtype 'fp8'; valid: float32, float16, bfloat16"
     ):

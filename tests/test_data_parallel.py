@@ -72,6 +72,7 @@ def _cases() -> list[tuple[torch.Tensor, int, torch.Tensor]]:
     ]
 
 
+@pytest.mark.slow
 def test_sharded_reductions_equal_the_one_process_values(tmp_path):
     world, cases = 3, _cases()
     out = tmp_path / "results"
@@ -168,6 +169,7 @@ def _train_log(run_dir: Path) -> list[dict]:
     return [entry for entry in map(json.loads, lines) if entry["kind"] == "train"]
 
 
+@pytest.mark.slow
 def test_two_ranks_train_the_sae_one_process_trains_and_resume(tmp_path, tiny_cache):
     sweep_file = _sweep_file(tmp_path / "sweep.yaml", tiny_cache)
     _sweep(tmp_path / "one", sweep_file, processes=1)

@@ -221,9 +221,13 @@ def _open_manifest(
             )
     else:
         root.mkdir(parents=True, exist_ok=True)
-        if any(root.iterdir()):
+        # What a run killed while creating the manifest leaves behind: it is started afresh.
+        unfinished_start = {"images.json", ".images.json.tmp", ".cache.json.tmp"}
+        foreign = sorted(p.name for p in root.iterdir() if p.name not in unfinished_start)
+        if foreign:
             raise ValueError(
-                f"{root} is not empty and holds no activation cache; choose an empty directory"
+                f"{root} is not empty ({', '.join(foreign[:5])}) and holds no activation cache; "
+                "choose an empty directory"
             )
         manifest = {
             "format": CACHE_FORMAT,
