@@ -186,6 +186,17 @@ def test_batches_provider_visits_every_row_once_per_epoch_and_is_seeded(tmp_path
     assert all(torch.equal(a, b) for a, b in zip(one_epoch, again, strict=True))
     looping = cache.batches(batch_size=100, seed=3)
     assert [next(looping).shape[0] for _ in range(7)] == [100] * 7  # past one epoch (340 rows)
+    # Data-parallel: rank r of N gets rows [r B/N, (r+1) B/N) of the very same batches.
+    whole = [b for _, b in zip(range(30), cache.batches(batch_size=18, seed=5), strict=False)]
+    for world in (2, 3):
+        shares = [
+            cache.batches(batch_size=18, seed=5, rank=rank, world_size=world)
+            for rank in range(world)
+        ]
+        for batch in whole:
+            assert torch.equal(torch.cat([next(share) for share in shares]), batch)
+    with pytest.raises(ValueError, match="cannot take an equal share of batch_size 18"):
+        next(cache.batches(batch_size=18, rank=0, world_size=4))
 
 
 def test_cache_reader_errors(tmp_path, model):

@@ -14,8 +14,10 @@ from sae_vlm_plugin import VisionModel, extract_to_cache
 from sae_vlm_plugin.cache import ActivationCache
 from sae_vlm_plugin.cli import main as cli_main
 from sae_vlm_plugin.training.data_parallel import DataParallel
+from sae_vlm_plugin.training.job import JsonlLog
 from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+from sae_vlm_plugin.training.sources import activation_source
 from sae_vlm_plugin.training.sweep import VisionSAESweepRunner
 from sae_vlm_plugin.training.sweep_config import sweep_from_file, sweep_from_presets
 
@@ -186,4 +188,32 @@ def test_data_parallel_refusals():
 
     with pytest.raises(ValueError, match="Valid architectures under torchrun: paper_batchtopk"):
         DataParallel(rank=0, world_size=2).wrap(BuiltinTrainer())
-    assert DataParallel(rank=1, world_size=2).shard(torch.arange(8)).tolist() == [4, 5, 6, 7]
+    from_images = VisionSAERunnerConfig(model="some/model", images="imagenet/train")
+    with pytest.raises(
+        ValueError, match="data-parallel training reads its activations from a cache"
+    ):
+        activation_source(from_images, None, DataParallel(rank=0, world_size=2))
+
+
+def test_saes_of_one_hook_share_one_ms_evaluator(tmp_path, two_hook_cache, monkeypatch):
+    from sae_vlm_plugin.metrics.evaluation import MonosemanticityEvaluator
+
+    built: list[tuple] = []
+
+    def from_images(model, images, hook, tokens, *, scoring_encoder):
+        built.append((hook, images, scoring_encoder))
+        return lambda sae, step, scaler: {"ms_mean": float(sae.cfg.d_sae)}
+
+    monkeypatch.setattr(MonosemanticityEvaluator, "from_images", from_images)
+    monkeypatch.setattr("sae_vlm_plugin.model.VisionModel", lambda *args, **kwargs: "model")
+    configs = _configs(tmp_path, two_hook_cache)
+    for cfg in configs:
+        cfg.training_steps, cfg.eval_every_steps, cfg.eval_images = 6, 3, "held-out"
+    VisionSAESweepRunner(configs, progress=False).run()
+    assert sorted(built) == [(hook, "held-out", "dinov2") for hook in HOOKS]
+    for cfg in configs:
+        evals = [e for e in JsonlLog(Path(cfg.run_dir) / "log.jsonl").read() if e["kind"] == "eval"]
+        assert [(e["step"], e["ms_mean"]) for e in evals] == [
+            (3, 32 * cfg.expansion_factor),
+            (6, 32 * cfg.expansion_factor),
+        ]

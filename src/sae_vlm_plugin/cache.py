@@ -370,6 +370,8 @@ class ActivationCache:
         loop: bool = True,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> Iterator[torch.Tensor]:
         """``(batch_size, d_in)`` activation batches: a ``DataProvider`` for SAELens' ``SAETrainer``.
 
@@ -377,12 +379,24 @@ class ActivationCache:
         and yields the buffer's rows in a seeded random order; the rows left over at the end
         of a buffer carry into the next. With ``loop`` it cycles forever (epoch ``e`` uses seed
         ``seed + e``), else it stops after one pass, dropping the last partial batch.
+
+        Data-parallel: with ``world_size`` N > 1 it yields rank ``rank``'s rows
+        ``[r * batch_size / N, (r + 1) * batch_size / N)`` of each of those batches (the
+        batches are the same for every N). Each rank reads the buffer's shards but gathers,
+        converts and moves only its own rows.
         """
         paths = self.shard_paths(hook)
         if not paths:
             raise ValueError(f"{self.path} has no shards for {self._hook(hook)}")
+        if world_size < 1 or not 0 <= rank < world_size or batch_size % world_size:
+            raise ValueError(
+                f"rank {rank} of world_size {world_size} cannot take an equal share of "
+                f"batch_size {batch_size}: need 0 <= rank < world_size dividing batch_size"
+            )
+        share = batch_size // world_size
+        first, last = rank * share, (rank + 1) * share
         epoch = 0
-        carry = torch.empty(0, self.d_in(hook), dtype=dtype)
+        carry: torch.Tensor | None = None  # rows in storage dtype, in stream order
         while True:
             generator = torch.Generator().manual_seed(seed + epoch)
             order = (
@@ -391,19 +405,21 @@ class ActivationCache:
                 else range(len(paths))
             )
             ordered = [paths[i] for i in order]
-            for first in range(0, len(ordered), shards_in_buffer):
+            for start in range(0, len(ordered), shards_in_buffer):
                 rows = [
-                    _read_shard(p)["activations"].to(dtype)
-                    for p in ordered[first : first + shards_in_buffer]
+                    _read_shard(p)["activations"] for p in ordered[start : start + shards_in_buffer]
                 ]
-                buffer = torch.cat([carry, *rows])
-                if shuffle:
-                    buffer = buffer[torch.randperm(len(buffer), generator=generator)]
+                buffer = torch.cat(rows if carry is None else [carry, *rows])
+                stream = (
+                    torch.randperm(len(buffer), generator=generator)
+                    if shuffle
+                    else torch.arange(len(buffer))
+                )
                 n_full = len(buffer) // batch_size * batch_size
-                for start in range(0, n_full, batch_size):
-                    batch = buffer[start : start + batch_size]
+                for offset in range(0, n_full, batch_size):
+                    batch = buffer[stream[offset + first : offset + last]].to(dtype)
                     yield batch.to(device) if device is not None else batch
-                carry = buffer[n_full:]
+                carry = buffer[stream[n_full:]]
             epoch += 1
             if not loop:
                 return

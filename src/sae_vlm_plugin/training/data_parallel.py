@@ -95,13 +95,6 @@ class DataParallel:
                 f"choose a multiple of {self.world_size}"
             )
 
-    def shard(self, batch: torch.Tensor) -> torch.Tensor:
-        """This rank's rows of a global batch: ``batch[r * B / N : (r + 1) * B / N]``."""
-        if not self.enabled:
-            return batch
-        rows = batch.shape[0] // self.world_size
-        return batch[self.rank * rows : (self.rank + 1) * rows]
-
     def wrap(self, trainer: Any) -> None:
         """Train ``trainer.sae`` data-parallel from its next step on.
 
@@ -136,6 +129,10 @@ class DataParallel:
         dist.all_reduce(totals)
         means = dict(zip(keys, (totals / self.world_size).tolist(), strict=True))
         return {k: means.get(k, v) for k, v in values.items()}
+
+    def mean(self, value: float) -> float:
+        """The mean of ``value`` over the ranks (float64)."""
+        return float(self.mean_over_ranks({"value": value})["value"])
 
     def consolidate_sparsity(self, trainer: Any) -> None:
         """Gather SAELens' running sparsity statistics (firing counts, forward passes since each

@@ -223,10 +223,6 @@ class TrainingJob:
             self._save_checkpoint()
         return float(output.loss.item())
 
-    @property
-    def done(self) -> bool:
-        return self.trainer.n_training_steps >= self.cfg.training_steps
-
     # -- checkpoints ----------------------------------------------------------------------
 
     def _save_checkpoint(self) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from sae_vlm_plugin.training.data_parallel import DataParallel
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 
 
@@ -23,11 +24,16 @@ class ActivationSource:
     tokens: str
     dataset: str
     make_batches: Callable[[int], Iterator[torch.Tensor]]
-    """``seed -> endless iterator of (batch_size, d_in) batches``, deterministic in the seed."""
+    """``seed -> endless iterator of batches``, deterministic in the seed: the global
+    ``(batch_size, d_in)`` batches, or under data parallelism this rank's equal share of each."""
 
 
-def activation_source(cfg: VisionSAERunnerConfig, model: Any = None) -> ActivationSource:
-    """The activation stream ``cfg`` describes (``model``: an already built ``VisionModel``)."""
+def activation_source(
+    cfg: VisionSAERunnerConfig, model: Any = None, parallel: DataParallel | None = None
+) -> ActivationSource:
+    """The activation stream ``cfg`` describes (``model``: an already built ``VisionModel``;
+    ``parallel``: this process' rank, whose share of each batch the stream yields)."""
+    parallel = parallel or DataParallel()
     if cfg.cache_path is not None:
         from sae_vlm_plugin.cache import ActivationCache
 
@@ -46,8 +52,19 @@ def activation_source(cfg: VisionSAERunnerConfig, model: Any = None) -> Activati
             tokens=settings["tokens"],
             dataset=cfg.dataset_name or cache.manifest.get("dataset", str(cache.path)),
             make_batches=lambda seed: cache.batches(
-                cfg.hook_name, cfg.batch_size, seed=seed, device=None
+                cfg.hook_name,
+                cfg.batch_size,
+                seed=seed,
+                rank=parallel.rank,
+                world_size=parallel.world_size,
             ),
+        )
+    if parallel.enabled:
+        raise ValueError(
+            "data-parallel training reads its activations from a cache: extract them first "
+            "(torchrun ... sae-vlm extract, which splits the images over the ranks) and train "
+            "with cache_path; training from images would run the model on every image on "
+            "every rank"
         )
     from sae_vlm_plugin.model import VisionModel
     from sae_vlm_plugin.tokens import TokenSelection

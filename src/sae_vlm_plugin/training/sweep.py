@@ -76,13 +76,6 @@ class VisionSAESweepRunner:
         self.parallel = DataParallel.current()
         first = self.configs[0]
         self.parallel.check_batch_size(first.batch_size)
-        if self.parallel.enabled and first.cache_path is None:
-            raise ValueError(
-                "data-parallel training reads its activations from a cache: extract them first "
-                "(torchrun ... sae-vlm extract, which splits the images over the ranks) and "
-                "train with cache_path; training from images would run the model on every "
-                "image on every rank"
-            )
         if model is None and first.model is not None:
             from sae_vlm_plugin.model import VisionModel
 
@@ -91,7 +84,8 @@ class VisionSAESweepRunner:
         self.sources: dict[str, ActivationSource] = {}
         for cfg in self.configs:
             if cfg.hook_name not in self.sources:
-                self.sources[cfg.hook_name] = activation_source(cfg, model)
+                self.sources[cfg.hook_name] = activation_source(cfg, model, self.parallel)
+        self._ms_evaluators: dict[tuple[str, str, str], Evaluator] = {}
         names = _job_names(self.configs)
         self.jobs = [
             TrainingJob(
@@ -107,7 +101,7 @@ class VisionSAESweepRunner:
     def run(self) -> list[Any]:
         from tqdm.auto import tqdm
 
-        from sae_vlm_plugin.training import estimate_paper_scaling_factor
+        from sae_vlm_plugin.training.scaling import mean_squared_norm, paper_scaling_factor
 
         parallel, first = self.parallel, self.configs[0]
         for job in self.jobs:
@@ -117,10 +111,9 @@ class VisionSAESweepRunner:
         if resume_step is None:
             for hook, source in self.sources.items():
                 if any(cfg.scale_inputs for cfg in self.configs if cfg.hook_name == hook):
-                    scaling[hook] = estimate_paper_scaling_factor(
-                        source.make_batches(first.seed + SCALING_SEED_OFFSET),
-                        first.n_batches_for_scaling,
-                    )
+                    stream = source.make_batches(first.seed + SCALING_SEED_OFFSET)
+                    local = mean_squared_norm(stream, first.n_batches_for_scaling)
+                    scaling[hook] = paper_scaling_factor(parallel.mean(local))
         for job in self.jobs:
             factor = scaling.get(job.cfg.hook_name) if job.cfg.scale_inputs else None
             job.start(factor, resume_step)
@@ -140,9 +133,7 @@ class VisionSAESweepRunner:
         )
         try:
             for step in range(start, first.training_steps):
-                batches = {
-                    hook: parallel.shard(_next_batch(s, step)) for hook, s in streams.items()
-                }
+                batches = {hook: _next_batch(stream, step) for hook, stream in streams.items()}
                 losses = [
                     job.train_step(batches[job.cfg.hook_name], wandb_run) for job in self.jobs
                 ]
@@ -171,22 +162,28 @@ class VisionSAESweepRunner:
         return max(common)
 
     def _ms_evaluator(self, cfg: VisionSAERunnerConfig) -> Evaluator | None:
-        """MS on ``cfg.eval_images``, seen by the run's model (for a cache: the model it names)."""
+        """MS on ``cfg.eval_images``, seen by the run's model (for a cache: the model it names);
+        SAEs of the same hook, images and scoring encoder share one, whose activations and
+        embeddings are computed once."""
         if cfg.eval_images is None:
             return None
-        from sae_vlm_plugin.metrics.evaluation import MonosemanticityEvaluator
-        from sae_vlm_plugin.model import VisionModel
+        key = (cfg.hook_name, cfg.eval_images, cfg.scoring_encoder)
+        if key not in self._ms_evaluators:
+            from sae_vlm_plugin.metrics.evaluation import MonosemanticityEvaluator
+            from sae_vlm_plugin.model import VisionModel
 
-        source = self.sources[cfg.hook_name]
-        if self.model is None:
-            self.model = VisionModel(source.model_name, device=self.parallel.device_for(cfg.device))
-        return MonosemanticityEvaluator.from_images(
-            self.model,
-            cfg.eval_images,
-            cfg.hook_name,
-            source.tokens,
-            scoring_encoder=cfg.scoring_encoder,
-        )
+            source = self.sources[cfg.hook_name]
+            if self.model is None:
+                device = self.parallel.device_for(cfg.device)
+                self.model = VisionModel(source.model_name, device=device)
+            self._ms_evaluators[key] = MonosemanticityEvaluator.from_images(
+                self.model,
+                cfg.eval_images,
+                cfg.hook_name,
+                source.tokens,
+                scoring_encoder=cfg.scoring_encoder,
+            )
+        return self._ms_evaluators[key]
 
     def _start_wandb(self) -> Any:
         first = self.configs[0]
