@@ -125,7 +125,9 @@ class DataParallel:
         if not self.enabled:
             return values
         keys = sorted(k for k, v in values.items() if _is_scalar(v))
-        totals = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+        totals = torch.tensor(
+            [float(values[k]) for k in keys], dtype=torch.float64, device=_collective_device()
+        )
         dist.all_reduce(totals)
         means = dict(zip(keys, (totals / self.world_size).tolist(), strict=True))
         return {k: means.get(k, v) for k, v in values.items()}
@@ -173,6 +175,13 @@ class DataParallel:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+
+def _collective_device() -> torch.device:
+    """Where a tensor made for a collective must live: NCCL reduces CUDA tensors only."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _is_scalar(value: Any) -> bool:
