@@ -84,7 +84,7 @@ class Phases:
 
 
 def _save_checkpoint(size: Size, directory: Path) -> Path:
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModel
 
     config = CLIPVisionConfig(
         hidden_size=size.hidden,
@@ -95,12 +95,7 @@ def _save_checkpoint(size: Size, directory: Path) -> Path:
         patch_size=16,
     )
     torch.manual_seed(0)
-    CLIPVisionModel(config).eval().save_pretrained(directory)
-    CLIPImageProcessor(
-        size={"shortest_edge": size.image_size},
-        crop_size={"height": size.image_size, "width": size.image_size},
-    ).save_pretrained(directory)
-    return directory
+    return tm.save_clip_checkpoint(CLIPVisionModel(config).eval(), directory)
 
 
 def _write_images(size: Size, directory: Path) -> Path:

@@ -214,19 +214,6 @@ def test_cache_reader_errors(tmp_path, model):
         cache.load("hook_pooled")
 
 
-def _save_checkpoint(module: CLIPVisionModel, directory: Path) -> Path:
-    """Save ``module`` and a ``CLIPImageProcessor`` sized to its input into ``directory``,
-    the layout ``sae-vlm extract --model DIRECTORY`` loads."""
-    from transformers import CLIPImageProcessor
-
-    size = module.config.image_size
-    module.save_pretrained(directory)
-    CLIPImageProcessor(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
-    ).save_pretrained(directory)
-    return directory
-
-
 def _extract_arguments(
     checkpoint: Path, images: Path, hook: str, *, images_per_shard: int, batch_size: int
 ) -> list[str]:
@@ -275,7 +262,7 @@ def _two_process_command(torchrun: str, arguments: list[str], out: Path) -> list
 
 
 def test_cli_extract_writes_a_cache(tmp_path, image_folder, capsys):
-    checkpoint = _save_checkpoint(tm.clip_vision_model(), tmp_path / "ckpt")
+    checkpoint = tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "ckpt")
     code = cli_main(
         [
             "extract",
@@ -305,7 +292,7 @@ def test_cli_extract_writes_a_cache(tmp_path, image_folder, capsys):
 def test_two_process_torchrun_extraction_equals_one_process(
     tmp_path, model, image_folder, torchrun
 ):
-    checkpoint = _save_checkpoint(model.source_module, tmp_path / "clip")
+    checkpoint = tm.save_clip_checkpoint(model.source_module, tmp_path / "clip")
     arguments = _extract_arguments(
         checkpoint, image_folder, BLOCK, images_per_shard=4, batch_size=3
     )
@@ -390,7 +377,7 @@ def test_killing_one_rank_and_restarting_completes_without_loss_or_duplication(
     equal an uninterrupted 1-process run row for row."""
     hook = "blocks.5.hook_resid_post"
     n_shards = 18  # one image a shard, so each rank has 9 shards to write
-    checkpoint = _save_checkpoint(_slow_clip(), tmp_path / "clip")
+    checkpoint = tm.save_clip_checkpoint(_slow_clip(), tmp_path / "clip")
     arguments = _extract_arguments(checkpoint, image_folder, hook, images_per_shard=1, batch_size=1)
     options = {"tokens": "random_k", "batch_size": 1, "images_per_shard": 1, "progress": False}
     model = VisionModel(str(checkpoint))  # named as the command names it: same cache settings

@@ -122,17 +122,10 @@ def test_cli_dashboard_with_exports_and_server(tmp_path, image_folder, capsys):
     import argparse
     import urllib.request
 
-    from transformers import CLIPImageProcessor
-
     from sae_vlm_plugin.dashboard.cli import add_dashboard_command, parse_latents, start_server
 
-    checkpoint = tmp_path / "ckpt"
-    tm.clip_vision_model().save_pretrained(checkpoint)
-    processor = CLIPImageProcessor(size={"shortest_edge": tm.IMAGE_SIZE}, crop_size=tm.IMAGE_SIZE)
-    processor.save_pretrained(checkpoint)
-    scorer = tmp_path / "scorer"
-    tm.clip_vision_model().save_pretrained(scorer)
-    processor.save_pretrained(scorer)
+    checkpoint = tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "ckpt")
+    scorer = tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "scorer")
     sae_dir = tmp_path / "sae"
     random_sae(16, "patches").save_model(sae_dir)
     parser = argparse.ArgumentParser()

@@ -19,7 +19,10 @@ from sae_lens import SAE
 
 import tiny_models as tm
 from sae_vlm_plugin import VisionModel, extract_to_cache
+from sae_vlm_plugin.tokens import TokenSelection
 from sae_vlm_plugin.training.batch_reduction import LocalBatch, ShardedBatch
+from sae_vlm_plugin.training.data_parallel import DataParallel
+from sae_vlm_plugin.training.image_stream import image_activation_batches
 
 HOOK = "blocks.1.hook_resid_post"
 STEPS = 20
@@ -98,6 +101,52 @@ def test_sharded_reductions_equal_the_one_process_values(tmp_path):
             torch.testing.assert_close(result["variance"], local.residual_variance(residual))
     assert per_rank[0][2]["kept"].numel() + per_rank[1][2]["kept"].numel() == 2
     assert per_rank[0][3]["smallest"] == 0
+
+
+def _image_stream_on_rank(rank: int, world: int, init_file: str, images: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        model = VisionModel(tm.clip_vision_model())
+        tokens = TokenSelection.parse("random_k", k=2, seed=0)
+
+        def stream(parallel: DataParallel) -> list[torch.Tensor]:
+            batches = image_activation_batches(
+                model,
+                images,
+                HOOK,
+                tokens,
+                12,
+                batch_size_images=5,
+                buffer_batches=2,
+                seed=1,
+                parallel=parallel,
+            )
+            return [next(batches) for _ in range(8)]  # past one epoch of 18 images (36 rows)
+
+        shares = stream(DataParallel.current())
+        alone = stream(DataParallel()) if rank == 0 else []
+        torch.save({"shares": shares, "alone": alone}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ranks_extract_disjoint_images_and_share_the_one_process_stream(tmp_path, image_folder):
+    world, out = 2, tmp_path / "stream"
+    mp.spawn(
+        _image_stream_on_rank,
+        args=(world, str(tmp_path / "init"), str(image_folder), str(out)),
+        nprocs=world,
+        join=True,
+    )
+    ranks = [torch.load(f"{out}.{rank}", weights_only=True) for rank in range(world)]
+    alone = ranks[0]["alone"]
+    for step, batch in enumerate(alone):
+        assert batch.shape == (12, tm.WIDTH)
+        shares = [r["shares"][step] for r in ranks]
+        assert [s.shape[0] for s in shares] == [6, 6]
+        torch.testing.assert_close(torch.cat(shares), batch, atol=1e-5, rtol=1e-5)
 
 
 # -- training under torchrun ---------------------------------------------------------------
@@ -210,3 +259,35 @@ def test_two_ranks_train_the_sae_one_process_trains_and_resume(tmp_path, tiny_ca
             log = _train_log(resumed / name)
             assert [e["step"] for e in log] == [5, 10, 15, 20]
             assert log[-1]["details/n_training_samples"] == STEPS * 64
+
+
+@pytest.mark.slow
+def test_two_ranks_train_from_images_as_one_process(tmp_path, image_folder):
+    """Each rank runs the encoder on its share of the images; the SAE is the one-process SAE."""
+    checkpoint = tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "clip")
+    spec = {
+        "shared": {
+            "model": str(checkpoint),
+            "images": str(image_folder),
+            "hook_name": HOOK,
+            "tokens": "random_k",
+            "batch_size": 24,
+            "extraction_batch_size": 5,
+            "mixing_buffer_batches": 2,
+            "training_steps": 10,
+            "warmup_steps": 2,
+            "threshold_start_step": 3,
+            "dead_feature_threshold": 48,
+            "n_batches_for_scaling": 2,
+            "checkpoint_every_steps": 0,
+            "log_every_steps": 5,
+        },
+        "saes": {"matryoshka": {"expansion_factor": 4, "k": 4}},
+    }
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump(spec))
+    _sweep(tmp_path / "one", sweep_file, processes=1)
+    _sweep(tmp_path / "two", sweep_file, processes=2)
+    one, two = _final(tmp_path / "one" / "matryoshka"), _final(tmp_path / "two" / "matryoshka")
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=1e-5, msg=key)

@@ -160,13 +160,7 @@ def test_cli_evaluate_writes_the_report(trained, tmp_path, capsys):
     folder.mkdir()
     for i, image in enumerate(images[:40]):
         image.save(folder / f"{i:03d}.png")
-    checkpoint = tmp_path / "clip"
-    model.source_module.save_pretrained(checkpoint)
-    from transformers import CLIPImageProcessor
-
-    CLIPImageProcessor(
-        size={"shortest_edge": tm.IMAGE_SIZE}, crop_size=tm.IMAGE_SIZE
-    ).save_pretrained(checkpoint)
+    checkpoint = tm.save_clip_checkpoint(model.source_module, tmp_path / "clip")
     dino = tmp_path / "dino"
     tm.webssl_dino_model().save_pretrained(dino)
     VisionModel(tm.webssl_dino_model()).family.image_processor(tm.IMAGE_SIZE).save_pretrained(dino)

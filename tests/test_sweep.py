@@ -17,7 +17,6 @@ from sae_vlm_plugin.training.data_parallel import DataParallel
 from sae_vlm_plugin.training.job import JsonlLog
 from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
-from sae_vlm_plugin.training.sources import activation_source
 from sae_vlm_plugin.training.sweep import VisionSAESweepRunner
 from sae_vlm_plugin.training.sweep_config import sweep_from_file, sweep_from_presets
 
@@ -188,11 +187,6 @@ def test_data_parallel_refusals():
 
     with pytest.raises(ValueError, match="Valid architectures under torchrun: paper_batchtopk"):
         DataParallel(rank=0, world_size=2).wrap(BuiltinTrainer())
-    from_images = VisionSAERunnerConfig(model="some/model", images="imagenet/train")
-    with pytest.raises(
-        ValueError, match="data-parallel training reads its activations from a cache"
-    ):
-        activation_source(from_images, None, DataParallel(rank=0, world_size=2))
 
 
 def test_saes_of_one_hook_share_one_ms_evaluator(tmp_path, two_hook_cache, monkeypatch):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -74,6 +75,19 @@ def clip_vision_model():
     from transformers import CLIPVisionModel
 
     return _seeded(lambda: CLIPVisionModel(clip_vision_config()))
+
+
+def save_clip_checkpoint(module: torch.nn.Module, directory: Path) -> Path:
+    """Save a CLIP vision ``module`` and a ``CLIPImageProcessor`` sized to its input into
+    ``directory``: what ``VisionModel(str(directory))`` and ``--model DIRECTORY`` load."""
+    from transformers import CLIPImageProcessor
+
+    size = module.config.image_size
+    module.save_pretrained(directory)
+    CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    ).save_pretrained(directory)
+    return directory
 
 
 def clip_vision_model_with_projection():

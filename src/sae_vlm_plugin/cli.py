@@ -159,7 +159,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         help="train a vision SAE with SAELens (a paper preset or a config file)",
         description="Train a vision SAE through SAELens' SAETrainer. Re-running the same command "
         "resumes from the run directory's latest checkpoint. Under torchrun it trains "
-        "data-parallel over the ranks (from a cache).",
+        "data-parallel over the ranks.",
     )
     train.add_argument("--preset", help="a paper preset (see --list-presets)")
     train.add_argument("--config", help="a YAML or JSON VisionSAERunnerConfig")

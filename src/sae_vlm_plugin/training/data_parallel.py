@@ -136,6 +136,22 @@ class DataParallel:
         """The mean of ``value`` over the ranks (float64)."""
         return float(self.mean_over_ranks({"value": value})["value"])
 
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``(n_r, d)`` rows, concatenated in rank order (``n_r`` may differ)."""
+        if not self.enabled:
+            return rows
+        device = rows.device if rows.device.type != "cpu" else _collective_device()
+        rows = rows.to(device)
+        counts = torch.tensor([rows.shape[0]], device=device)
+        all_counts = [torch.empty_like(counts) for _ in range(self.world_size)]
+        dist.all_gather(all_counts, counts)
+        sizes = [int(c.item()) for c in all_counts]
+        padded = rows.new_zeros(max(sizes), rows.shape[1])
+        padded[: rows.shape[0]] = rows
+        gathered = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(gathered, padded)
+        return torch.cat([part[:size] for part, size in zip(gathered, sizes, strict=True)])
+
     def consolidate_sparsity(self, trainer: Any) -> None:
         """Gather SAELens' running sparsity statistics (firing counts, forward passes since each
         latent fired) onto rank 0, so that what it logs and saves (the sparsity window, the

@@ -59,20 +59,13 @@ def activation_source(
                 world_size=parallel.world_size,
             ),
         )
-    if parallel.enabled:
-        raise ValueError(
-            "data-parallel training reads its activations from a cache: extract them first "
-            "(torchrun ... sae-vlm extract, which splits the images over the ranks) and train "
-            "with cache_path; training from images would run the model on every image on "
-            "every rank"
-        )
     from sae_vlm_plugin.model import VisionModel
     from sae_vlm_plugin.tokens import TokenSelection
     from sae_vlm_plugin.training.image_stream import image_activation_batches
 
     if model is None:
         assert cfg.model is not None  # the config checks that images come with a model
-        model = VisionModel(cfg.model, device=cfg.device)
+        model = VisionModel(cfg.model, device=parallel.device_for(cfg.device))
     vision_model = model
     selection = TokenSelection.parse(cfg.tokens, k=cfg.tokens_per_image, seed=cfg.seed)
     point = vision_model.hook_point(cfg.hook_name)
@@ -92,6 +85,7 @@ def activation_source(
             batch_size_images=cfg.extraction_batch_size,
             buffer_batches=cfg.mixing_buffer_batches,
             seed=seed,
+            parallel=parallel,
         ),
     )
 
