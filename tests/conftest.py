@@ -5,6 +5,8 @@ Builders live in ``tiny_models.py`` so that benchmarks and examples can import t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -83,3 +85,22 @@ def image_folder(tmp_path, synthetic_images):
         class_dir.mkdir(parents=True, exist_ok=True)
         image.save(class_dir / f"{i:04d}.png")
     return tmp_path / "images"
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    """All 17 tokens of 240 synthetic images from the tiny CLIP at ``blocks.1.hook_resid_post``:
+    an activation cache of 4080 rows of width 32."""
+    from sae_vlm_plugin import VisionModel, extract_to_cache
+
+    images, _ = tiny_models.synthetic_images(240)
+    out = tmp_path_factory.mktemp("cache") / "cache"
+    extract_to_cache(
+        VisionModel(tiny_models.clip_vision_model()),
+        images,
+        "blocks.1.hook_resid_post",
+        out,
+        tokens="all",
+        progress=False,
+    )
+    return out

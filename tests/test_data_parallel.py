@@ -18,7 +18,7 @@ import yaml
 from sae_lens import SAE
 
 import tiny_models as tm
-from sae_vlm_plugin import VisionModel, extract_to_cache
+from sae_vlm_plugin import VisionModel
 from sae_vlm_plugin.tokens import TokenSelection
 from sae_vlm_plugin.training.batch_reduction import LocalBatch, ShardedBatch
 from sae_vlm_plugin.training.data_parallel import DataParallel
@@ -150,17 +150,6 @@ def test_ranks_extract_disjoint_images_and_share_the_one_process_stream(tmp_path
 
 
 # -- training under torchrun ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_cache(tmp_path_factory) -> Path:
-    """All 17 tokens of 96 synthetic images from the tiny CLIP: 1632 rows of width 32."""
-    images, _ = tm.synthetic_images(96)
-    out = tmp_path_factory.mktemp("cache") / "cache"
-    extract_to_cache(
-        VisionModel(tm.clip_vision_model()), images, HOOK, out, tokens="all", progress=False
-    )
-    return out
 
 
 def _sweep_file(path: Path, cache: Path) -> Path:

@@ -27,17 +27,6 @@ HOOK = "blocks.1.hook_resid_post"
 TESTS_DIR = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="module")
-def tiny_cache(tmp_path_factory) -> Path:
-    """All 17 tokens of 240 synthetic images from the tiny CLIP: 4080 rows of width 32."""
-    images, _ = tm.synthetic_images(240)
-    out = tmp_path_factory.mktemp("cache") / "cache"
-    extract_to_cache(
-        VisionModel(tm.clip_vision_model()), images, HOOK, out, tokens="all", progress=False
-    )
-    return out
-
-
 def _config(run_dir: Path, cache: Path, **overrides) -> VisionSAERunnerConfig:
     values = {
         "cache_path": str(cache),

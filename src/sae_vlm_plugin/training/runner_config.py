@@ -157,16 +157,20 @@ class VisionSAERunnerConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> VisionSAERunnerConfig:
         """A config from a YAML (``safe_load``) or JSON file."""
-        path = Path(path)
-        text = path.read_text()
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+        return cls.from_dict(read_mapping(path, "config keys"))
 
-            values = yaml.safe_load(text)
-        else:
-            values = json.loads(text)
-        if not isinstance(values, dict):
-            raise ValueError(
-                f"{path} must hold a mapping of config keys, got {type(values).__name__}"
-            )
-        return cls.from_dict(values)
+
+def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The mapping a YAML (``.yaml``/``.yml``, read with ``safe_load``) or JSON file holds;
+    ``what`` names its keys in the error raised for anything else."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text)
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of {what}, got {type(values).__name__}")
+    return values

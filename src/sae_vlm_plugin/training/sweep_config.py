@@ -15,12 +15,11 @@ each SAE's own::
 from __future__ import annotations
 
 import fnmatch
-import json
 from pathlib import Path
 from typing import Any
 
 from sae_vlm_plugin.training.presets import list_presets, preset_config
-from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig, read_mapping
 
 SWEEP_FILE_KEYS = ("run_dir", "shared", "saes")
 
@@ -50,16 +49,7 @@ def sweep_from_file(
 ) -> list[VisionSAERunnerConfig]:
     """The SAEs of the sweep file at ``path`` (format in the module docstring); ``overrides``
     apply to every SAE, last; ``run_dir`` replaces the file's."""
-    path = Path(path)
-    text = path.read_text()
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        spec = yaml.safe_load(text)
-    else:
-        spec = json.loads(text)
-    if not isinstance(spec, dict):
-        raise ValueError(f"{path} must hold a mapping with keys {', '.join(SWEEP_FILE_KEYS)}")
+    spec = read_mapping(path, f"sweep keys ({', '.join(SWEEP_FILE_KEYS)})")
     unknown = sorted(set(spec) - set(SWEEP_FILE_KEYS))
     if unknown:
         raise ValueError(
