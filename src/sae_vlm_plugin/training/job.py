@@ -192,9 +192,9 @@ class TrainingJob:
 
     # -- one step -------------------------------------------------------------------------
 
-    def train_step(self, batch: torch.Tensor, wandb_run: Any) -> float:
+    def train_step(self, batch: torch.Tensor, wandb_run: Any) -> torch.Tensor:
         """One training step on this rank's ``batch``; logs, evaluates and checkpoints on the
-        config's schedule. Returns the step's loss (this rank's)."""
+        config's schedule. Returns the step's loss (this rank's, detached)."""
         trainer, cfg, parallel = self.trainer, self.cfg, self.parallel
         if _is_sparsity_window_end(trainer):
             parallel.consolidate_sparsity(trainer)
@@ -209,19 +209,17 @@ class TrainingJob:
                 output, trainer.n_training_samples * parallel.world_size
             )
             self._record(done, "train", parallel.mean_over_ranks(values), wandb_run)
-        if self.evaluator is not None and (
-            done % cfg.eval_every_steps == 0 or done == cfg.training_steps
-        ):
-            if parallel.is_main:
-                trainer.sae.eval()
-                metrics = self.evaluator(trainer.sae, done, trainer.activation_scaler)
-                self._record(done, "eval", metrics, wandb_run)
-                trainer.sae.train()
-            parallel.barrier()
+        eval_due = done % cfg.eval_every_steps == 0 or done == cfg.training_steps
+        if self.evaluator is not None and eval_due and parallel.is_main:
+            # The other ranks wait for rank 0 in the next step's first collective.
+            trainer.sae.eval()
+            metrics = self.evaluator(trainer.sae, done, trainer.activation_scaler)
+            self._record(done, "eval", metrics, wandb_run)
+            trainer.sae.train()
         checkpoint_due = cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0
         if checkpoint_due and done < cfg.training_steps:
             self._save_checkpoint()
-        return float(output.loss.item())
+        return output.loss.detach()
 
     # -- checkpoints ----------------------------------------------------------------------
 

@@ -138,7 +138,7 @@ class VisionSAESweepRunner:
                     job.train_step(batches[job.cfg.hook_name], wandb_run) for job in self.jobs
                 ]
                 if (step + 1) % first.log_every_steps == 0:
-                    bar.set_postfix(loss=" ".join(f"{loss:.4g}" for loss in losses))
+                    bar.set_postfix(loss=" ".join(f"{loss.item():.4g}" for loss in losses))
                 bar.update(1)
         finally:
             bar.close()
@@ -164,8 +164,8 @@ class VisionSAESweepRunner:
     def _ms_evaluator(self, cfg: VisionSAERunnerConfig) -> Evaluator | None:
         """MS on ``cfg.eval_images``, seen by the run's model (for a cache: the model it names);
         SAEs of the same hook, images and scoring encoder share one, whose activations and
-        embeddings are computed once."""
-        if cfg.eval_images is None:
+        embeddings are computed once. Only rank 0 evaluates."""
+        if cfg.eval_images is None or not self.parallel.is_main:
             return None
         key = (cfg.hook_name, cfg.eval_images, cfg.scoring_encoder)
         if key not in self._ms_evaluators:
