@@ -13,6 +13,7 @@ directory, which must therefore be on a filesystem all ranks see.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -113,9 +114,7 @@ class DataParallel:
             )
         sae.shard_batches_over(None)
         device_ids = [sae.device] if sae.device.type == "cuda" else None
-        ddp = DistributedDataParallel(
-            _TrainingStep(sae), device_ids=device_ids, broadcast_buffers=False
-        )
+        ddp = DistributedDataParallel(_TrainingStep(sae), device_ids=device_ids, **_NO_BUFFER_SYNC)
         # An instance attribute (not a submodule: DDP holds the SAE, so that would be a cycle).
         object.__setattr__(sae, "training_forward_pass", ddp)
 
@@ -191,6 +190,15 @@ class DataParallel:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+
+_NO_BUFFER_SYNC: dict[str, Any] = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else {"broadcast_buffers": False}  # torch before forward_sync_buffers
+)
+"""DDP without a buffer broadcast before every forward: the SAE's buffers (threshold, dead-latent
+counters) are updated from the global batch and so stay equal on every rank."""
 
 
 def _collective_device() -> torch.device:
