@@ -30,7 +30,7 @@ from harness import Figure
 
 WORKER = """
 import json, sys, time
-from sae_vlm_plugin.training.data_parallel import DataParallel, process_group_from_environment
+from sae_vlm_plugin.distributed import DataParallel, process_group_from_environment
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 from sae_vlm_plugin.training.sweep import VisionSAESweepRunner
 

@@ -19,9 +19,9 @@ from sae_lens import SAE
 
 import tiny_models as tm
 from sae_vlm_plugin import VisionModel
+from sae_vlm_plugin.distributed import DataParallel
 from sae_vlm_plugin.tokens import TokenSelection
 from sae_vlm_plugin.training.batch_reduction import LocalBatch, ShardedBatch
-from sae_vlm_plugin.training.data_parallel import DataParallel
 from sae_vlm_plugin.training.image_stream import image_activation_batches
 
 HOOK = "blocks.1.hook_resid_post"

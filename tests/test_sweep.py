@@ -13,7 +13,8 @@ import tiny_models as tm
 from sae_vlm_plugin import VisionModel, extract_to_cache
 from sae_vlm_plugin.cache import ActivationCache
 from sae_vlm_plugin.cli import main as cli_main
-from sae_vlm_plugin.training.data_parallel import DataParallel
+from sae_vlm_plugin.distributed import DataParallel
+from sae_vlm_plugin.training.data_parallel import wrap_for_ddp
 from sae_vlm_plugin.training.job import JsonlLog
 from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
@@ -186,7 +187,7 @@ def test_data_parallel_refusals():
         sae = torch.nn.Linear(2, 2)
 
     with pytest.raises(ValueError, match="Valid architectures under torchrun: paper_batchtopk"):
-        DataParallel(rank=0, world_size=2).wrap(BuiltinTrainer())
+        wrap_for_ddp(BuiltinTrainer())
 
 
 def test_saes_of_one_hook_share_one_ms_evaluator(tmp_path, two_hook_cache, monkeypatch):

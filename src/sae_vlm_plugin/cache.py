@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae_vlm_plugin.activations import iter_extracted_batches, resolve_hooks
+from sae_vlm_plugin.distributed import DataParallel
 from sae_vlm_plugin.environment import library_versions
 from sae_vlm_plugin.images import open_image_source
 from sae_vlm_plugin.model import VisionModel
@@ -124,10 +125,11 @@ def extract_to_cache(
     )
     root = Path(out_dir)
     manifest_path = root / "cache.json"
-    rank, world = _distributed_rank_and_size()
+    parallel = DataParallel.current()
+    rank, world = parallel.rank, parallel.world_size
     if rank == 0:
         manifest = _open_manifest(root, settings, selection, points, source, dataset_name)
-    _barrier(world)
+    parallel.barrier()
     if rank != 0:
         manifest = _open_manifest(root, settings, selection, points, source, dataset_name)
     for point in points:
@@ -178,7 +180,7 @@ def extract_to_cache(
                 skipped,
             )
     bar.close()
-    _barrier(world)
+    parallel.barrier()
     skipped_all = {
         image_id
         for path in sorted((root / points[0].name).glob("shard_*.safetensors"))
@@ -188,7 +190,7 @@ def extract_to_cache(
         manifest["skipped_images"] = sorted(skipped_all)
         manifest["complete"] = True
         _write_json_atomic(manifest_path, manifest)
-    _barrier(world)
+    parallel.barrier()
     cache = ActivationCache(root)
     if skipped_all and progress and rank == 0:
         print(f"skipped {len(skipped_all)} unreadable image(s) of {len(source)}")
@@ -244,22 +246,6 @@ def _open_manifest(
         _write_json_atomic(root / "images.json", {"ids": source.ids, "labels": source.labels})
         _write_json_atomic(manifest_path, manifest)
     return manifest
-
-
-def _distributed_rank_and_size() -> tuple[int, int]:
-    """``(rank, world size)`` of an initialised ``torch.distributed`` group, else ``(0, 1)``."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def _write_shard(path: Path, parts: list[Any], d_in: int, dtype: str, skipped: list[str]) -> None:

@@ -29,8 +29,8 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from sae_vlm_plugin.cache import extract_to_cache
+    from sae_vlm_plugin.distributed import DataParallel, process_group_from_environment
     from sae_vlm_plugin.model import VisionModel
-    from sae_vlm_plugin.training.data_parallel import DataParallel, process_group_from_environment
 
     with process_group_from_environment(args.device) as device:  # torchrun: one rank per device
         model = VisionModel(args.model, family=args.family, device=device)
@@ -96,7 +96,7 @@ def _data_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from sae_vlm_plugin.training.data_parallel import DataParallel, process_group_from_environment
+    from sae_vlm_plugin.distributed import DataParallel, process_group_from_environment
     from sae_vlm_plugin.training.presets import list_presets, preset_config
     from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
     from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
@@ -123,7 +123,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from sae_vlm_plugin.training.data_parallel import DataParallel, process_group_from_environment
+    from sae_vlm_plugin.distributed import DataParallel, process_group_from_environment
     from sae_vlm_plugin.training.sweep import VisionSAESweepRunner
     from sae_vlm_plugin.training.sweep_config import sweep_from_file, sweep_from_presets
 

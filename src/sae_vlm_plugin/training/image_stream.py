@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from sae_vlm_plugin.activations import iter_extracted_batches, resolve_hooks
+from sae_vlm_plugin.distributed import DataParallel
 from sae_vlm_plugin.images import open_image_source
 from sae_vlm_plugin.model import VisionModel
 from sae_vlm_plugin.tokens import TokenSelection
-from sae_vlm_plugin.training.data_parallel import DataParallel
 
 
 def image_activation_batches(

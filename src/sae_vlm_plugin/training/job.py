@@ -30,8 +30,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from sae_vlm_plugin.distributed import DataParallel
 from sae_vlm_plugin.hooks import parse_block_hook
-from sae_vlm_plugin.training.data_parallel import DataParallel
+from sae_vlm_plugin.training.data_parallel import (
+    consolidate_sparsity,
+    drop_sparsity_counts,
+    wrap_for_ddp,
+)
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 from sae_vlm_plugin.training.sources import ActivationSource, build_training_sae
 
@@ -180,14 +185,14 @@ class TrainingJob:
             trainer.activation_scaler.scaling_factor = scaling_factor
         if resume_step is not None:
             self._restore(trainer, self.run_dir / "checkpoints" / f"step_{resume_step}")
-            parallel.drop_sparsity_counts(trainer)
+            drop_sparsity_counts(parallel, trainer)
             # SAELens counts this rank's rows; the checkpoint may come from another world size.
             trainer.n_training_samples = trainer.n_training_steps * local_batch
         if parallel.is_main:
             self.log.truncate_after(-1 if resume_step is None else resume_step)
         sae.to(self.device)
         if parallel.enabled:
-            parallel.wrap(trainer)
+            wrap_for_ddp(trainer)
         self.trainer = trainer
 
     # -- one step -------------------------------------------------------------------------
@@ -197,7 +202,7 @@ class TrainingJob:
         config's schedule. Returns the step's loss (this rank's, detached)."""
         trainer, cfg, parallel = self.trainer, self.cfg, self.parallel
         if _is_sparsity_window_end(trainer):
-            parallel.consolidate_sparsity(trainer)
+            consolidate_sparsity(parallel, trainer)
         sparsity = trainer.maybe_reset_sparsity()
         output = trainer.step(batch)
         trainer.n_training_steps += 1
@@ -225,7 +230,7 @@ class TrainingJob:
 
     def _save_checkpoint(self) -> None:
         trainer = self.trainer
-        self.parallel.consolidate_sparsity(trainer)
+        consolidate_sparsity(self.parallel, trainer)
         if not self.parallel.is_main:
             return
         step = trainer.n_training_steps
@@ -270,7 +275,7 @@ class TrainingJob:
         every rank returns the saved inference SAE."""
         from sae_lens import SAE
 
-        self.parallel.consolidate_sparsity(self.trainer)
+        consolidate_sparsity(self.parallel, self.trainer)
         if self.parallel.is_main:
             self._save_inference_sae()
         self.parallel.barrier()

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from sae_vlm_plugin.training.data_parallel import DataParallel
+from sae_vlm_plugin.distributed import DataParallel
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from sae_vlm_plugin.training.data_parallel import DataParallel
+from sae_vlm_plugin.distributed import DataParallel
 from sae_vlm_plugin.training.job import Evaluator, TrainingJob
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 from sae_vlm_plugin.training.sources import ActivationSource, activation_source
