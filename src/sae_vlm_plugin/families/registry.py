@@ -84,9 +84,13 @@ def load_by_name(
     """Load a hub id / local checkpoint with the family that handles it.
 
     open_clip names start with ``open_clip:`` or ``hf-hub:``; anything else is a transformers
-    checkpoint whose ``config.model_type`` picks the family.
+    checkpoint whose ``config.model_type`` picks the family. The shipped toy models load by
+    their registered names (``"toy-clip"``, see ``sae_vlm_plugin.toy.models``).
     """
+    from sae_vlm_plugin.toy.models import resolve_model_name
+
     _ensure_builtins()
+    name = resolve_model_name(name)
     if family is not None:
         chosen = get_family(family)
     elif name.startswith(OPEN_CLIP_PREFIXES):
