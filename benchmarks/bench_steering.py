@@ -26,7 +26,7 @@ BENCHMARK = "steering"
 def _small_llava() -> Any:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from sae_vlm_plugin.demo_llava import tiny_llava
+    from sae_vlm_plugin.demo.tiny_llava import tiny_llava
 
     vision = CLIPVisionConfig(
         hidden_size=256,

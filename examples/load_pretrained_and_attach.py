@@ -5,7 +5,7 @@
 
 With real weights this loads the paper's Matryoshka SAE on CLIP ViT-L/14-336 block 22 from the
 Hugging Face hub (``SAE.from_pretrained`` sees the plugin's releases once it is imported). ``--tiny``
-saves a small random SAE in SAELens format, registers it as a release of your own (the same YAML
+saves a small random SAE for the toy CLIP in SAELens format, registers it as a release of your own (the same YAML
 schema as ``pretrained_yaml/``) and loads it back by name, all offline.
 """
 
@@ -23,10 +23,9 @@ RELEASE, SAE_ID = "pach2025-clip-vit-l14-336-matryoshka", "blocks.22.hook_resid_
 def register_tiny_release(out: Path) -> tuple[str, str, VisionModel, list]:
     from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 
-    from sae_vlm_plugin.demo import small_clip
-    from sae_vlm_plugin.synthetic import concept_images
+    from sae_vlm_plugin.toy import world_images
 
-    model = VisionModel(small_clip())
+    model = VisionModel("toy-clip")
     sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=128, d_sae=512))
     sae.save_model(out / "repo" / "layer2")
     sae_vlm_plugin.register_releases(
@@ -52,7 +51,7 @@ def register_tiny_release(out: Path) -> tuple[str, str, VisionModel, list]:
             }
         }
     )
-    images, _ = concept_images(8)
+    images, _ = world_images(8)
     return "my-tiny-clip-saes", "blocks.2/x4", model, images
 
 

@@ -5,8 +5,8 @@ Figure 5 and Tables A2-A7): ``evaluation.json`` and ``ms_sorted.png``.
     python examples/ms_report_sae_vs_raw.py --tiny --out /tmp/ms-tiny   # offline, ~30 s
 
 With real weights the model comes from the SAE's metadata and MS uses DINOv2 ViT-B, as in the
-paper. ``--tiny`` trains a small SAE on the demo's random CLIP and synthetic concept images and
-scores with label embeddings (similarity = fraction of shared shape / colour / texture).
+paper. ``--tiny`` trains a small SAE on the shipped toy CLIP over toy-world images and scores
+with label embeddings (similarity = fraction of shared shape / colour / texture / size).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from sae_vlm_plugin import VisionModel, evaluate_sae
 
 def tiny_setup(out: Path):
     from sae_vlm_plugin import VisionSAERunnerConfig, VisionSAETrainingRunner, extract_to_cache
-    from sae_vlm_plugin.demo import label_embeddings, small_clip
-    from sae_vlm_plugin.synthetic import concept_images
+    from sae_vlm_plugin.demo import label_embeddings
+    from sae_vlm_plugin.toy import world_images
 
-    model = VisionModel(small_clip())
-    images, concepts = concept_images(540)
+    model = VisionModel("toy-clip")
+    images, objects = world_images(540)
     hook = "blocks.2.hook_resid_post"
     cache = extract_to_cache(model, images, hook, out / "cache", tokens="cls")
     config = VisionSAERunnerConfig(
@@ -40,7 +40,7 @@ def tiny_setup(out: Path):
         run_dir=str(out / "run"),
     )
     sae = VisionSAETrainingRunner(config).run()
-    embeddings = label_embeddings([(c.shape, c.colour, c.texture) for c in concepts])
+    embeddings = label_embeddings([o.attributes for o in objects])
     return sae, model, images, {"embeddings": embeddings}
 
 
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--images", help="image folder")
     parser.add_argument("--out", required=True)
     parser.add_argument(
-        "--tiny", action="store_true", help="offline: small random CLIP, synthetic images"
+        "--tiny", action="store_true", help="offline: the toy CLIP on toy-world images"
     )
     args = parser.parse_args()
     out = Path(args.out)

@@ -1,11 +1,12 @@
 """Steer LLaVA's text by clamping one SAE latent in its vision tower (paper Figure 6).
 
     python examples/steer_llava.py --latent 1234 --values 0,30,40,50 --out /tmp/steer
-    python examples/steer_llava.py --tiny --out /tmp/steer-tiny   # offline, random LLaVA
+    python examples/steer_llava.py --tiny --out /tmp/steer-tiny   # offline, toy LLaVA
 
 With real weights: llava-1.5-7b and the paper's steering SAE (CLIP block 22, Matryoshka x64),
-on a white image with the love-poem prompt. ``--tiny`` builds a tiny LLaVA around the demo's
-random CLIP and a random SAE: its words are noise, but the sweep shows the mechanism.
+on a white image with the love-poem prompt. ``--tiny`` steers the shipped toy LLaVA (trained on
+the toy world) with a randomly initialised SAE: the sweep shows the mechanism; ``sae-vlm demo``
+finds a real concept latent and measures insertion and suppression.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 from pathlib import Path
 
 from sae_vlm_plugin import VisionModel, load_sae, steer
-from sae_vlm_plugin.steering_eval import sweep, white_image
+from sae_vlm_plugin.steering.evaluation import sweep, white_image
 
 PROMPT = "Write a love poem."
 
@@ -33,13 +34,13 @@ def main() -> None:
     if args.tiny:
         from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 
-        from sae_vlm_plugin.demo import small_clip
-        from sae_vlm_plugin.demo_llava import tiny_llava
+        from sae_vlm_plugin.steering.evaluation import INSERTION_PROMPTS
+        from sae_vlm_plugin.toy import IMAGE_SIZE, load_toy_llava
 
-        module, processor = tiny_llava(small_clip())
+        module, processor = load_toy_llava()
         llava = VisionModel(module)
         sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=128, d_sae=512))
-        hook, prompt, size = "vision.blocks.2.hook_resid_post", "write a poem about love .", 32
+        hook, prompt, size = "vision.blocks.2.hook_resid_post", INSERTION_PROMPTS[0], IMAGE_SIZE
     else:
         from transformers import AutoProcessor
 

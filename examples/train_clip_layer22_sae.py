@@ -5,8 +5,8 @@
 
 Step 1 streams the activations into a resumable cache (re-running resumes it); step 2 trains
 through SAELens' SAETrainer with the paper's settings (``preset clip-l14-336-l22-cls-matryoshka-x8``)
-and exports a SAELens inference SAE to ``OUT/run/final``. ``--tiny`` swaps in a small random
-CLIP and synthetic images, and shrinks the schedule, so the script runs anywhere.
+and exports a SAELens inference SAE to ``OUT/run/final``. ``--tiny`` swaps in the shipped toy
+CLIP and toy-world images, and shrinks the schedule, so the script runs anywhere.
 """
 
 from __future__ import annotations
@@ -28,17 +28,16 @@ def main() -> None:
     parser.add_argument("--images", help="ImageNet-style image folder")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--tiny", action="store_true", help="small random CLIP + synthetic images")
+    parser.add_argument("--tiny", action="store_true", help="the toy CLIP on toy-world images")
     args = parser.parse_args()
     out = Path(args.out)
 
     if args.tiny:
-        from sae_vlm_plugin.demo import small_clip
-        from sae_vlm_plugin.synthetic import concept_images
+        from sae_vlm_plugin.toy import world_images
 
-        model = VisionModel(small_clip())
-        images, _ = concept_images(540)
-        hook = "blocks.2.hook_resid_post"  # the small model has 4 blocks
+        model = VisionModel("toy-clip")
+        images, _ = world_images(540)
+        hook = "blocks.2.hook_resid_post"  # the toy CLIP has 4 blocks
         overrides = {
             "batch_size": 256,
             "training_steps": 300,

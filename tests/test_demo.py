@@ -11,9 +11,47 @@ from sae_lens import SAE
 from sae_vlm_plugin.cli import main as cli_main
 from sae_vlm_plugin.demo import concept_purity, label_embeddings, verdict
 
+FINDINGS = {
+    "ms_clip",
+    "ms_labels",
+    "purity",
+    "hierarchy",
+    "alignment",
+    "steering_insertion",
+    "steering_suppression",
+}
 
-def test_demo_runs_end_to_end_and_writes_loadable_outputs(tmp_path, capsys):
-    assert cli_main(["demo", "--out", str(tmp_path), "--n-images", "270", "--steps", "120"]) == 0
+
+def _without_timing(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k not in ("seconds", "outputs")}
+
+
+@pytest.mark.slow
+def test_world_demo_reports_every_finding_and_is_deterministic_for_a_seed(tmp_path, capsys):
+    args = ["demo", "--n-images", "600", "--steps", "200"]
+    assert cli_main([*args, "--out", str(tmp_path / "a")]) == 0
+    printed = capsys.readouterr().out
+    assert cli_main([*args, "--out", str(tmp_path / "b")]) == 0
+    a = json.loads((tmp_path / "a" / "summary.json").read_text())
+    b = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert _without_timing(a) == _without_timing(b)
+    assert {f["name"] for f in a["findings"]} == FINDINGS
+    assert "RANDOM" not in printed
+    for finding in a["findings"]:
+        assert finding["claim"] in printed
+        assert isinstance(finding["held"], bool)
+    assert a["hook"] == "blocks.2.hook_resid_post"
+    assert len(a["hierarchy"]) == 4  # the paper's four Matryoshka groups
+    sae = SAE.load_from_disk(tmp_path / "a" / "run" / "final")
+    assert sae.cfg.metadata.training_architecture == "paper_matryoshka_batchtopk"
+    steering = json.loads((tmp_path / "a" / "steering" / "steering.json").read_text())
+    assert set(steering["insertion"]["answers"]) == {"no steer", "0x", "1x", "2x", "4x"}
+    assert (tmp_path / "a" / "dashboard" / "index.html").exists()
+
+
+def test_random_demo_runs_end_to_end_and_writes_loadable_outputs(tmp_path, capsys):
+    argv = ["demo", "--random", "--out", str(tmp_path), "--n-images", "270", "--steps", "120"]
+    assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "RANDOM weights" in printed
     assert "Verdict: the SAE latents" in printed

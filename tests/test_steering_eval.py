@@ -11,8 +11,8 @@ import torch
 import tiny_models
 from sae_vlm_plugin.model import VisionModel
 from sae_vlm_plugin.steering import steer
-from sae_vlm_plugin.steering_cli import add_steer_command
-from sae_vlm_plugin.steering_eval import (
+from sae_vlm_plugin.steering.commands import add_steer_command
+from sae_vlm_plugin.steering.evaluation import (
     INSERTION_PROMPTS,
     ONE_WORD_PROMPT,
     generate_text,

@@ -148,3 +148,83 @@ def test_retraining_reproduces_the_shipped_quality(tmp_path):
     shipped = json.loads((toy_model_path("toy-clip") / "training.json").read_text())
     assert record["settings"] == shipped["settings"]
     assert min(record["zero_shot_accuracy"].values()) >= 0.9, record["zero_shot_accuracy"]
+    record = json.loads((tmp_path / "llava" / "training.json").read_text())
+    shipped = json.loads((toy_model_path("toy-llava") / "training.json").read_text())
+    assert record["settings"] == shipped["settings"]
+    assert record["describe_accuracy"]["colour_and_shape"] >= 0.9, record["describe_accuracy"]
+
+
+def test_llava_answers_are_templated_from_the_object_and_refuse_unknown_prompts():
+    from sae_vlm_plugin.steering.evaluation import DESCRIBE_PROMPT, INSERTION_PROMPTS
+    from sae_vlm_plugin.toy.llava_training import ATTRIBUTE_QUESTIONS, answer, prompts
+
+    obj = WorldObject("ring", "red", "striped", "large")
+    assert answer(DESCRIBE_PROMPT, obj) == "a large red striped ring ."
+    assert answer(DESCRIBE_PROMPT, None) == "a blank white image ."
+    assert answer(ATTRIBUTE_QUESTIONS["colour"], obj) == "red ."
+    assert answer(ATTRIBUTE_QUESTIONS["colour"], None) == "white ."
+    assert answer(INSERTION_PROMPTS[0], obj) == "roses for my love , the large red striped ring ."
+    for prompt in prompts():
+        assert "red" in answer(prompt, obj).split() or "ring" in answer(prompt, obj).split()
+    with pytest.raises(ValueError, match="no answer template for 'Sing'; known prompts"):
+        answer("Sing", obj)
+
+
+def test_llava_training_labels_are_the_answer_tokens_only():
+    from transformers import CLIPConfig
+
+    from sae_vlm_plugin.toy.llava_training import (
+        _batch,
+        _head_lengths,
+        llava_processor,
+        llava_tokenizer,
+    )
+
+    tokenizer = llava_tokenizer()
+    processor = llava_processor(tokenizer, CLIPConfig.from_pretrained(toy_model_path("toy-clip")))
+    obj = WorldObject("ring", "red", "striped", "large")
+    asked = ["What colour is the shape?", "Describe the image."]
+    batch = _batch(
+        processor, torch.zeros(2, 3, 48, 48), [obj, None], asked, _head_lengths(processor)
+    )
+    answers = [tokenizer.decode(row[row != -100]) for row in batch["labels"]]
+    assert answers == ["red . </s>", "a blank white image . </s>"]
+    assert "<unk>" not in tokenizer.decode(batch["input_ids"].flatten())
+
+
+def test_the_shipped_llava_loads_like_a_hub_checkpoint_and_reads_the_clip_tower():
+    from transformers import CLIPModel, LlavaForConditionalGeneration, LlavaProcessor
+
+    from sae_vlm_plugin import VisionModel
+
+    path = toy_model_path("toy-llava")
+    llava = LlavaForConditionalGeneration.from_pretrained(path).eval()
+    processor = LlavaProcessor.from_pretrained(path)
+    clip = CLIPModel.from_pretrained(toy_model_path("toy-clip")).eval()
+    assert llava.config.vision_feature_layer == -2
+    assert llava.config.vision_feature_select_strategy == "default"
+    tower = llava.model.vision_tower.vision_model.state_dict()
+    for name, tensor in clip.vision_model.state_dict().items():
+        assert torch.equal(tower[name], tensor), name
+    model = VisionModel("toy-llava")
+    assert model.family.name == "llava"
+    images, _ = world_images(2, seed=5)
+    pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    hook = f"vision.blocks.{clip.config.vision_config.num_hidden_layers - 2}.hook_resid_post"
+    captured = model.capture(pixels, [hook])[hook]
+    with torch.no_grad():
+        hidden = clip.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states
+    assert torch.allclose(captured, hidden[-2], atol=1e-5)
+    assert processor.chat_template
+    training = json.loads((path / "training.json").read_text())
+    assert training["describe_accuracy"]["colour_and_shape"] >= 0.9
+
+
+def test_the_shipped_llava_describes_heldout_images():
+    from sae_vlm_plugin.toy import load_toy_llava
+    from sae_vlm_plugin.toy.llava_training import describe_accuracy
+
+    model, processor = load_toy_llava()
+    images, objects = world_images(200, seed=3)  # the held-out seed; training used seed 2
+    accuracy = describe_accuracy(model, processor, images, objects)
+    assert accuracy["colour_and_shape"] >= 0.9, accuracy

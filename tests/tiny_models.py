@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from sae_vlm_plugin import synthetic
-from sae_vlm_plugin.demo_llava import IMAGE_TOKEN, word_tokenizer
+from sae_vlm_plugin.demo.tiny_llava import IMAGE_TOKEN, word_tokenizer
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
@@ -350,7 +350,7 @@ COLOURS = synthetic.COLOURS
 
 
 def synthetic_image(shape: str, colour: str, size: int = IMAGE_SIZE, seed: int = 0) -> Image.Image:
-    """A solid ``shape`` in ``colour`` on a noisy background (``sae_vlm_plugin.synthetic``)."""
+    """A solid ``shape`` in ``colour`` on a noisy background (``sae_vlm_plugin.demo.synthetic``)."""
     return synthetic.concept_image(synthetic.Concept(shape, colour), size=size, seed=seed)
 
 

@@ -44,10 +44,10 @@ _LAZY_API: dict[str, str] = {
     "check_attachable": "sae_vlm_plugin.pretrained.loading",
     "export_neuronpedia": "sae_vlm_plugin.dashboard",
     "export_saedashboard": "sae_vlm_plugin.dashboard",
-    "diffmean_vector": "sae_vlm_plugin.steering",
-    "generate": "sae_vlm_plugin.steering",
-    "steer": "sae_vlm_plugin.steering",
-    "steer_direction": "sae_vlm_plugin.steering",
+    "diffmean_vector": "sae_vlm_plugin.steering.edits",
+    "generate": "sae_vlm_plugin.steering.edits",
+    "steer": "sae_vlm_plugin.steering.edits",
+    "steer_direction": "sae_vlm_plugin.steering.edits",
     "export_sae": "sae_vlm_plugin.pretrained.loading",
     "list_presets": "sae_vlm_plugin.training.presets",
     "list_releases": "sae_vlm_plugin.pretrained.registry",
@@ -81,10 +81,10 @@ if TYPE_CHECKING:
     from sae_vlm_plugin.pretrained.loading import load_sae as load_sae
     from sae_vlm_plugin.pretrained.registry import list_releases as list_releases
     from sae_vlm_plugin.pretrained.registry import register_releases as register_releases
-    from sae_vlm_plugin.steering import diffmean_vector as diffmean_vector
-    from sae_vlm_plugin.steering import generate as generate
-    from sae_vlm_plugin.steering import steer as steer
-    from sae_vlm_plugin.steering import steer_direction as steer_direction
+    from sae_vlm_plugin.steering.edits import diffmean_vector as diffmean_vector
+    from sae_vlm_plugin.steering.edits import generate as generate
+    from sae_vlm_plugin.steering.edits import steer as steer
+    from sae_vlm_plugin.steering.edits import steer_direction as steer_direction
     from sae_vlm_plugin.tokens import TokenSelection as TokenSelection
     from sae_vlm_plugin.training.presets import list_presets as list_presets
     from sae_vlm_plugin.training.presets import preset_config as preset_config

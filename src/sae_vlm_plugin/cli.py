@@ -8,9 +8,10 @@ from collections.abc import Sequence
 
 from sae_vlm_plugin import __version__
 from sae_vlm_plugin.dashboard.cli import add_dashboard_command
+from sae_vlm_plugin.demo.commands import add_demo_command
 from sae_vlm_plugin.metrics.commands import add_metric_commands
 from sae_vlm_plugin.pretrained.commands import add_pretrained_commands
-from sae_vlm_plugin.steering_cli import add_steer_command
+from sae_vlm_plugin.steering.commands import add_steer_command
 
 
 def _print_table(rows: dict[str, str]) -> None:
@@ -52,23 +53,6 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if is_main:
         for hook in cache.hooks:
             print(f"{hook}: {cache.n_rows(hook)} rows x {cache.d_in(hook)} -> {cache.path / hook}")
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from sae_vlm_plugin.demo import DemoConfig, format_summary, run_demo
-
-    summary = run_demo(
-        DemoConfig(
-            out_dir=args.out,
-            model=args.model,
-            images=args.images,
-            n_images=args.n_images,
-            layer=args.layer,
-            training_steps=args.steps,
-        )
-    )
-    print(format_summary(summary))
     return 0
 
 
@@ -258,20 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dashboard_command(commands)
     add_steer_command(commands)
     add_pretrained_commands(commands)
-    demo = commands.add_parser(
-        "demo",
-        help="run the pipeline end to end offline (small random CLIP, synthetic images)",
-        description="Run the plugin's pipeline on an embedded default, or on --model/--images.",
-    )
-    demo.add_argument(
-        "--out", default="sae-vlm-demo", help="output directory (default: sae-vlm-demo)"
-    )
-    demo.add_argument("--model", help="a real checkpoint instead of the small random CLIP")
-    demo.add_argument("--images", help="an image folder instead of synthetic concept images")
-    demo.add_argument("--n-images", type=int, default=810, help="synthetic images (default: 810)")
-    demo.add_argument("--steps", type=int, default=600, help="SAE training steps (default: 600)")
-    demo.add_argument("--layer", type=int, help="block to read (default: second to last)")
-    demo.set_defaults(handler=_cmd_demo)
+    add_demo_command(commands)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 - ``neuron_purity``: per neuron, the mean over attributes of the largest fraction of its top
   images sharing one value of the attribute (1.0: its top images agree on everything).
+- ``concept_purity``: their mean over neurons (the demo's top-16 concept purity).
 - ``alignment_with_purity``: Table A1's shape with ground truth in place of annotators: random
   pairs of neurons, "preferred" = the purer one, the fraction of pairs where MS agrees, per
   0.1-wide bin of the MS difference.
@@ -50,6 +51,13 @@ def neuron_purity(top_indices: Tensor, attributes: Sequence[tuple[str, ...]]) ->
             total += max(values.count(v) for v in set(values)) / len(values)
         purities[n] = total / n_attributes
     return purities
+
+
+def concept_purity(top_indices: Tensor, attributes: Sequence[tuple[str, ...]]) -> float:
+    """Mean ``neuron_purity`` over the neurons with a full top set (NaN if there are none)."""
+    purities = neuron_purity(top_indices, attributes)
+    full = purities[~torch.isnan(purities)]
+    return float(full.mean()) if len(full) else math.nan
 
 
 def alignment_with_purity(

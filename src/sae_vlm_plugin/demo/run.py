@@ -1,11 +1,14 @@
-"""``sae-vlm demo``: the plugin's pipeline end to end, offline, on an embedded default.
+"""``sae-vlm demo``: the plugin's pipeline end to end, offline.
 
-Default: a small CLIP vision transformer with RANDOM weights, built from a config (nothing is
-downloaded), and synthetic concept images (3 shapes x 3 colours x 3 textures, ``synthetic.py``)
-whose labels are known. With ``--model`` and ``--images`` the same steps run on a real
-checkpoint and an image folder (MS then uses the DINOv2 scoring encoder, as in the paper).
+Default: the trained toy world (``demo/world.py``): the shipped toy CLIP and toy LLaVA on
+toy-world images, with the paper's findings measured against the world's ground truth.
+``--random``: a small CLIP vision transformer with RANDOM weights, built from a config, and
+synthetic concept images (3 shapes x 3 colours x 3 textures, ``demo/synthetic.py``) - the pipeline
+without learned features, for speed checks. With ``--model`` and ``--images`` the same steps run
+on a real checkpoint and an image folder (MS then uses the DINOv2 scoring encoder, as in the
+paper).
 
-Steps: extract the CLS tokens of a block into a resumable cache -> train the paper-faithful
+Steps (random and real paths): extract the CLS tokens of a block into a resumable cache -> train the paper-faithful
 Matryoshka-BatchTopK SAE through SAELens -> MS of the SAE latents and of the raw neurons of the
 same block -> a ground-truth check.
 
@@ -21,13 +24,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sae_vlm_plugin.demo.findings import concept_purity
+
 DEFAULT_N_IMAGES = 810
+DEFAULT_WORLD_IMAGES = 2000
 DEFAULT_IMAGE_SIZE = 32
 TOP_IMAGES = 16
 
@@ -56,11 +63,16 @@ class DemoConfig:
     out_dir: Path
     """Output directory (cache, run, evaluation and ``summary.json``)."""
     model: str | None = None
-    """Hub id / path / ``open_clip:...``; None builds the small random CLIP."""
+    """Hub id / path / ``open_clip:...``; None: the toy CLIP (or, with ``random``, the small
+    random CLIP)."""
     images: str | None = None
-    """Image folder; None generates synthetic concept images."""
-    n_images: int = DEFAULT_N_IMAGES
-    """Synthetic images to generate (ignored with ``images``)."""
+    """Image folder; None generates toy-world (or, with ``random``, synthetic concept) images."""
+    random: bool = False
+    """Run on random weights and synthetic concept images instead of the trained world."""
+    n_images: int | None = None
+    """Images to generate (ignored with ``images``); default 2000 world / 810 synthetic."""
+    seed: int = 0
+    """Seed of the generated world images."""
     layer: int | None = None
     """Block to read; None takes the second-to-last (LLaVA's choice)."""
     expansion_factor: int = 4
@@ -70,7 +82,7 @@ class DemoConfig:
     progress: bool = True
 
 
-def label_embeddings(attributes: list[tuple[str, ...]]) -> torch.Tensor:
+def label_embeddings(attributes: Sequence[tuple[str, ...]]) -> torch.Tensor:
     """Unit vectors whose cosine is the fraction of attribute values two items share."""
     n_attributes = len(attributes[0])
     vocab = [sorted({item[a] for item in attributes}) for a in range(n_attributes)]
@@ -82,53 +94,30 @@ def label_embeddings(attributes: list[tuple[str, ...]]) -> torch.Tensor:
     return embeddings / n_attributes**0.5
 
 
-def concept_purity(top_indices: torch.Tensor, attributes: list[tuple[str, ...]]) -> float:
-    """Mean over neurons with a full top set, and over attributes, of the largest fraction of a
-    neuron's top images that share one value of the attribute (1.0: all top images agree)."""
-    full = top_indices[(top_indices >= 0).all(dim=1)]
-    if len(full) == 0:
-        return float("nan")
-    purities = []
-    for row in full.tolist():
-        for a in range(len(attributes[0])):
-            values = [attributes[i][a] for i in row]
-            purities.append(max(values.count(v) for v in set(values)) / len(values))
-    return sum(purities) / len(purities)
-
-
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run every step of the demo; returns (and writes to ``summary.json``) what it measured."""
+    if config.model is None and config.images is None and not config.random:
+        from sae_vlm_plugin.demo.world import run_world_demo
+
+        summary = run_world_demo(config)
+    else:
+        summary = _run_pipeline_demo(config)
+    out = Path(config.out_dir)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_nan_to_none))
+    return summary
+
+
+def train_demo_sae(
+    model: Any, images: Any, hook: str, out: Path, config: DemoConfig, tokens: str
+) -> tuple[Any, Any]:
+    """Cache ``tokens`` of ``hook`` under ``out/cache`` and train the paper's
+    Matryoshka-BatchTopK SAE on them into ``out/run``; returns ``(sae, runner config)``."""
     from sae_vlm_plugin.cache import extract_to_cache
-    from sae_vlm_plugin.dashboard import build_dashboard
-    from sae_vlm_plugin.metrics.evaluation import evaluate_sae
-    from sae_vlm_plugin.metrics.top_activations import top_activations
-    from sae_vlm_plugin.model import VisionModel
-    from sae_vlm_plugin.synthetic import concept_images
     from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
     from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 
-    started = time.perf_counter()
-    out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if config.model is None:
-        model = VisionModel(small_clip())
-        model_note = "small CLIP ViT (4 blocks, width 128) with RANDOM weights, built from a config"
-    else:
-        model = VisionModel(config.model)
-        model_note = config.model
-    attributes: list[tuple[str, ...]] | None = None
-    images: Any
-    if config.images is None:
-        images, concepts = concept_images(config.n_images, size=DEFAULT_IMAGE_SIZE)
-        attributes = [(c.shape, c.colour, c.texture) for c in concepts]
-        data_note = f"{len(images)} synthetic concept images (3 shapes x 3 colours x 3 textures)"
-    else:
-        images, data_note = config.images, f"images from {config.images}"
-    layer = config.layer if config.layer is not None else model.n_layers - 2
-    hook = f"blocks.{layer}.hook_resid_post"
-
     cache = extract_to_cache(
-        model, images, hook, out / "cache", tokens="cls", progress=config.progress
+        model, images, hook, out / "cache", tokens=tokens, progress=config.progress
     )
     run_config = VisionSAERunnerConfig(
         cache_path=str(cache.path),
@@ -146,7 +135,39 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         log_every_steps=50,
         checkpoint_every_steps=0,
     )
-    sae = VisionSAETrainingRunner(run_config, progress=config.progress).run()
+    return VisionSAETrainingRunner(run_config, progress=config.progress).run(), run_config
+
+
+def _run_pipeline_demo(config: DemoConfig) -> dict[str, Any]:
+    """The random-weights path (``--random``) and the real-checkpoint path (``--model`` /
+    ``--images``): extract, train, MS, purity on synthetic images, dashboard, steering."""
+    from sae_vlm_plugin.dashboard import build_dashboard
+    from sae_vlm_plugin.demo.synthetic import concept_images
+    from sae_vlm_plugin.metrics.evaluation import evaluate_sae
+    from sae_vlm_plugin.metrics.top_activations import top_activations
+    from sae_vlm_plugin.model import VisionModel
+
+    started = time.perf_counter()
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.model is None:
+        model = VisionModel(small_clip())
+        model_note = "small CLIP ViT (4 blocks, width 128) with RANDOM weights, built from a config"
+    else:
+        model = VisionModel(config.model)
+        model_note = config.model
+    attributes: list[tuple[str, ...]] | None = None
+    images: Any
+    if config.images is None:
+        n_images = config.n_images or DEFAULT_N_IMAGES
+        images, concepts = concept_images(n_images, size=DEFAULT_IMAGE_SIZE)
+        attributes = [(c.shape, c.colour, c.texture) for c in concepts]
+        data_note = f"{len(images)} synthetic concept images (3 shapes x 3 colours x 3 textures)"
+    else:
+        images, data_note = config.images, f"images from {config.images}"
+    layer = config.layer if config.layer is not None else model.n_layers - 2
+    hook = f"blocks.{layer}.hook_resid_post"
+    sae, run_config = train_demo_sae(model, images, hook, out, config, tokens="cls")
 
     embeddings = label_embeddings(attributes) if attributes is not None else None
     report = evaluate_sae(
@@ -177,7 +198,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         ordered = [attributes[i] for i in order]
         summary["purity_sae"] = concept_purity(sae_top.indices, ordered)
         summary["purity_raw"] = concept_purity(raw_top.indices, ordered)
-        summary["purity_chance"] = _chance_purity(ordered)
+        summary["purity_chance"] = chance_purity(ordered)
     dashboard = build_dashboard(
         sae,
         model,
@@ -192,7 +213,6 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
         summary["steering"] = steering_demo(model, sae, report, hook, out / "steering.json")
         summary["outputs"]["steering"] = str(out / "steering.json")
     summary["seconds"] = round(time.perf_counter() - started, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_nan_to_none))
     return summary
 
 
@@ -203,10 +223,10 @@ STEERING_PROMPT = "write a poem about love ."
 def steering_demo(model: Any, sae: Any, report: Any, hook: str, path: Path) -> dict[str, Any]:
     """Clamp the SAE's highest-MS latent on every image token of a tiny LLaVA whose vision
     tower is ``model``'s encoder; write the Figure-6-style sweep on a white image to ``path``."""
-    from sae_vlm_plugin.demo_llava import tiny_llava
+    from sae_vlm_plugin.demo.tiny_llava import tiny_llava
     from sae_vlm_plugin.model import VisionModel
-    from sae_vlm_plugin.steering import steer
-    from sae_vlm_plugin.steering_eval import sweep, white_image
+    from sae_vlm_plugin.steering.edits import steer
+    from sae_vlm_plugin.steering.evaluation import sweep, white_image
 
     module, processor = tiny_llava(model.source_module)
     llava = VisionModel(module)
@@ -236,7 +256,7 @@ def steering_demo(model: Any, sae: Any, report: Any, hook: str, path: Path) -> d
     return result
 
 
-def _chance_purity(attributes: list[tuple[str, ...]]) -> float:
+def chance_purity(attributes: Sequence[tuple[str, ...]]) -> float:
     """Purity of random 16-image sets (the baseline a neuron that ignores concepts gets)."""
     generator = torch.Generator().manual_seed(0)
     sets = torch.stack(
@@ -250,6 +270,11 @@ def _nan_to_none(value: Any) -> Any:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+    """What ``sae-vlm demo`` prints: the measures, the verdict or findings, the outputs."""
+    if "findings" in summary:
+        from sae_vlm_plugin.demo.world import format_world_summary
+
+        return format_world_summary(summary)
     sae, raw, rec = summary["ms_sae"], summary["ms_raw"], summary["reconstruction"]
     lines = [
         f"model    {summary['model']} ({summary['family']} family)",

@@ -1,5 +1,6 @@
 """The toy world: procedural concept images with a known taxonomy and captions, and the small
-models trained on it that ship with the package (a CLIP with both towers).
+models trained on it that ship with the package (a CLIP with both towers, a LLaVA on top of
+its vision tower).
 
 - ``world_images(n, seed)``: images and their ``WorldObject`` (shape, colour, texture, size);
   ``taxonomy()`` the family -> shape -> colour -> texture tree; ``caption(obj)`` the templated
@@ -7,10 +8,13 @@ models trained on it that ship with the package (a CLIP with both towers).
 - ``load_toy_clip()``: the trained ``CLIPModel`` and its processor; ``VisionModel("toy-clip")``
   wraps its image tower like any hub checkpoint; ``toy_model_path("toy-clip")`` is its
   ``save_pretrained`` directory.
-- ``python -m sae_vlm_plugin.toy.train`` retrains the shipped weights (``clip_training.py``).
+- ``load_toy_llava()``: the trained ``LlavaForConditionalGeneration`` and its processor
+  (``VisionModel("toy-llava")``), which describes the image and answers about it.
+- ``python -m sae_vlm_plugin.toy.train`` retrains the shipped weights (``clip_training.py``,
+  ``llava_training.py``).
 """
 
-from sae_vlm_plugin.toy.models import TOY_MODELS, load_toy_clip, toy_model_path
+from sae_vlm_plugin.toy.models import TOY_MODELS, load_toy_clip, load_toy_llava, toy_model_path
 from sae_vlm_plugin.toy.world import (
     ATTRIBUTE_VALUES,
     ATTRIBUTES,
@@ -44,6 +48,7 @@ __all__ = [
     "attribute_prompt",
     "caption",
     "load_toy_clip",
+    "load_toy_llava",
     "taxonomy",
     "toy_model_path",
     "world_image",

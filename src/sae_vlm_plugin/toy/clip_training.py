@@ -66,10 +66,13 @@ def clip_tokenizer() -> Any:
 def clip_config(training: ToyClipTraining, tokenizer: Any) -> Any:
     from transformers import CLIPConfig
 
+    # The towers carry the projection width too, as hub CLIP configs do: a vision class
+    # loaded from this checkpoint (CLIPVisionModelWithProjection) reads it from vision_config.
     shared = {
         "hidden_size": training.width,
         "intermediate_size": 4 * training.width,
         "num_attention_heads": training.heads,
+        "projection_dim": training.projection_dim,
     }
     return CLIPConfig(
         text_config={
@@ -110,7 +113,9 @@ def random_mention(rng: np.random.Generator) -> tuple[str, ...]:
             return mention
 
 
-def caption_truth(objects: Sequence[WorldObject], mentions: Sequence[tuple[str, ...]]) -> torch.Tensor:
+def caption_truth(
+    objects: Sequence[WorldObject], mentions: Sequence[tuple[str, ...]]
+) -> torch.Tensor:
     """``P[i, j]``: caption ``j`` (naming ``mentions[j]`` of ``objects[j]``) is true of image ``i``."""
     values = np.array([o.attributes for o in objects])
     truth = np.ones((len(objects), len(objects)), dtype=bool)
@@ -150,7 +155,10 @@ def text_embeddings(model: Any, tokenizer: Any, texts: Sequence[str]) -> torch.T
 @torch.no_grad()
 def image_embeddings(model: Any, pixels: torch.Tensor, batch: int = 512) -> torch.Tensor:
     features = torch.cat(
-        [model.get_image_features(pixel_values=pixels[i : i + batch]) for i in range(0, len(pixels), batch)]
+        [
+            model.get_image_features(pixel_values=pixels[i : i + batch])
+            for i in range(0, len(pixels), batch)
+        ]
     )
     return torch.nn.functional.normalize(features, dim=-1)
 
@@ -171,7 +179,9 @@ def zero_shot_accuracy(
     return accuracy
 
 
-def train_toy_clip(training: ToyClipTraining = ToyClipTraining(), progress: bool = True) -> tuple[Any, Any, dict[str, Any]]:
+def train_toy_clip(
+    training: ToyClipTraining = ToyClipTraining(), progress: bool = True
+) -> tuple[Any, Any, dict[str, Any]]:
     """``(CLIPModel, tokenizer, report)`` trained as ``training`` says; the report holds the
     held-out zero-shot accuracy per attribute and the training time."""
     from transformers import CLIPModel
@@ -187,7 +197,10 @@ def train_toy_clip(training: ToyClipTraining = ToyClipTraining(), progress: bool
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": training.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": training.weight_decay},
+            {"params": rest, "weight_decay": 0.0},
+        ],
         lr=training.lr,
     )
 
@@ -212,7 +225,9 @@ def train_toy_clip(training: ToyClipTraining = ToyClipTraining(), progress: bool
         texts = [caption(o, m) for o, m in zip(batch_objects, mentions, strict=True)]
         encoded = tokenizer(texts, padding=True, return_tensors="pt")
         out = model(pixel_values=pixels[torch.from_numpy(rows)], **encoded)
-        loss = multi_positive_clip_loss(out.logits_per_image, caption_truth(batch_objects, mentions))
+        loss = multi_positive_clip_loss(
+            out.logits_per_image, caption_truth(batch_objects, mentions)
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -222,7 +237,10 @@ def train_toy_clip(training: ToyClipTraining = ToyClipTraining(), progress: bool
             model.logit_scale.clamp_(0, math.log(100))
         losses.append(float(loss.detach()))
         if progress and (step % 100 == 0 or step == training.steps - 1):
-            print(f"toy CLIP step {step:5d}  loss {np.mean(losses[-100:]):.4f}  {time.perf_counter() - started:.0f} s", flush=True)
+            print(
+                f"toy CLIP step {step:5d}  loss {np.mean(losses[-100:]):.4f}  {time.perf_counter() - started:.0f} s",
+                flush=True,
+            )
     model.eval()
     heldout_images, heldout_objects = world_images(training.n_heldout, seed=training.heldout_seed)
     accuracy = zero_shot_accuracy(model, tokenizer, pixel_tensor(heldout_images), heldout_objects)

@@ -1,16 +1,18 @@
 """The shipped toy models, by name or directory.
 
-``VisionModel("toy-clip")`` loads the trained toy CLIP through the same code path as a hub
-checkpoint (``transformers`` ``from_pretrained`` on its directory); ``toy_model_path`` gives
-the directory for plain ``transformers.CLIPModel.from_pretrained``.
+``VisionModel("toy-clip")`` and ``VisionModel("toy-llava")`` load the trained toy models
+through the same code path as a hub checkpoint (``transformers`` ``from_pretrained`` on their
+directory); ``toy_model_path`` gives the directory for plain
+``transformers.CLIPModel.from_pretrained`` / ``LlavaForConditionalGeneration.from_pretrained``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-TOY_MODELS: dict[str, str] = {"toy-clip": "clip"}
+TOY_MODELS: dict[str, str] = {"toy-clip": "clip", "toy-llava": "llava"}
 """Registered toy model names -> their directory under ``WEIGHTS_DIR``."""
 
 
@@ -31,9 +33,20 @@ def resolve_model_name(name: str) -> str:
     return str(toy_model_path(name)) if name in TOY_MODELS else name
 
 
-def load_toy_clip() -> tuple[object, object]:
+def load_toy_clip() -> tuple[Any, Any]:
     """``(CLIPModel, CLIPProcessor)`` of the shipped toy CLIP (both towers)."""
     from transformers import CLIPModel, CLIPProcessor
 
     path = toy_model_path("toy-clip")
     return CLIPModel.from_pretrained(path).eval(), CLIPProcessor.from_pretrained(path)
+
+
+def load_toy_llava() -> tuple[Any, Any]:
+    """``(LlavaForConditionalGeneration, LlavaProcessor)`` of the shipped toy LLaVA."""
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    path = toy_model_path("toy-llava")
+    return (
+        LlavaForConditionalGeneration.from_pretrained(path).eval(),
+        LlavaProcessor.from_pretrained(path),
+    )

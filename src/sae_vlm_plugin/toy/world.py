@@ -7,7 +7,8 @@ Every image shows one object on a noisy grey background. An object has four attr
 - ``texture`` (4 values: solid, striped, dotted, checkered),
 - ``size`` (small, large),
 
-and is jittered in position, extent and background brightness by a per-image seed. The
+and is jittered in position (up to ``JITTER`` pixels from the centre), extent and background
+brightness by a per-image seed. The
 taxonomy (``taxonomy()``) is the four-level tree family -> shape -> colour -> texture, so the
 lowest common ancestor of two objects is at depth 0 (different families) to 4 (same shape,
 colour and texture): the ground truth of the Matryoshka hierarchy analysis (Table A8).
@@ -52,6 +53,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 TEXTURES: tuple[str, ...] = ("solid", "striped", "dotted", "checkered")
 SIZES: tuple[str, ...] = ("small", "large")
+JITTER = 4
+"""Largest offset, in pixels, of an object from the image centre along each axis."""
 ATTRIBUTES: tuple[str, ...] = ("shape", "colour", "texture", "size")
 """Attribute names, in the order ``WorldObject.attributes`` lists their values."""
 ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
@@ -204,8 +207,10 @@ def world_image(obj: WorldObject, seed: int = 0, size: int = IMAGE_SIZE) -> Imag
     level = int(rng.integers(70, 150))
     background = rng.normal(level, 12, size=(size, size, 3)).clip(0, 255)
     low, high = (0.38, 0.5) if obj.size == "small" else (0.68, 0.85)
-    extent = int(round(size * rng.uniform(low, high)))
-    x0, y0 = (int(v) for v in rng.integers(1, size - extent, size=2))
+    extent = round(size * rng.uniform(low, high))
+    centre = (size - extent) // 2
+    low_corner, high_corner = max(1, centre - JITTER), min(size - extent - 1, centre + JITTER)
+    x0, y0 = (int(v) for v in rng.integers(low_corner, high_corner + 1, size=2))
     mask = Image.new("L", (size, size), 0)
     _outline(obj.shape, (x0, y0, x0 + extent, y0 + extent), ImageDraw.Draw(mask))
     alpha = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
@@ -227,5 +232,7 @@ def world_images(
 ) -> tuple[list[Image.Image], list[WorldObject]]:
     """``n`` images with their objects, the same for the same ``(n, seed)`` everywhere."""
     objects = world_objects(n, seed)
-    images = [world_image(obj, seed=seed * 1_000_003 + i, size=size) for i, obj in enumerate(objects)]
+    images = [
+        world_image(obj, seed=seed * 1_000_003 + i, size=size) for i, obj in enumerate(objects)
+    ]
     return images, objects

@@ -79,8 +79,8 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from sae_vlm_plugin.metrics.commands import load_sae_argument
-    from sae_vlm_plugin.steering import steer
-    from sae_vlm_plugin.steering_eval import sweep, white_image
+    from sae_vlm_plugin.steering.edits import steer
+    from sae_vlm_plugin.steering.evaluation import sweep, white_image
 
     model, processor = load_llava(args.model, args.device)
     sae = load_sae_argument(args.sae, str(model.device or "cpu"))

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from sae_vlm_plugin.steering import Steering, generate
+from sae_vlm_plugin.steering.edits import Steering, generate
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -1,0 +1,51 @@
+"""``sae-vlm demo``: the shell command of the demo package."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_demo_command(commands: argparse._SubParsersAction) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="the paper's findings end to end, offline, on the trained toy world",
+        description="Run the plugin's pipeline on the shipped toy CLIP and toy LLaVA and "
+        "measure the paper's findings; --random uses random weights, --model/--images a real "
+        "checkpoint and image folder.",
+    )
+    demo.add_argument(
+        "--out", default="sae-vlm-demo", help="output directory (default: sae-vlm-demo)"
+    )
+    demo.add_argument("--model", help="a real checkpoint instead of the toy CLIP")
+    demo.add_argument("--images", help="an image folder instead of generated images")
+    demo.add_argument(
+        "--random",
+        action="store_true",
+        help="random weights and synthetic concept images (the pipeline without learned features)",
+    )
+    demo.add_argument(
+        "--n-images", type=int, help="generated images (default: 2000 world / 810 synthetic)"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="seed of the world images (default: 0)")
+    demo.add_argument("--steps", type=int, default=600, help="SAE training steps (default: 600)")
+    demo.add_argument("--layer", type=int, help="block to read (default: second to last)")
+    demo.set_defaults(handler=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sae_vlm_plugin.demo.run import DemoConfig, format_summary, run_demo
+
+    summary = run_demo(
+        DemoConfig(
+            out_dir=args.out,
+            model=args.model,
+            images=args.images,
+            random=args.random,
+            n_images=args.n_images,
+            seed=args.seed,
+            layer=args.layer,
+            training_steps=args.steps,
+        )
+    )
+    print(format_summary(summary))
+    return 0

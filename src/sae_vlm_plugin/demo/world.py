@@ -1,0 +1,215 @@
+"""``sae-vlm demo`` on the trained toy world: the paper's findings, measured end to end.
+
+The encoder is the shipped toy CLIP (``VisionModel("toy-clip")``), the images come from the
+toy world (``sae_vlm_plugin.toy``), whose attributes and taxonomy are the ground truth:
+
+1. CLS tokens of block ``n-2`` -> resumable cache -> paper-faithful Matryoshka-BatchTopK SAE
+   trained through SAELens;
+2. MS of the SAE latents vs the raw neurons of the same block (Figure 5 / Table A2), scored by
+   the toy CLIP's own image embeddings and by label embeddings (cosine = fraction of shared
+   attributes);
+3. top-16 concept purity of latents vs neurons;
+4. the Matryoshka hierarchy: mean taxonomy LCA depth of each group's top images (Table A8);
+5. MS-vs-ground-truth alignment over pairs of latents, "preferred" = the purer (Table A1);
+6. steering the toy LLaVA (``demo/steering.py``);
+7. the SAE's dashboard.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from sae_vlm_plugin.demo.findings import (
+    Finding,
+    alignment_finding,
+    alignment_with_purity,
+    comparison_finding,
+    concept_purity,
+    hierarchy_finding,
+    neuron_purity,
+)
+
+TOP_IMAGES = 16
+
+
+def run_world_demo(config: Any) -> dict[str, Any]:
+    """Every step above on ``config.n_images`` world images of ``config.seed``; returns the
+    summary (``run_demo`` writes it to ``summary.json``)."""
+    from sae_vlm_plugin.dashboard import build_dashboard
+    from sae_vlm_plugin.demo.run import chance_purity, label_embeddings, train_demo_sae
+    from sae_vlm_plugin.demo.steering import steering_findings
+    from sae_vlm_plugin.metrics.embeddings import image_embeddings
+    from sae_vlm_plugin.metrics.evaluation import evaluate_sae, ms_statistics
+    from sae_vlm_plugin.metrics.monosemanticity import monosemanticity_score
+    from sae_vlm_plugin.metrics.top_activations import top_activations
+    from sae_vlm_plugin.model import VisionModel
+    from sae_vlm_plugin.toy import ATTRIBUTES, taxonomy, world_images
+
+    started = time.perf_counter()
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = VisionModel("toy-clip")
+    images, objects = world_images(config.n_images, seed=config.seed)
+    layer = config.layer if config.layer is not None else model.n_layers - 2
+    hook = f"blocks.{layer}.hook_resid_post"
+    sae, run_config = train_demo_sae(model, images, hook, out, config, tokens="cls")
+
+    clip_scoring = image_embeddings(
+        images, model, hook="hook_image_embeds", progress=False
+    ).embeddings
+    report = evaluate_sae(
+        sae,
+        model,
+        images,
+        embeddings=clip_scoring,
+        min_support=TOP_IMAGES,
+        out_dir=out / "evaluation",
+        progress=config.progress,
+    )
+    order = [int(i) for i in report.image_ids]
+    attributes = [objects[i].attributes for i in order]
+    labels = label_embeddings(attributes)
+    ms_labels_sae = monosemanticity_score(report.image_codes, labels, min_support=TOP_IMAGES)
+    ms_labels_raw = monosemanticity_score(report.image_raw, labels, min_support=TOP_IMAGES)
+
+    sae_top = top_activations(report.image_codes, k=TOP_IMAGES)
+    raw_top = top_activations(report.image_raw, k=TOP_IMAGES, positive_only=False)
+    purity_sae = neuron_purity(sae_top.indices, attributes)
+    tree = taxonomy()
+    classes = tree.class_indices([objects[i].label for i in order])
+    widths = [group["latents"][1] for group in report.groups]
+    hierarchy, hierarchy_rows = hierarchy_finding(
+        sae_top.indices, classes, tree, widths, report.sae_scores.scores
+    )
+    alignment = alignment_with_purity(report.sae_scores.scores, purity_sae)
+
+    findings: list[Finding] = [
+        comparison_finding(
+            "ms_clip",
+            "SAE latents are more monosemantic than raw neurons (MS, toy CLIP embeddings)",
+            report.sae["mean"],
+            report.raw_neurons["mean"],
+        ),
+        comparison_finding(
+            "ms_labels",
+            "SAE latents are more monosemantic than raw neurons (MS, label embeddings)",
+            ms_statistics(ms_labels_sae)["mean"],
+            ms_statistics(ms_labels_raw)["mean"],
+        ),
+        comparison_finding(
+            "purity",
+            "the top-16 images of a latent share their concepts more than a neuron's do",
+            concept_purity(sae_top.indices, attributes),
+            concept_purity(raw_top.indices, attributes),
+        ),
+        hierarchy,
+        alignment_finding(alignment),
+    ]
+    summary: dict[str, Any] = {
+        "model": "toy CLIP (trained on the toy world; sae_vlm_plugin.toy)",
+        "family": model.family.name,
+        "data": f"{len(images)} toy-world images (seed {config.seed}); attributes {', '.join(ATTRIBUTES)}",
+        "hook": hook,
+        "sae": f"{run_config.architecture}, d_sae {sae.cfg.d_sae}, k {run_config.k}",
+        "scoring": "toy CLIP image embeddings (hook_image_embeds); label embeddings",
+        "ms_sae": report.sae,
+        "ms_raw": report.raw_neurons,
+        "ms_labels_sae": ms_statistics(ms_labels_sae),
+        "ms_labels_raw": ms_statistics(ms_labels_raw),
+        "purity_sae": concept_purity(sae_top.indices, attributes),
+        "purity_raw": concept_purity(raw_top.indices, attributes),
+        "purity_chance": chance_purity(attributes),
+        "hierarchy": hierarchy_rows,
+        "alignment": None if alignment is None else _alignment_dict(alignment),
+        "reconstruction": report.reconstruction,
+        "outputs": {"sae": str(out / "run" / "final"), "evaluation": str(out / "evaluation")},
+    }
+    steering, steering_finding_list = steering_findings(
+        model, images, objects, out / "steering", config
+    )
+    summary["steering"] = steering
+    findings += steering_finding_list
+    dashboard = build_dashboard(
+        sae,
+        model,
+        images,
+        out / "dashboard",
+        report=report,
+        embeddings=labels,
+        labels=[" ".join(objects[i].attributes) for i in order],
+    )
+    summary["outputs"]["dashboard"] = str(dashboard)
+    summary["outputs"]["steering"] = str(out / "steering")
+    summary["findings"] = [f.to_dict() for f in findings]
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    return summary
+
+
+def _alignment_dict(result: Any) -> dict[str, Any]:
+    return {
+        "score": result.score,
+        "n_pairs": result.n_pairs,
+        "bins": [vars(b) for b in result.bins],
+    }
+
+
+def format_world_summary(summary: dict[str, Any]) -> str:
+    """The trained-world demo's report: the measures side by side, then every finding."""
+    from sae_vlm_plugin.demo.run import _pm
+
+    rec = summary["reconstruction"]
+    lines = [
+        f"model    {summary['model']} ({summary['family']} family)",
+        f"data     {summary['data']}",
+        f"SAE      {summary['sae']} on {summary['hook']} (CLS tokens)",
+        "",
+        f"{'':<28}{'SAE latents':>14}{'raw neurons':>14}",
+        f"{'MS, toy CLIP embeddings':<28}{_pm(summary['ms_sae']):>14}{_pm(summary['ms_raw']):>14}",
+        f"{'MS, label embeddings':<28}{_pm(summary['ms_labels_sae']):>14}"
+        f"{_pm(summary['ms_labels_raw']):>14}",
+        f"{'top-16 concept purity':<28}{summary['purity_sae']:>14.3f}{summary['purity_raw']:>14.3f}"
+        f"   (chance {summary['purity_chance']:.3f})",
+        "",
+        "Matryoshka groups, mean taxonomy depth of top-16 images (0 family .. 4 same class):",
+        "  "
+        + "   ".join(
+            f"[{row['start']},{row['stop']}) {row['mean_depth']:.2f}"
+            for row in summary["hierarchy"]
+        ),
+    ]
+    steering = summary["steering"]
+    insertion, suppression = steering["insertion"], steering["suppression"]
+    best = insertion["best"]
+    prompt = next(iter(insertion["answers"]["no steer"]))
+    lines += [
+        "",
+        f"Steering the toy LLaVA: latent {steering['latent']} of the steering SAE on "
+        f"{steering['hook']} ({steering['concept']}: {steering['latent_top16_fraction']:.0%} of "
+        f"its top-16 images)",
+        f"  {prompt!r} on a white image:",
+        f"    {'no steer':>9}: {insertion['answers']['no steer'][prompt]}",
+        f"    {best:>9}: {insertion['answers'][best][prompt]}",
+        f"  describe a {steering['concept'].split()[-1]} image: "
+        f"{suppression['answers'][0]['unsteered']!r} -> clamped to 0: "
+        f"{suppression['answers'][0]['clamped_0']!r}"
+        if suppression["answers"]
+        else "  (no suppression images)",
+        "",
+        "Findings (the paper's claims, measured on this world):",
+    ]
+    for finding in summary["findings"]:
+        mark = "held" if finding["held"] else "NOT held"
+        lines.append(f"  [{mark:>8}] {finding['claim']}")
+        lines.append(f"             {finding['figure']}")
+    lines += [
+        "",
+        f"SAE reconstruction: R^2 {rec['explained_variance']:.3f}, L0 {rec['l0']:.1f}, "
+        f"dead latents {rec['dead_fraction']:.1%}",
+    ]
+    outputs = summary["outputs"]
+    lines.append(f"Outputs: {outputs['sae']} (SAELens format), {outputs['evaluation']}")
+    lines.append(f"         {outputs['dashboard']} (open in a browser), {outputs['steering']}")
+    lines.append(f"Time: {summary['seconds']} s")
+    return "\n".join(lines)

@@ -1,0 +1,53 @@
+"""Steering LLaVA (or any encoder) through SAE latents, as nnsight edits, and the paper's
+steering evaluation.
+
+- ``edits.py``: ``steer`` (clamp / add / scale SAE latents), ``steer_direction`` (a DiffMean
+  vector), ``generate`` through the edited model, ``mean_activation`` / ``diffmean_vector``.
+- ``evaluation.py``: appendix B's prompts, ``sweep`` (Figure 6), ``run_insertion`` /
+  ``run_suppression`` (Table 2), ``steering_score`` (Table 3).
+- ``commands.py``: ``sae-vlm steer``.
+
+Importing this package imports nothing heavy; each name loads its module on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EDITS = "sae_vlm_plugin.steering.edits"
+_EVALUATION = "sae_vlm_plugin.steering.evaluation"
+_LAZY: dict[str, str] = {
+    "Steering": _EDITS,
+    "default_hook": _EDITS,
+    "diffmean_vector": _EDITS,
+    "generate": _EDITS,
+    "mean_activation": _EDITS,
+    "steer": _EDITS,
+    "steer_direction": _EDITS,
+    "DESCRIBE_PROMPT": _EVALUATION,
+    "INSERTION_PROMPTS": _EVALUATION,
+    "ONE_WORD_PROMPT": _EVALUATION,
+    "generate_text": _EVALUATION,
+    "run_insertion": _EVALUATION,
+    "run_suppression": _EVALUATION,
+    "steering_score": _EVALUATION,
+    "sweep": _EVALUATION,
+    "white_image": _EVALUATION,
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'sae_vlm_plugin.steering' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_LAZY)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
