@@ -45,7 +45,15 @@ def test_world_demo_reports_every_finding_and_is_deterministic_for_a_seed(tmp_pa
     sae = SAE.load_from_disk(tmp_path / "a" / "run" / "final")
     assert sae.cfg.metadata.training_architecture == "paper_matryoshka_batchtopk"
     steering = json.loads((tmp_path / "a" / "steering" / "steering.json").read_text())
-    assert set(steering["insertion"]["answers"]) == {"no steer", "0x", "1x", "2x", "4x"}
+    assert set(steering["insertion"]["answers"]) == {
+        "no steer",
+        "0x",
+        "1x",
+        "2x",
+        "4x",
+        "8x",
+        "16x",
+    }
     assert (tmp_path / "a" / "dashboard" / "index.html").exists()
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from sae_vlm_plugin import synthetic
+from sae_vlm_plugin.demo import synthetic
 from sae_vlm_plugin.demo.tiny_llava import IMAGE_TOKEN, word_tokenizer
 
 IMAGE_SIZE = 32

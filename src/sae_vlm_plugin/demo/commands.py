@@ -24,10 +24,14 @@ def add_demo_command(commands: argparse._SubParsersAction) -> None:
         help="random weights and synthetic concept images (the pipeline without learned features)",
     )
     demo.add_argument(
-        "--n-images", type=int, help="generated images (default: 2000 world / 810 synthetic)"
+        "--n-images",
+        type=int,
+        help="generated training images (default: 10000 world / 810 synthetic)",
     )
-    demo.add_argument("--seed", type=int, default=0, help="seed of the world images (default: 0)")
-    demo.add_argument("--steps", type=int, default=600, help="SAE training steps (default: 600)")
+    demo.add_argument("--seed", type=int, default=10, help="seed of the world images (default: 10)")
+    demo.add_argument(
+        "--steps", type=int, help="SAE training steps (default: 5000 world / 600 otherwise)"
+    )
     demo.add_argument("--layer", type=int, help="block to read (default: second to last)")
     demo.set_defaults(handler=_cmd_demo)
 

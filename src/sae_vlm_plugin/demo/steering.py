@@ -3,8 +3,9 @@
 - The steering SAE: Matryoshka-BatchTopK on 2 random tokens per image of block ``n-2`` of the
   toy CLIP, the block the toy LLaVA's projector reads (the paper's steering SAEs: 2 random
   tokens per image of block 22 of llava-1.5's tower).
-- The concept's latent: the one whose top-16 images (image activation: mean over all tokens)
-  most often show the concept (``CONCEPT``, the colour red), ties broken by mean activation.
+- The concept's latent: on the measuring images (image activation: mean over all tokens), the
+  latent with the largest R-precision for the concept (``CONCEPT``, the colour red): of its R
+  most active images, R being the number of red ones, the most are red.
 - Insertion: the ten appendix-B prompts on a white image, unsteered and with the latent clamped
   on every token of the block to ``STEERING_MULTIPLES`` of its largest activation on the world's
   tokens (Figure 6 sweeps 0, 30, 40, 50 in its SAE's units). An answer gains the concept when
@@ -30,7 +31,7 @@ import torch
 from sae_vlm_plugin.demo.findings import Finding
 
 CONCEPT = ("colour", "red")
-STEERING_MULTIPLES = (0.0, 1.0, 2.0, 4.0)
+STEERING_MULTIPLES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
 N_SUPPRESSION_IMAGES = 24
 SUPPRESSION_SEED = 7
 MAX_NEW_TOKENS = 16
@@ -41,31 +42,38 @@ def mentions(text: str, word: str) -> bool:
     return word in re.findall(r"[a-z]+", text.lower())
 
 
-def concept_latent(
-    image_codes: torch.Tensor, has_concept: torch.Tensor, k: int = 16
-) -> tuple[int, float]:
-    """The latent whose top-``k`` images most often have the concept, ties broken by the
-    larger mean activation on them; returns ``(latent, fraction of its top images with it)``."""
+def concept_latent(image_codes: torch.Tensor, has_concept: torch.Tensor) -> tuple[int, float]:
+    """The latent whose ``R`` most active images (``R``: the number of images with the concept)
+    most often have the concept, i.e. the largest R-precision; returns ``(latent, its
+    R-precision)``. Unlike the top-16 fraction, this tells the concept's own latent from one of
+    its specialisations ("red" from "red star": both have 16 red top images)."""
     from sae_vlm_plugin.metrics.top_activations import top_activations
 
-    top = top_activations(image_codes, k=k)
-    valid = top.indices >= 0
-    hits = (has_concept[top.indices.clamp(min=0)] & valid).sum(1).double()
-    fraction = hits / k
-    strength = torch.where(valid, top.values.double(), torch.zeros((), dtype=torch.float64))
-    key = fraction * 1e6 + strength.mean(1) / (strength.max() + 1e-12)
-    latent = int(key.argmax())
-    return latent, float(fraction[latent])
+    r = int(has_concept.sum())
+    if r == 0:
+        raise ValueError("no image has the concept, so no latent can be chosen for it")
+    top = top_activations(image_codes, k=r)
+    valid = (top.indices >= 0) & (top.values > 0)
+    hits = (has_concept[top.indices.clamp(min=0)] & valid).sum(1)
+    latent = int(hits.argmax())
+    return latent, float(hits[latent]) / r
 
 
 def steering_findings(
-    clip: Any, images: list[Any], objects: list[Any], out: Path, config: Any
+    clip: Any,
+    train_images: list[Any],
+    images: list[Any],
+    objects: list[Any],
+    out: Path,
+    config: Any,
 ) -> tuple[dict[str, Any], list[Finding]]:
-    """Train the steering SAE on ``clip`` (the toy CLIP ``VisionModel``) over ``images``, find
-    the concept's latent, and run insertion and suppression on the toy LLaVA; writes
-    ``out/steering.json`` and returns the summary entry and the two findings."""
-    from sae_vlm_plugin.demo.run import train_demo_sae
+    """Train the steering SAE on ``clip`` (the toy CLIP ``VisionModel``) over ``train_images``,
+    find the concept's latent on ``images`` (with their ``objects``), and run insertion and
+    suppression on the toy LLaVA; writes ``out/steering.json`` and returns the summary entry
+    and the two findings."""
+    from sae_vlm_plugin.demo.run import WORLD_STEPS, train_demo_sae
     from sae_vlm_plugin.metrics.sae_activations import encode_rows, hook_rows, pool_codes
+    from sae_vlm_plugin.metrics.top_activations import top_activations
     from sae_vlm_plugin.model import VisionModel
     from sae_vlm_plugin.steering.edits import steer
     from sae_vlm_plugin.steering.evaluation import (
@@ -79,7 +87,9 @@ def steering_findings(
     attribute, value = CONCEPT
     layer = clip.n_layers - 2
     hook = f"blocks.{layer}.hook_resid_post"
-    sae, _ = train_demo_sae(clip, images, hook, out, config, tokens="random_2")
+    sae, _ = train_demo_sae(
+        clip, train_images, hook, out, config, tokens="random_2", default_steps=WORLD_STEPS
+    )
     rows = hook_rows(clip, images, hook, "all", progress=False)
     with torch.no_grad():
         codes = encode_rows(sae.encode, rows.rows)
@@ -87,7 +97,10 @@ def steering_findings(
     index = {"shape": 0, "colour": 1, "texture": 2, "size": 3}[attribute]
     order = [int(i) for i in rows.image_ids]
     has_concept = torch.tensor([objects[i].attributes[index] == value for i in order])
-    latent, top_fraction = concept_latent(image_codes, has_concept)
+    latent, r_precision = concept_latent(image_codes, has_concept)
+    top_fraction = float(
+        has_concept[top_activations(image_codes, k=16).indices[latent]].float().mean()
+    )
     column = codes.to_dense()[:, latent] if codes.is_sparse else codes[:, latent]
     max_activation = float(column.max())
 
@@ -149,6 +162,7 @@ def steering_findings(
         "concept": f"{attribute} {value}",
         "hook": steer_hook,
         "latent": latent,
+        "latent_r_precision": r_precision,
         "latent_top16_fraction": top_fraction,
         "latent_max_activation": max_activation,
         "insertion": insertion,
@@ -162,7 +176,8 @@ def steering_findings(
             "steering_insertion",
             f"clamping the '{value}' latent on a white image puts '{value}' into the answers",
             best_rate > 0.5,
-            f"latent {latent} (top-16: {top_fraction:.0%} {value}); answers gaining '{value}' "
+            f"latent {latent} (R-precision {r_precision:.0%}, top-16 {top_fraction:.0%} {value}); "
+            f"answers gaining '{value}' "
             + ", ".join(f"{k} {v['gained']:.0%}" for k, v in insertion["values"].items())
             + f" of {len(INSERTION_PROMPTS)} prompts",
         ),

@@ -32,13 +32,22 @@ from sae_vlm_plugin.demo.findings import (
 )
 
 TOP_IMAGES = 16
+EVAL_IMAGES = 2000
 
 
 def run_world_demo(config: Any) -> dict[str, Any]:
-    """Every step above on ``config.n_images`` world images of ``config.seed``; returns the
-    summary (``run_demo`` writes it to ``summary.json``)."""
+    """Every step above: the SAEs train on ``config.n_images`` world images of ``config.seed``
+    and are measured on ``EVAL_IMAGES`` others (seed ``config.seed + 1``), as the paper trains
+    on ImageNet's train split and measures on val; returns the summary (``run_demo`` writes it
+    to ``summary.json``)."""
     from sae_vlm_plugin.dashboard import build_dashboard
-    from sae_vlm_plugin.demo.run import chance_purity, label_embeddings, train_demo_sae
+    from sae_vlm_plugin.demo.run import (
+        DEFAULT_WORLD_IMAGES,
+        WORLD_STEPS,
+        chance_purity,
+        label_embeddings,
+        train_demo_sae,
+    )
     from sae_vlm_plugin.demo.steering import steering_findings
     from sae_vlm_plugin.metrics.embeddings import image_embeddings
     from sae_vlm_plugin.metrics.evaluation import evaluate_sae, ms_statistics
@@ -51,10 +60,13 @@ def run_world_demo(config: Any) -> dict[str, Any]:
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = VisionModel("toy-clip")
-    images, objects = world_images(config.n_images, seed=config.seed)
+    train_images, _ = world_images(config.n_images or DEFAULT_WORLD_IMAGES, seed=config.seed)
+    images, objects = world_images(EVAL_IMAGES, seed=config.seed + 1)
     layer = config.layer if config.layer is not None else model.n_layers - 2
     hook = f"blocks.{layer}.hook_resid_post"
-    sae, run_config = train_demo_sae(model, images, hook, out, config, tokens="cls")
+    sae, run_config = train_demo_sae(
+        model, train_images, hook, out, config, tokens="cls", default_steps=WORLD_STEPS
+    )
 
     clip_scoring = image_embeddings(
         images, model, hook="hook_image_embeds", progress=False
@@ -110,7 +122,8 @@ def run_world_demo(config: Any) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "model": "toy CLIP (trained on the toy world; sae_vlm_plugin.toy)",
         "family": model.family.name,
-        "data": f"{len(images)} toy-world images (seed {config.seed}); attributes {', '.join(ATTRIBUTES)}",
+        "data": f"{len(train_images)} toy-world images to train (seed {config.seed}), "
+        f"{len(images)} to measure (seed {config.seed + 1}); attributes {', '.join(ATTRIBUTES)}",
         "hook": hook,
         "sae": f"{run_config.architecture}, d_sae {sae.cfg.d_sae}, k {run_config.k}",
         "scoring": "toy CLIP image embeddings (hook_image_embeds); label embeddings",
@@ -127,7 +140,7 @@ def run_world_demo(config: Any) -> dict[str, Any]:
         "outputs": {"sae": str(out / "run" / "final"), "evaluation": str(out / "evaluation")},
     }
     steering, steering_finding_list = steering_findings(
-        model, images, objects, out / "steering", config
+        model, train_images, images, objects, out / "steering", config
     )
     summary["steering"] = steering
     findings += steering_finding_list
@@ -186,8 +199,8 @@ def format_world_summary(summary: dict[str, Any]) -> str:
     lines += [
         "",
         f"Steering the toy LLaVA: latent {steering['latent']} of the steering SAE on "
-        f"{steering['hook']} ({steering['concept']}: {steering['latent_top16_fraction']:.0%} of "
-        f"its top-16 images)",
+        f"{steering['hook']} ({steering['concept']}: R-precision "
+        f"{steering['latent_r_precision']:.0%})",
         f"  {prompt!r} on a white image:",
         f"    {'no steer':>9}: {insertion['answers']['no steer'][prompt]}",
         f"    {best:>9}: {insertion['answers'][best][prompt]}",

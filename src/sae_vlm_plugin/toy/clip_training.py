@@ -45,7 +45,7 @@ class ToyClipTraining:
     n_heldout: int = 2_000
     train_seed: int = 0
     heldout_seed: int = 1
-    steps: int = 1_000
+    steps: int = 1_300
     batch_size: int = 256
     lr: float = 2e-3
     warmup_steps: int = 100

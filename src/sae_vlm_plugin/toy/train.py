@@ -106,7 +106,8 @@ Load it with `VisionModel("toy-llava")`, `sae_vlm_plugin.toy.load_toy_llava()`, 
 `LlavaProcessor.from_pretrained(<this directory>)` (chat template included).
 
 - Data: {settings["n_train"]} world images (seed {settings["train_seed"]}) plus
-  {settings["blank_fraction"]:.4g} as many blank white ones, a random prompt per sample and step.
+  {round(settings["n_train"] * settings["blank_fraction"])} blank white ones, a random prompt
+  per sample and step.
 - Training: {settings["steps"]} steps of batch {settings["batch_size"]}, AdamW lr {settings["lr"]}
   (warm-up {settings["warmup_steps"]}, cosine), cross-entropy on the answer tokens; projector and
   Llama trained, vision tower frozen; seed {settings["seed"]}, {record["threads"]} CPU threads,

@@ -53,6 +53,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 TEXTURES: tuple[str, ...] = ("solid", "striped", "dotted", "checkered")
 SIZES: tuple[str, ...] = ("small", "large")
+SIZE_EXTENTS: dict[str, tuple[float, float]] = {"small": (0.48, 0.6), "large": (0.72, 0.9)}
+"""Range of an object's extent, as a fraction of the image side, per size."""
 JITTER = 4
 """Largest offset, in pixels, of an object from the image centre along each axis."""
 ATTRIBUTES: tuple[str, ...] = ("shape", "colour", "texture", "size")
@@ -206,7 +208,7 @@ def world_image(obj: WorldObject, seed: int = 0, size: int = IMAGE_SIZE) -> Imag
     rng = np.random.default_rng(seed)
     level = int(rng.integers(70, 150))
     background = rng.normal(level, 12, size=(size, size, 3)).clip(0, 255)
-    low, high = (0.38, 0.5) if obj.size == "small" else (0.68, 0.85)
+    low, high = SIZE_EXTENTS[obj.size]
     extent = round(size * rng.uniform(low, high))
     centre = (size - extent) // 2
     low_corner, high_corner = max(1, centre - JITTER), min(size - extent - 1, centre + JITTER)
