@@ -298,7 +298,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"MS via   {summary['scoring']}",
         "",
         f"{'':<22}{'SAE latents':>14}{'raw neurons':>14}",
-        f"{'MS mean +- std':<22}{_pm(sae):>14}{_pm(raw):>14}",
+        f"{'MS mean +- std':<22}{mean_std(sae):>14}{mean_std(raw):>14}",
         f"{'MS best':<22}{sae['best']:>14.3f}{raw['best']:>14.3f}",
         f"{'neurons scored':<22}{int(sae['n_scored']):>14}{int(raw['n_scored']):>14}",
     ]
@@ -349,5 +349,6 @@ def verdict(summary: dict[str, Any]) -> str:
     return f"the SAE latents beat the raw neurons on {' and '.join(won)}, but NOT on {' and '.join(lost)}."
 
 
-def _pm(stats: dict[str, float]) -> str:
+def mean_std(stats: dict[str, float]) -> str:
+    """``"mean+-std"`` of a statistics dict, to 3 decimals."""
     return f"{stats['mean']:.3f}+-{stats['std']:.3f}"

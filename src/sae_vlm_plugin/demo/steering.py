@@ -82,7 +82,7 @@ def steering_findings(
         generate_text,
         white_image,
     )
-    from sae_vlm_plugin.toy import IMAGE_SIZE, load_toy_llava, world_images
+    from sae_vlm_plugin.toy import ATTRIBUTES, IMAGE_SIZE, load_toy_llava, world_images
 
     attribute, value = CONCEPT
     layer = clip.n_layers - 2
@@ -94,15 +94,15 @@ def steering_findings(
     with torch.no_grad():
         codes = encode_rows(sae.encode, rows.rows)
     image_codes = pool_codes(codes, rows.image_index, rows.n_images)
-    index = {"shape": 0, "colour": 1, "texture": 2, "size": 3}[attribute]
+    index = ATTRIBUTES.index(attribute)
     order = [int(i) for i in rows.image_ids]
     has_concept = torch.tensor([objects[i].attributes[index] == value for i in order])
     latent, r_precision = concept_latent(image_codes, has_concept)
     top_fraction = float(
         has_concept[top_activations(image_codes, k=16).indices[latent]].float().mean()
     )
-    column = codes.to_dense()[:, latent] if codes.is_sparse else codes[:, latent]
-    max_activation = float(column.max())
+    entries = codes.coalesce()
+    max_activation = float(entries.values()[entries.indices()[1] == latent].max())
 
     module, processor = load_toy_llava()
     llava = VisionModel(module)

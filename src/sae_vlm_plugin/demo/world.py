@@ -89,6 +89,8 @@ def run_world_demo(config: Any) -> dict[str, Any]:
     sae_top = top_activations(report.image_codes, k=TOP_IMAGES)
     raw_top = top_activations(report.image_raw, k=TOP_IMAGES, positive_only=False)
     purity_sae = neuron_purity(sae_top.indices, attributes)
+    purity_sae_mean = concept_purity(sae_top.indices, attributes)
+    purity_raw_mean = concept_purity(raw_top.indices, attributes)
     tree = taxonomy()
     classes = tree.class_indices([objects[i].label for i in order])
     widths = [group["latents"][1] for group in report.groups]
@@ -113,8 +115,8 @@ def run_world_demo(config: Any) -> dict[str, Any]:
         comparison_finding(
             "purity",
             "the top-16 images of a latent share their concepts more than a neuron's do",
-            concept_purity(sae_top.indices, attributes),
-            concept_purity(raw_top.indices, attributes),
+            purity_sae_mean,
+            purity_raw_mean,
         ),
         hierarchy,
         alignment_finding(alignment),
@@ -131,8 +133,8 @@ def run_world_demo(config: Any) -> dict[str, Any]:
         "ms_raw": report.raw_neurons,
         "ms_labels_sae": ms_statistics(ms_labels_sae),
         "ms_labels_raw": ms_statistics(ms_labels_raw),
-        "purity_sae": concept_purity(sae_top.indices, attributes),
-        "purity_raw": concept_purity(raw_top.indices, attributes),
+        "purity_sae": purity_sae_mean,
+        "purity_raw": purity_raw_mean,
         "purity_chance": chance_purity(attributes),
         "hierarchy": hierarchy_rows,
         "alignment": None if alignment is None else _alignment_dict(alignment),
@@ -170,7 +172,7 @@ def _alignment_dict(result: Any) -> dict[str, Any]:
 
 def format_world_summary(summary: dict[str, Any]) -> str:
     """The trained-world demo's report: the measures side by side, then every finding."""
-    from sae_vlm_plugin.demo.run import _pm
+    from sae_vlm_plugin.demo.run import mean_std
 
     rec = summary["reconstruction"]
     lines = [
@@ -179,9 +181,9 @@ def format_world_summary(summary: dict[str, Any]) -> str:
         f"SAE      {summary['sae']} on {summary['hook']} (CLS tokens)",
         "",
         f"{'':<28}{'SAE latents':>14}{'raw neurons':>14}",
-        f"{'MS, toy CLIP embeddings':<28}{_pm(summary['ms_sae']):>14}{_pm(summary['ms_raw']):>14}",
-        f"{'MS, label embeddings':<28}{_pm(summary['ms_labels_sae']):>14}"
-        f"{_pm(summary['ms_labels_raw']):>14}",
+        f"{'MS, toy CLIP embeddings':<28}{mean_std(summary['ms_sae']):>14}{mean_std(summary['ms_raw']):>14}",
+        f"{'MS, label embeddings':<28}{mean_std(summary['ms_labels_sae']):>14}"
+        f"{mean_std(summary['ms_labels_raw']):>14}",
         f"{'top-16 concept purity':<28}{summary['purity_sae']:>14.3f}{summary['purity_raw']:>14.3f}"
         f"   (chance {summary['purity_chance']:.3f})",
         "",
