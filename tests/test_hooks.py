@@ -301,6 +301,16 @@ def test_llava_loads_a_saved_checkpoint_and_processor_by_path(tiny_llava, tmp_pa
     assert "hook_projector_out" in model.hook_points
 
 
+def test_forcing_the_llava_family_on_another_checkpoint_is_refused_before_building_it(tmp_path):
+    # Once, this built a default-size random LLaVA around the CLIP config (OOM at 24 GB).
+    module = tm.VISION_BUILDERS["clip"]()
+    path = _save_with_processor(module, VisionModel(module).family.image_processor(32), tmp_path)
+    with pytest.raises(
+        ValueError, match=r"is a 'clip' model, not a LLaVA model; the llava family loads"
+    ):
+        VisionModel(str(path), family="llava")
+
+
 class CLIPVisionModel(nn.Module):
     """transformers 5.x layout of a CLIP vision tower: no ``vision_model`` level, and blocks that
     return a tensor instead of a 1-tuple. Built around a 4.57 model's own modules."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -218,6 +219,37 @@ def test_bad_input_errors(llava, inputs):
         steer(clip, _sae(d_in=24), {0: 1.0}, hook="hook_image_embeds", tokens="patches")
     with pytest.raises(TypeError, match="VisionModel"):
         steer(torch.nn.Linear(2, 2), _sae(), {0: 1.0}, hook="x")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("latents", "message"),
+    [
+        ({0: float("nan")}, r"latent 0: the value nan is not a finite number"),
+        ({3: float("inf")}, r"latent 3: the value inf is not a finite number"),
+        ({1.5: 3.0}, r"latent index 1\.5 is not an integer"),
+        ({True: 3.0}, r"latent index True is not an integer"),
+        ({-1: 3.0}, r"latent index -1 is out of range"),
+    ],
+)
+def test_steer_refuses_non_finite_values_and_non_integral_latents(llava, latents, message):
+    _, model = llava
+    with pytest.raises(ValueError, match=message):
+        steer(model, _sae(), latents)
+    assert not model._edits
+
+
+def test_integral_latent_keys_of_other_types_are_accepted(llava):
+    _, model = llava
+    with steer(model, _sae(), {np.int64(2): np.float32(1.5), torch.tensor(3): 2}) as handle:
+        assert handle is not None
+    assert not model._edits
+
+
+def test_direction_steering_refuses_a_non_finite_alpha():
+    clip = VisionModel(tiny_models.clip_vision_model_with_projection())
+    vector = torch.ones(tiny_models.WIDTH)
+    with pytest.raises(ValueError, match="alpha must be a finite number, got nan"):
+        steer_direction(clip, vector, "blocks.1.hook_resid_post", alpha=float("nan"))
 
 
 def test_clip_embedding_steering_changes_zero_shot_logits():

@@ -144,8 +144,15 @@ class LlavaFamily(VisionFamily):
         }
 
     def load(self, name: str, **kwargs: Any) -> tuple[torch.nn.Module, Preprocessor]:
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
+        from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
+        model_type = AutoConfig.from_pretrained(name).model_type
+        if model_type not in self.model_types:
+            # from_pretrained would build a default-size LLaVA around a foreign config.
+            raise ValueError(
+                f"{name!r} is a {model_type!r} model, not a LLaVA model; the llava family "
+                f"loads model types {', '.join(self.model_types)}"
+            )
         module = LlavaForConditionalGeneration.from_pretrained(name, **kwargs).eval()
         processor = AutoProcessor.from_pretrained(name)
         return module, ImageProcessorPreprocessor(processor.image_processor)

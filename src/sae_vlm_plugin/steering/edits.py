@@ -37,6 +37,8 @@ active; ``generate`` refuses the first up front, ``mean_activation`` avoids the 
 from __future__ import annotations
 
 import itertools
+import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -422,14 +424,32 @@ def steer(
     hook = hook or default_hook(model, sae)
     site = resolve_site(model, hook, tokens)
     check_attachable(sae, model, hook)
-    d_sae = int(sae.cfg.d_sae)
-    bad = [k for k in latents if not 0 <= int(k) < d_sae]
-    if bad:
-        raise ValueError(f"latent indices {bad} are out of range for an SAE with d_sae={d_sae}")
-    module = SAESteeringModule(
-        sae, {int(k): float(v) for k, v in latents.items()}, mode, keep_error
-    )
+    edits = _checked_latents(latents, int(sae.cfg.d_sae))
+    module = SAESteeringModule(sae, edits, mode, keep_error)
     return _attach(model, site, module, "sae")
+
+
+def _checked_latents(latents: Mapping[Any, Any], d_sae: int) -> dict[int, float]:
+    """``latents`` as ``{int index: float value}``, refusing non-integral or out-of-range
+    indices (``1.5`` would silently become latent 1, ``True`` latent 1) and non-finite values
+    (NaN activations, empty generations)."""
+    edits = {}
+    for key, value in latents.items():
+        try:
+            if isinstance(key, bool):
+                raise TypeError
+            index = operator.index(key)
+        except TypeError:
+            raise ValueError(
+                f"latent index {key!r} is not an integer; give latents as {{index: value}}"
+            ) from None
+        if not 0 <= index < d_sae:
+            raise ValueError(f"latent index {index} is out of range for an SAE with d_sae={d_sae}")
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(f"latent {index}: the value {value!r} is not a finite number")
+        edits[index] = number
+    return edits
 
 
 def steer_direction(
@@ -441,6 +461,8 @@ def steer_direction(
 ) -> Steering:
     """Add ``alpha * vector`` at ``hook`` (DiffMean steering) through the same edit mechanism."""
     site = resolve_site(model, hook, tokens)
+    if not math.isfinite(float(alpha)):
+        raise ValueError(f"alpha must be a finite number, got {alpha!r}")
     if vector.ndim != 1 or vector.shape[0] != site.point.d_model:
         raise ValueError(
             f"the steering vector has shape {tuple(vector.shape)}, but hook {hook!r} has width "
