@@ -9,7 +9,11 @@ import torch
 
 import tiny_models as tm
 from sae_vlm_plugin import VisionModel, extract_to_cache
-from sae_vlm_plugin.metrics.evaluation import MonosemanticityEvaluator, evaluate_sae
+from sae_vlm_plugin.metrics.evaluation import (
+    MonosemanticityEvaluator,
+    evaluate_sae,
+    write_report,
+)
 from sae_vlm_plugin.metrics.monosemanticity import monosemanticity_score
 from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
@@ -82,8 +86,20 @@ def test_report_equals_direct_computation(trained, tmp_path):
     assert report.reconstruction["dead_fraction"] == pytest.approx(1 - fired.float().mean().item())
     assert [g["latents"] for g in report.groups] == [[0, 8], [8, 24], [24, 56], [56, 128]]
 
-    written = json.loads((tmp_path / "evaluation.json").read_text())
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"evaluation.json holds {constant}, which is not JSON")
+
+    text = (tmp_path / "evaluation.json").read_text()
+    written = json.loads(text, parse_constant=refuse)
     assert written["sae"]["mean"] == pytest.approx(report.sae["mean"])
+    assert written["uniqueness"] == pytest.approx(report.uniqueness, nan_ok=True)
+    assert written["hierarchy"] == report.hierarchy
+    report.sae["worst"] = float("nan")  # a statistic with nothing to summarise
+    write_report(report, tmp_path / "with-nan")
+    strict = json.loads(
+        (tmp_path / "with-nan" / "evaluation.json").read_text(), parse_constant=refuse
+    )
+    assert strict["sae"]["worst"] is None
     assert written["setup"]["tokens"] == "random_2@seed0"
     assert (tmp_path / "ms_sorted.png").stat().st_size > 1000
 
@@ -180,7 +196,9 @@ def test_cli_evaluate_writes_the_report(trained, tmp_path, capsys):
         ]
     )
     assert code == 0
-    assert "SAE latents  MS" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "SAE latents  MS" in printed
+    assert "uniqueness of top-16 sets:" in printed
     assert (
         json.loads((tmp_path / "eval" / "evaluation.json").read_text())["setup"]["n_images"] == 40
     )

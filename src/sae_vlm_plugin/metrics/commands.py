@@ -67,6 +67,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print(
         f"R^2 {rec['explained_variance']:.3f}  L0 {rec['l0']:.1f}  dead {rec['dead_fraction']:.1%}"
     )
+    unique = report.uniqueness
+    print(
+        f"uniqueness of top-16 sets: {unique['fraction_unique']:.1%} unique, mean Jaccard "
+        f"{unique['mean_jaccard']:.3f}, {int(unique['n_pairs_above_0.5'])} pairs above 0.5"
+    )
+    for row in report.hierarchy:
+        print(
+            f"Matryoshka level {row['level']} [{row['start']},{row['stop']}): mean LCA depth "
+            f"{row['mean_depth']:.2f}, MS {row['ms_mean']:.3f}"
+        )
     print(f"-> {Path(args.out) / 'evaluation.json'}, {Path(args.out) / 'ms_sorted.png'}")
     return 0
 

@@ -101,6 +101,8 @@ class EvaluationReport:
             "raw_neurons": self.raw_neurons,
             "matryoshka_groups": self.groups,
             "reconstruction": self.reconstruction,
+            "uniqueness": self.uniqueness,
+            "hierarchy": self.hierarchy,
         }
 
 
@@ -226,7 +228,7 @@ def write_report(report: EvaluationReport, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(
-        json.dumps(report.to_dict(), indent=2, default=_json_default)
+        json.dumps(_finite_or_none(report.to_dict()), indent=2, allow_nan=False)
     )
     plot_sorted_ms(
         {"SAE latents": report.sae_scores, "raw neurons (no SAE)": report.raw_scores},
@@ -235,10 +237,16 @@ def write_report(report: EvaluationReport, out_dir: str | Path) -> Path:
     return out
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    raise TypeError(type(value).__name__)
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN / infinite float replaced by None (JSON's ``null``): the json
+    module would write bare ``NaN``, which JSON parsers other than Python's refuse."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 def plot_sorted_ms(results: dict[str, MonosemanticityResult], path: str | Path) -> Path:
