@@ -423,3 +423,18 @@ def test_killing_one_rank_and_restarting_completes_without_loss_or_duplication(
     _assert_same_rows(
         extract_to_cache(model, image_folder, hook, alone, **options), reference, n_shards
     )
+
+
+def test_a_cache_with_no_rows_is_refused_instead_of_looping_forever(tmp_path, model):
+    # Every image unreadable and skipped: the cache is complete but holds 0 rows, and its
+    # batches() used to spin on an empty buffer.
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.png").write_text("not an image")
+    cache = extract_to_cache(
+        model, folder, BLOCK, tmp_path / "cache", tokens="cls", skip_unreadable=True, progress=False
+    )
+    assert cache.n_rows(BLOCK) == 0
+    with pytest.raises(ValueError, match=r"has 0 rows for blocks\.1\.hook_resid_post"):
+        next(cache.batches(BLOCK, batch_size=4))

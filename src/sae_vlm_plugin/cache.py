@@ -374,6 +374,11 @@ class ActivationCache:
         paths = self.shard_paths(hook)
         if not paths:
             raise ValueError(f"{self.path} has no shards for {self._hook(hook)}")
+        if self.n_rows(hook) == 0:
+            raise ValueError(
+                f"{self.path} has 0 rows for {self._hook(hook)}: nothing to read (were all the "
+                "images unreadable and skipped?)"
+            )
         if world_size < 1 or not 0 <= rank < world_size or batch_size % world_size:
             raise ValueError(
                 f"rank {rank} of world_size {world_size} cannot take an equal share of "
