@@ -89,6 +89,16 @@ def test_random_k_takes_distinct_tokens_seeded_per_image_id():
     torch.testing.assert_close(rows, _all_tokens(model, pixels)[0, positions])
 
 
+def test_random_k_with_more_tokens_than_the_hook_has_is_refused():
+    # It used to take every token silently while recording random_100 in the metadata.
+    selection = TokenSelection("random_k", k=100)
+    with pytest.raises(ValueError, match=r"k=100 tokens per image, but the hook has 17"):
+        selection.token_indices("img_a", n_tokens=17, n_prefix=1)
+    with pytest.raises(ValueError, match=r"k=100 tokens per image, but the hook has 17"):
+        extract_activations(_clip_model(), tm.pixel_batch(1), BLOCK, tokens=selection)
+    assert len(TokenSelection("random_k", k=17).token_indices("img_a", 17, 1)) == 17
+
+
 def test_several_hooks_come_from_one_pass_in_source_order(synthetic_images):
     images, _ = synthetic_images
     model = _clip_model()

@@ -89,8 +89,13 @@ class TokenSelection:
             return torch.arange(n_prefix, n_tokens)
         if self.kind == "all":
             return torch.arange(n_tokens)
+        if self.k > n_tokens:
+            raise ValueError(
+                f"random_k asks for k={self.k} tokens per image, but the hook has {n_tokens}; "
+                f"use k <= {n_tokens}, or tokens='all'"
+            )
         generator = torch.Generator().manual_seed(_image_seed(self.seed, image_id))
-        return torch.randperm(n_tokens, generator=generator)[: min(self.k, n_tokens)].sort().values
+        return torch.randperm(n_tokens, generator=generator)[: self.k].sort().values
 
     def select(
         self, activations: torch.Tensor, image_ids: Sequence[str], n_prefix: int
