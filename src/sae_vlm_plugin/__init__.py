@@ -12,10 +12,10 @@ It configures no logging, prints nothing and touches no network.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from sae_vlm_plugin._import_hooks import when_imported
+from sae_vlm_plugin._lazy import lazy_attribute
 from sae_vlm_plugin.pretrained.registry import register_pretrained
 
 __version__ = "0.1.0"
@@ -110,12 +110,7 @@ register_pretrained()
 
 
 def __getattr__(name: str) -> Any:
-    module_name = _LAZY_API.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'sae_vlm_plugin' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+    return lazy_attribute(__name__, _LAZY_API, name, globals())
 
 
 def __dir__() -> list[str]:

@@ -6,8 +6,9 @@ Importing this package imports nothing heavy; each name loads its module on firs
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from sae_vlm_plugin._lazy import lazy_attribute
 
 _LAZY: dict[str, str] = {
     "TopKCodes": "sae_vlm_plugin.metrics.codes",
@@ -35,12 +36,7 @@ _LAZY: dict[str, str] = {
 
 
 def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'sae_vlm_plugin.metrics' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+    return lazy_attribute(__name__, _LAZY, name, globals())
 
 
 __all__ = sorted(_LAZY)

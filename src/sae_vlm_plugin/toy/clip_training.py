@@ -134,6 +134,19 @@ def multi_positive_clip_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch
     return (image_to_text.mean() + text_to_image.mean()) / 2
 
 
+def warmup_cosine(optimizer: Any, warmup_steps: int, steps: int) -> Any:
+    """The toy models' learning-rate schedule: ``lr * (step + 1) / warmup_steps`` during the
+    warm-up, then ``lr * (1 + cos(pi * t)) / 2`` with ``t`` going from 0 to 1 over the rest."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        done = (step - warmup_steps) / max(1, steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * done))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def pixel_tensor(images: Sequence[Any], batch: int = 1024) -> torch.Tensor:
     processor = image_processor()
     return torch.cat(
@@ -204,13 +217,7 @@ def train_toy_clip(
         lr=training.lr,
     )
 
-    def lr_at(step: int) -> float:
-        if step < training.warmup_steps:
-            return (step + 1) / training.warmup_steps
-        progress_ = (step - training.warmup_steps) / max(1, training.steps - training.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * progress_))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    scheduler = warmup_cosine(optimizer, training.warmup_steps, training.steps)
     model.train()
     order = rng.permutation(training.n_train)
     cursor = 0

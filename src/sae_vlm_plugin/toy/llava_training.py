@@ -23,7 +23,6 @@ steered answer that does must have got it from the vision tower.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -269,7 +268,7 @@ def train_toy_llava(
     from transformers import LlavaForConditionalGeneration
 
     from sae_vlm_plugin.steering.evaluation import white_image
-    from sae_vlm_plugin.toy.clip_training import pixel_tensor
+    from sae_vlm_plugin.toy.clip_training import pixel_tensor, warmup_cosine
 
     started = time.perf_counter()
     torch.manual_seed(training.seed)
@@ -287,13 +286,7 @@ def train_toy_llava(
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=training.lr, weight_decay=training.weight_decay)
 
-    def lr_at(step: int) -> float:
-        if step < training.warmup_steps:
-            return (step + 1) / training.warmup_steps
-        done = (step - training.warmup_steps) / max(1, training.steps - training.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * done))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    scheduler = warmup_cosine(optimizer, training.warmup_steps, training.steps)
     every_prompt = prompts()
     head_lengths = _head_lengths(processor)
     model.train()
