@@ -10,6 +10,7 @@ from sae_vlm_plugin import __version__
 from sae_vlm_plugin.dashboard.cli import add_dashboard_command
 from sae_vlm_plugin.demo.commands import add_demo_command
 from sae_vlm_plugin.metrics.commands import add_metric_commands
+from sae_vlm_plugin.naming.commands import add_naming_commands
 from sae_vlm_plugin.pretrained.commands import add_pretrained_commands
 from sae_vlm_plugin.steering.commands import add_steer_command
 
@@ -241,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_metric_commands(commands)
     add_dashboard_command(commands)
     add_steer_command(commands)
+    add_naming_commands(commands)
     add_pretrained_commands(commands)
     add_demo_command(commands)
     return parser

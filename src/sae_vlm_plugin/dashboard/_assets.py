@@ -50,6 +50,7 @@ JS = r"""
               ["density", "density"], ["max", "max act"]];
   if (C.group) COLS.push(["group", "group"]);
   if (C.label) COLS.push(["label", "top label"]);
+  if (C.concept) COLS.push(["concept", "concept"], ["concept_score", "concept score"]);
   function fmt(v, d) { return v === null || v === undefined || isNaN(v) ? "-" : (+v).toFixed(d); }
   function parseHash() {
     var s = {}; location.hash.replace(/^#/, "").split("&").forEach(function (kv) {
@@ -78,6 +79,15 @@ JS = r"""
     });
     order = idx; orderKey = k; return idx;
   }
+  function wordMatch(text, q) {
+    var t = String(text).toLowerCase(); return t.indexOf(q) === 0 || t.indexOf(" " + q) >= 0;
+  }
+  function matches(r, q) {
+    if (/^\d+$/.test(q)) return String(C.latent[r]).indexOf(q) === 0;
+    var ql = q.toLowerCase();
+    if (C.label && C.label[r].toLowerCase().indexOf(ql) >= 0) return true;
+    return !!C.concepts && C.concepts[r].some(function (w) { return wordMatch(w, ql); });
+  }
   function num(s, d) { var v = parseFloat(s); return isNaN(v) ? d : v; }
   function renderIndex(s) {
     var key = s.sort || "latent", dir = s.dir || (key === "latent" ? "asc" : "desc");
@@ -91,8 +101,7 @@ JS = r"""
       if ((msMin > -Infinity || msMax < Infinity) && (ms === null || ms < msMin || ms > msMax)) continue;
       if (C.density[r] < dMin || C.density[r] > dMax || C.max[r] < aMin) continue;
       if (grp !== "" && C.group && String(C.group[r]) !== grp) continue;
-      if (q && (/^\d+$/.test(q) ? String(C.latent[r]).indexOf(q) !== 0
-                : !(C.label && C.label[r].toLowerCase().indexOf(q.toLowerCase()) >= 0))) continue;
+      if (q && !matches(r, q)) continue;
       kept.push(r);
     }
     var pages = Math.max(1, Math.ceil(kept.length / pageSize));
@@ -114,7 +123,7 @@ JS = r"""
       inp.addEventListener("change", function () { var t = parseHash(); t[name] = inp.value; t.page = 0; setHash(t); });
       l.appendChild(inp); ctl.appendChild(l);
     }
-    field("q", C.label ? "search latent / label" : "search latent", s.q); field("ms_min", "MS \u2265", s.ms_min); field("ms_max", "MS \u2264", s.ms_max);
+    field("q", "search latent" + (C.label ? " / label" : "") + (C.concepts ? " / concept" : ""), s.q); field("ms_min", "MS \u2265", s.ms_min); field("ms_max", "MS \u2264", s.ms_max);
     field("density_min", "density \u2265", s.density_min); field("density_max", "density \u2264", s.density_max);
     field("max_min", "max act \u2265", s.max_min);
     if (C.group) {
@@ -150,6 +159,10 @@ JS = r"""
       tr.appendChild(el("td", {}, fmt(C.density[r], 4))); tr.appendChild(el("td", {}, fmt(C.max[r], 3)));
       if (C.group) tr.appendChild(el("td", {}, String(C.group[r])));
       if (C.label) tr.appendChild(el("td", {"class": "label"}, C.label[r]));
+      if (C.concept) {
+        tr.appendChild(el("td", {"class": "label concept", title: C.concepts[r].join(", ")}, C.concept[r]));
+        tr.appendChild(el("td", {}, fmt(C.concept_score[r], 3)));
+      }
       table.appendChild(tr);
     });
     main.appendChild(table);
@@ -200,8 +213,16 @@ JS = r"""
       [["MS", fmt(C.ms[r], 4)], ["support (images)", C.support[r]], ["density", fmt(C.density[r], 5)],
        ["max activation", fmt(C.max[r], 4)]].concat(C.group ? [["Matryoshka group", C.group[r]]] : [])
         .concat(C.label ? [["top label", C.label[r]]] : [])
+        .concat(C.concept ? [["concept", C.concept[r] ? C.concept[r] + " (" + fmt(C.concept_score[r], 3) + ")" : "-"]] : [])
         .forEach(function (p) { var tr = el("tr"); tr.appendChild(el("td", {}, p[0])); tr.appendChild(el("td", {}, String(p[1]))); st.appendChild(tr); });
       right.appendChild(st);
+      if (L.concepts) {
+        right.appendChild(el("h3", {}, "Concept labels (text-tower cosine)"));
+        var cl = el("ol", {id: "concepts"});
+        L.concepts.forEach(function (p) { cl.appendChild(el("li", {}, p[0] + " \u00B7 " + fmt(p[1], 3))); });
+        if (!L.concepts.length) cl.appendChild(el("li", {"class": "muted"}, "none: the latent never fires"));
+        right.appendChild(cl);
+      }
       right.appendChild(el("h3", {}, "Activation histogram (images where it fires)"));
       right.appendChild(histogram(L.hist, C.max[r]));
       if (L.sim) {

@@ -76,6 +76,7 @@ def collect_dashboard(
     similar: bool | None = None,
     n_similar: int = 5,
     labels: Sequence[str] | None = None,
+    concept_labels: Any = None,
     batch_size: int = 64,
     progress: bool = False,
 ) -> CollectedDashboard:
@@ -90,7 +91,9 @@ def collect_dashboard(
     one byte per patch (65,536 latents x 16 x 576 patches: 2.4 GB, then ~800 MB of page data),
     so for the widest patch SAEs pass ``latents`` (e.g. the best-scoring few thousand).
     ``labels`` (one per image of ``images``; default: the source's own labels, e.g. class
-    folders) give each latent a searchable "top label".
+    folders) give each latent a searchable "top label". ``concept_labels`` (a
+    ``naming.LatentLabels`` or its file / directory, from ``name_latents`` / ``sae-vlm name``)
+    adds each latent's concept labels: a sortable, searchable column and a list on its page.
 
     Raises:
         ValueError: latents out of range, recorded image ids missing from ``images``, or an SAE
@@ -101,6 +104,8 @@ def collect_dashboard(
     d_sae = int(sae.cfg.d_sae)
     if latents is not None:  # fail before the expensive evaluation
         check_latents(latents, d_sae)
+    if concept_labels is not None:
+        concept_labels = _concept_labels(concept_labels, d_sae)
     tokens = tokens or getattr(sae.cfg.metadata, "tokens", None) or "cls"
     if report is None:
         report = evaluate_sae(
@@ -145,6 +150,9 @@ def collect_dashboard(
             "min_support": int(report.sae_scores.min_support),
         },
     )
+    if concept_labels is not None:
+        data.concepts = [concept_labels.labels(int(j)) for j in data.latents]
+        data.meta["concept labels"] = str(concept_labels.meta.get("text_model", ""))
     if heatmaps is None:
         heatmaps = str(tokens).split("@")[0].split("_")[0] in ("patches", "all", "random")
     if heatmaps:
@@ -161,6 +169,18 @@ def collect_dashboard(
             batch_size=min(batch_size, 16),
         )
     return CollectedDashboard(data, source, positions)
+
+
+def _concept_labels(labels: Any, d_sae: int) -> Any:
+    from sae_vlm_plugin.naming.labels import LatentLabels
+
+    found = labels if isinstance(labels, LatentLabels) else LatentLabels.load(labels)
+    if found.d_sae != d_sae:
+        raise ValueError(
+            f"the concept labels are for {found.d_sae} latents but the SAE has {d_sae}: they "
+            "belong to another SAE"
+        )
+    return found
 
 
 def source_positions(source: ImageSource, image_ids: Sequence[str]) -> dict[int, int]:

@@ -45,6 +45,10 @@ def add_dashboard_command(commands: argparse._SubParsersAction) -> None:
         default="auto",
         help="patch heatmaps (auto: for SAEs on patch tokens)",
     )
+    parser.add_argument(
+        "--labels",
+        help="concept labels (`sae-vlm name`; default: the SAE folder's latent_labels.json)",
+    )
     parser.add_argument("--neuronpedia", action="store_true", help="also write OUT/neuronpedia/")
     parser.add_argument("--saedashboard", action="store_true", help="also write OUT/saedashboard/")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -88,12 +92,14 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     from sae_vlm_plugin.dashboard.build import collect_dashboard, write_from_data
     from sae_vlm_plugin.dashboard.exports import export_neuronpedia, export_saedashboard
     from sae_vlm_plugin.model import VisionModel
+    from sae_vlm_plugin.steering.commands import default_labels
 
     sae = _load_sae(args.sae, args.device)
     model_name = args.model or getattr(sae.cfg.metadata, "model_name", None)
     if not model_name:
         raise ValueError("the SAE's metadata names no model; pass --model")
     model = VisionModel(model_name, family=args.family, device=args.device)
+    labels = args.labels or default_labels(args.sae)
     found = collect_dashboard(
         sae,
         model,
@@ -104,6 +110,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         n_top=args.n_top,
         latents=args.latents,
         heatmaps={"auto": None, "on": True, "off": False}[args.heatmaps],
+        concept_labels=labels,
         batch_size=args.batch_size,
         progress=True,
     )

@@ -63,6 +63,8 @@ class DashboardData:
     top_labels: list[str] | None = None
     """Per latent, the most common label among its top images with its count ("cat 12/16"),
     when the images have labels."""
+    concepts: list[list[tuple[str, float]]] | None = None
+    """Per latent, its concept labels with scores, best first (``naming.LatentLabels``)."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Setup shown on the page (model, hook, tokens, d_sae, n_images ...)."""
 
@@ -81,6 +83,8 @@ class DashboardData:
             value = getattr(self, name)
             if value.shape[0] != n:
                 raise ValueError(f"{name} has {value.shape[0]} rows for {n} latents")
+        if self.concepts is not None and len(self.concepts) != n:
+            raise ValueError(f"concepts has {len(self.concepts)} rows for {n} latents")
         if self.top_indices.shape != self.top_values.shape or self.top_indices.shape[0] != n:
             raise ValueError("top_indices and top_values must both be (n_latents, n_top)")
         if self.top_indices.numel() and int(self.top_indices.max()) >= len(self.image_ids):

@@ -80,7 +80,8 @@ def export_neuronpedia(
     ``NeuronpediaDashboardBatch`` of ``sae_dashboard``); returns their paths.
 
     Images are referenced by thumbnail paths relative to ``out_dir`` (written there), or with
-    ``embed_images`` embedded as ``data:`` URIs.
+    ``embed_images`` embedded as ``data:`` URIs. With concept labels (``data.concepts``), also
+    writes ``explanations.json`` (Neuronpedia explanations; its path is returned last).
     """
     from sae_dashboard.neuronpedia.neuronpedia_dashboard import (
         NeuronpediaDashboardBatch,
@@ -118,7 +119,42 @@ def export_neuronpedia(
         path = out / f"batch-{batch}.json"
         path.write_text(json.dumps(record.to_dict(), allow_nan=False))
         written.append(path)
+    if data.concepts is not None:
+        written.append(
+            _write_explanations(data, data.concepts, out, model_id, f"{layer}-{sae_set}")
+        )
     return written
+
+
+EXPLANATION_TYPE = "clip-concept-cosine"
+
+
+def _write_explanations(
+    data: DashboardData,
+    concepts: list[list[tuple[str, float]]],
+    out: Path,
+    model_id: str,
+    source: str,
+) -> Path:
+    """``explanations.json``: one Neuronpedia explanation per named latent (the fields of its
+    explanation export: ``modelId``, ``layer`` = the source id, ``index``, ``description``,
+    ``explanationModelName``, ``typeName``); the description lists the concept labels."""
+    text_model = str(data.meta.get("concept labels", ""))
+    explanations = [
+        {
+            "modelId": model_id,
+            "layer": source,
+            "index": str(int(data.latents[r])),
+            "description": ", ".join(word for word, _ in labels),
+            "explanationModelName": text_model,
+            "typeName": EXPLANATION_TYPE,
+        }
+        for r, labels in enumerate(concepts)
+        if labels
+    ]
+    path = out / "explanations.json"
+    path.write_text(json.dumps(explanations, indent=1))
+    return path
 
 
 def _np_activations(data: DashboardData, r: int, refs: dict[int, str]) -> list[dict[str, Any]]:
@@ -256,7 +292,8 @@ def saedashboard_data(
                 bar_heights=[float(c) for c in data.histograms[r].tolist()],
                 bar_values=_bar_values(data, r),
                 tick_vals=[0.0, round(peak / 2, 5), round(peak, 5)],
-                title=f"ACTIVATIONS<br>DENSITY = {float(data.density[r]):.3%}",
+                title=f"ACTIVATIONS<br>DENSITY = {float(data.density[r]):.3%}"
+                + _concept_title(data, r),
             ),
             sequence_data=SequenceMultiGroupData(
                 seq_group_data=[
@@ -279,6 +316,13 @@ def saedashboard_data(
     )
     stand_in = SimpleNamespace(tokenizer=_ImageVocabulary(names, n_patches))
     return SaeVisData(cfg=cfg, feature_data_dict=feature_data, feature_stats=stats, model=stand_in)
+
+
+def _concept_title(data: DashboardData, r: int) -> str:
+    """The histogram title's concept line: SAEDashboard has no field for a feature's labels."""
+    if not data.concepts or not data.concepts[r]:
+        return ""
+    return "<br>CONCEPTS: " + ", ".join(f"{w} {s:.2f}" for w, s in data.concepts[r])
 
 
 def export_saedashboard(

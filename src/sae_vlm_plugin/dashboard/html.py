@@ -57,6 +57,12 @@ def write_dashboard(
     }
     if data.top_labels is not None:
         columns["label"] = data.top_labels
+    if data.concepts is not None:
+        columns["concept"] = [labels[0][0] if labels else "" for labels in data.concepts]
+        columns["concept_score"] = [
+            round(labels[0][1], 4) if labels else None for labels in data.concepts
+        ]
+        columns["concepts"] = [[word for word, _ in labels] for labels in data.concepts]
     n_groups = 0
     if data.groups is not None:
         columns["group"] = data.groups.tolist()
@@ -111,6 +117,8 @@ def _latent_record(data: DashboardData, r: int) -> dict[str, Any]:
             [int(i), round(float(v), 4)]
             for i, v in zip(data.similar_indices[r], data.similar_values[r], strict=True)
         ]
+    if data.concepts is not None:
+        record["concepts"] = [[word, round(score, 4)] for word, score in data.concepts[r]]
     if data.heatmaps is not None:
         record["heat"] = [
             base64.b64encode(data.heatmaps[r, j].numpy().tobytes()).decode()

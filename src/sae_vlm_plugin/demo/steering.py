@@ -47,16 +47,13 @@ def concept_latent(image_codes: torch.Tensor, has_concept: torch.Tensor) -> tupl
     most often have the concept, i.e. the largest R-precision; returns ``(latent, its
     R-precision)``. Unlike the top-16 fraction, this tells the concept's own latent from one of
     its specialisations ("red" from "red star": both have 16 red top images)."""
-    from sae_vlm_plugin.metrics.top_activations import top_activations
+    from sae_vlm_plugin.naming.evaluation import r_precisions
 
-    r = int(has_concept.sum())
-    if r == 0:
+    if not bool(has_concept.any()):
         raise ValueError("no image has the concept, so no latent can be chosen for it")
-    top = top_activations(image_codes, k=r)
-    valid = (top.indices >= 0) & (top.values > 0)
-    hits = (has_concept[top.indices.clamp(min=0)] & valid).sum(1)
-    latent = int(hits.argmax())
-    return latent, float(hits[latent]) / r
+    precision = r_precisions(image_codes, has_concept)
+    latent = int(precision.argmax())
+    return latent, float(precision[latent])
 
 
 def steering_findings(
@@ -75,6 +72,7 @@ def steering_findings(
     from sae_vlm_plugin.metrics.sae_activations import encode_rows, hook_rows, pool_codes
     from sae_vlm_plugin.metrics.top_activations import top_activations
     from sae_vlm_plugin.model import VisionModel
+    from sae_vlm_plugin.naming.name import name_latents, resolve_concepts
     from sae_vlm_plugin.steering.edits import steer
     from sae_vlm_plugin.steering.evaluation import (
         DESCRIBE_PROMPT,
@@ -101,6 +99,9 @@ def steering_findings(
     top_fraction = float(
         has_concept[top_activations(image_codes, k=16).indices[latent]].float().mean()
     )
+    concept_labels = name_latents(sae, clip, images, "toy", tokens="all", progress=False)
+    concept_labels.save(out / "run" / "final")
+    _, by_word = resolve_concepts({value: 0.0}, concept_labels, int(sae.cfg.d_sae))
     entries = codes.coalesce()
     max_activation = float(entries.values()[entries.indices()[1] == latent].max())
 
@@ -165,6 +166,12 @@ def steering_findings(
         "latent_r_precision": r_precision,
         "latent_top16_fraction": top_fraction,
         "latent_max_activation": max_activation,
+        "latent_labels": concept_labels.labels(latent),
+        "word_latent": {
+            "word": value,
+            "latent": by_word[value].latent,
+            "labels": by_word[value].labels,
+        },
         "insertion": insertion,
         "suppression": suppression,
     }

@@ -11,8 +11,10 @@ toy world (``sae_vlm_plugin.toy``), whose attributes and taxonomy are the ground
 3. top-16 concept purity of latents vs neurons;
 4. the Matryoshka hierarchy: mean taxonomy LCA depth of each group's top images (Table A8);
 5. MS-vs-ground-truth alignment over pairs of latents, "preferred" = the purer (Table A1);
-6. steering the toy LLaVA (``demo/steering.py``);
-7. the SAE's dashboard.
+6. naming the latents with the toy CLIP's text tower, checked against the world
+   (``demo/naming.py``);
+7. steering the toy LLaVA (``demo/steering.py``);
+8. the SAE's dashboard, with the concept labels.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ def run_world_demo(config: Any) -> dict[str, Any]:
         label_embeddings,
         train_demo_sae,
     )
+    from sae_vlm_plugin.demo.naming import naming_finding
     from sae_vlm_plugin.demo.steering import steering_findings
     from sae_vlm_plugin.metrics.embeddings import image_embeddings
     from sae_vlm_plugin.metrics.evaluation import evaluate_sae, ms_statistics
@@ -141,6 +144,10 @@ def run_world_demo(config: Any) -> dict[str, Any]:
         "reconstruction": report.reconstruction,
         "outputs": {"sae": str(out / "run" / "final"), "evaluation": str(out / "evaluation")},
     }
+    concept_labels, summary["naming"], naming = naming_finding(
+        sae, model, images, objects, report.image_codes, order, out / "run" / "final"
+    )
+    findings.append(naming)
     steering, steering_finding_list = steering_findings(
         model, train_images, images, objects, out / "steering", config
     )
@@ -154,6 +161,7 @@ def run_world_demo(config: Any) -> dict[str, Any]:
         report=report,
         embeddings=labels,
         labels=[" ".join(objects[i].attributes) for i in order],
+        concept_labels=concept_labels,
     )
     summary["outputs"]["dashboard"] = str(dashboard)
     summary["outputs"]["steering"] = str(out / "steering")

@@ -23,6 +23,10 @@ def _values(text: str) -> list[float]:
         ) from error
 
 
+def _latent(text: str) -> int | str:
+    return int(text) if text.strip().lstrip("-").isdigit() else text
+
+
 def add_steer_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``steer`` to ``commands`` (the ``sae-vlm`` subparsers); returns its parser."""
     parser = commands.add_parser(
@@ -33,7 +37,16 @@ def add_steer_command(commands: argparse._SubParsersAction) -> argparse.Argument
     )
     parser.add_argument("--model", required=True, help="LLaVA hub id or local folder")
     parser.add_argument("--sae", required=True, help="SAELens SAE folder, or RELEASE:SAE_ID")
-    parser.add_argument("--latent", required=True, type=int, help="latent index to steer")
+    parser.add_argument(
+        "--latent",
+        required=True,
+        type=_latent,
+        help="latent index to steer, or a concept word resolved by the SAE's labels "
+        "(`sae-vlm name`)",
+    )
+    parser.add_argument(
+        "--labels", help="concept labels for a word --latent (default: the SAE folder's)"
+    )
     parser.add_argument(
         "--values", required=True, type=_values, help="comma-separated values, e.g. 0,30,40,50"
     )
@@ -75,6 +88,16 @@ def format_sweep(answers: dict[str, str], latent: int) -> str:
     return "\n".join(lines)
 
 
+def default_labels(sae: str) -> str | None:
+    """The SAE folder's concept labels file, when it is a folder that has one."""
+    from pathlib import Path
+
+    from sae_vlm_plugin.naming.labels import LABELS_FILE
+
+    path = Path(sae) / LABELS_FILE
+    return str(path) if path.is_file() else None
+
+
 def _cmd_steer(args: argparse.Namespace) -> int:
     from PIL import Image
 
@@ -94,12 +117,26 @@ def _cmd_steer(args: argparse.Namespace) -> int:
         return steer(
             model,
             sae,
-            {args.latent: value},
+            {latent: value},
             mode=args.mode,
             keep_error=args.keep_error,
             tokens=args.tokens,
             hook=args.hook,
         )
+
+    labels = args.labels or default_labels(args.sae)
+    latent = args.latent
+    if isinstance(latent, str):
+        from sae_vlm_plugin.naming.name import resolve_concepts
+
+        if labels is None:
+            raise SystemExit(
+                f"--latent {latent!r} is a concept word, but the SAE has no labels: run "
+                "`sae-vlm name` on it or pass --labels"
+            )
+        _, matches = resolve_concepts({latent: 0.0}, labels, int(sae.cfg.d_sae))
+        latent = matches[args.latent].latent
+        print(f"{args.latent!r} -> latent {latent} (labels: {matches[args.latent].labels})")
 
     make_steering(0.0).remove()  # bad latent / hook / width: fail before generating anything
     answers = sweep(
@@ -111,5 +148,5 @@ def _cmd_steer(args: argparse.Namespace) -> int:
         args.values,
         max_new_tokens=args.max_new_tokens,
     )
-    print(format_sweep(answers, args.latent))
+    print(format_sweep(answers, latent))
     return 0

@@ -37,6 +37,7 @@ active; ``generate`` refuses the first up front, ``mean_activation`` avoids the 
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import operator
 from collections.abc import Mapping, Sequence
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 SteerMode = Literal["clamp", "add", "scale"]
 TokenSpec = Literal["all", "image", "patches", "cls"] | Sequence[int] | torch.Tensor
 MODES: tuple[str, ...] = ("clamp", "add", "scale")
+_LOG = logging.getLogger(__name__)
 
 
 # -- the modules mounted on the envoy tree ---------------------------------------------------------
@@ -317,6 +319,8 @@ class Steering:
     _edit: Any = field(repr=False)
     _parent: Envoy = field(repr=False)
     removed: bool = False
+    concepts: dict[str, int] = field(default_factory=dict)
+    """Concept words given as latents, and the latent each resolved to."""
 
     @property
     def hook(self) -> str:
@@ -337,7 +341,10 @@ class Steering:
 
     def __repr__(self) -> str:
         state = "removed" if self.removed else ("active" if self.active else "cleared")
-        return f"Steering({self.hook!r} as {self.name!r}, {self.module.extra_repr()}, {state})"
+        words = "".join(f", {word!r} -> latent {j}" for word, j in self.concepts.items())
+        return (
+            f"Steering({self.hook!r} as {self.name!r}, {self.module.extra_repr()}{words}, {state})"
+        )
 
     def __enter__(self) -> Steering:
         return self
@@ -400,19 +407,25 @@ def steer(
     keep_error: bool = False,
     tokens: TokenSpec = "all",
     hook: str | None = None,
+    labels: Any = None,
 ) -> Steering:
     """Steer ``model`` through SAE latents until the returned handle is removed.
 
     Args:
         model: the ``VisionModel`` (LLaVA, or any encoder family).
         sae: a SAELens SAE whose ``d_in`` is the hook's width.
-        latents: ``{latent index: value}``; ``{}`` splices the plain SAE in.
+        latents: ``{latent index: value}``; ``{}`` splices the plain SAE in. A key may be a
+            concept word (``{"pencil": 40.0}``) when ``labels`` are given: it becomes the
+            latent ``find_latents`` ranks first for it, recorded in the handle's ``concepts``
+            and logged.
         mode: ``"clamp"`` sets the latents to the values on every selected token (the paper),
             ``"add"`` adds the values, ``"scale"`` multiplies by them.
         keep_error: add the SAE error ``x - decode(encode(x))`` back (the paper does not).
         tokens: ``"all"`` (the paper), ``"patches"`` (no CLS / registers), ``"cls"``,
             ``"image"`` (LLaVA: the tokens the projector reads) or token indices.
         hook: canonical hook name; defaults to ``default_hook(model, sae)``.
+        labels: the SAE's concept labels (a ``naming.LatentLabels`` or the directory / file
+            ``name_latents(...).save`` and ``sae-vlm name`` write), for concept-word keys.
 
     Returns:
         A ``Steering`` handle, also a context manager that removes the edit on exit.
@@ -424,9 +437,16 @@ def steer(
     hook = hook or default_hook(model, sae)
     site = resolve_site(model, hook, tokens)
     check_attachable(sae, model, hook)
-    edits = _checked_latents(latents, int(sae.cfg.d_sae))
+    from sae_vlm_plugin.naming.name import resolve_concepts
+
+    by_index, matches = resolve_concepts(latents, labels, int(sae.cfg.d_sae))
+    for word, match in matches.items():
+        _LOG.info("steering %r -> latent %d (score %.3f)", word, match.latent, match.score)
+    edits = _checked_latents(by_index, int(sae.cfg.d_sae))
     module = SAESteeringModule(sae, edits, mode, keep_error)
-    return _attach(model, site, module, "sae")
+    handle = _attach(model, site, module, "sae")
+    handle.concepts = {word: match.latent for word, match in matches.items()}
+    return handle
 
 
 def _checked_latents(latents: Mapping[Any, Any], d_sae: int) -> dict[int, float]:
