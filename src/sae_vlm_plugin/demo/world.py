@@ -43,6 +43,7 @@ def run_world_demo(config: Any) -> dict[str, Any]:
     on ImageNet's train split and measures on val; returns the summary (``run_demo`` writes it
     to ``summary.json``)."""
     from sae_vlm_plugin.dashboard import build_dashboard
+    from sae_vlm_plugin.demo.naming import naming_finding
     from sae_vlm_plugin.demo.run import (
         DEFAULT_WORLD_IMAGES,
         WORLD_STEPS,
@@ -50,7 +51,6 @@ def run_world_demo(config: Any) -> dict[str, Any]:
         label_embeddings,
         train_demo_sae,
     )
-    from sae_vlm_plugin.demo.naming import naming_finding
     from sae_vlm_plugin.demo.steering import steering_findings
     from sae_vlm_plugin.metrics.embeddings import image_embeddings
     from sae_vlm_plugin.metrics.evaluation import evaluate_sae, ms_statistics
