@@ -73,9 +73,10 @@ def load_llava(name: str, device: str | None = None) -> tuple[Any, Any]:
     from transformers import AutoProcessor
 
     from sae_vlm_plugin.model import VisionModel
+    from sae_vlm_plugin.toy.models import resolve_model_name
 
     model = VisionModel(name, family="llava", device=device)
-    return model, AutoProcessor.from_pretrained(name)
+    return model, AutoProcessor.from_pretrained(resolve_model_name(name))
 
 
 def format_sweep(answers: dict[str, str], latent: int) -> str:
