@@ -9,7 +9,7 @@ greedy). Three ways to generate, timed round-robin:
   tokens at the block the projector reads, SAE width 8 x d_vision).
 
 Timed on one thread (see ``run``). Models (random weights, CPU): the tests' tiny LLaVA (CLIP 3
-blocks x 32, Llama 2 x 32) and a small LLaVA built by ``demo_llava.tiny_llava`` (CLIP 6 blocks x
+blocks x 32, Llama 2 x 32) and a small LLaVA built by ``demo.tiny_llava`` (CLIP 6 blocks x
 256 at 112 px / 14 px patches = 64 image tokens, Llama 4 x 512).
 """
 

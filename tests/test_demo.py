@@ -10,6 +10,7 @@ from sae_lens import SAE
 
 from sae_vlm_plugin.cli import main as cli_main
 from sae_vlm_plugin.demo import concept_purity, label_embeddings, verdict
+from sae_vlm_plugin.naming import LatentLabels
 
 FINDINGS = {
     "ms_clip",
@@ -17,6 +18,7 @@ FINDINGS = {
     "purity",
     "hierarchy",
     "alignment",
+    "naming",
     "steering_insertion",
     "steering_suppression",
 }
@@ -55,6 +57,10 @@ def test_world_demo_reports_every_finding_and_is_deterministic_for_a_seed(tmp_pa
         "16x",
     }
     assert (tmp_path / "a" / "dashboard" / "index.html").exists()
+    labels = LatentLabels.load(tmp_path / "a" / "run" / "final")  # named next to the SAE
+    assert labels.d_sae == sae.cfg.d_sae
+    assert a["naming"]["n_concepts"] == 23
+    assert steering["word_latent"]["word"] == "red"
 
 
 def test_random_demo_runs_end_to_end_and_writes_loadable_outputs(tmp_path, capsys):

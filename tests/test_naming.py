@@ -55,6 +55,13 @@ def jumprelu_sae(w_enc, b_enc, w_dec, hook, tokens="cls"):
     return sae
 
 
+def image_folder(path, images):
+    path.mkdir()
+    for i, image in enumerate(images):
+        image.save(path / f"{i:03d}.png")
+    return path
+
+
 def random_block_sae(d_sae=64, seed=0, tokens="cls"):
     g = torch.Generator().manual_seed(seed)
     return jumprelu_sae(
@@ -340,10 +347,7 @@ def test_name_and_find_commands(tmp_path, world, capsys):
     sae = random_block_sae(tokens="all")
     sae_dir = tmp_path / "sae"
     sae.save_model(str(sae_dir))
-    images = tmp_path / "images"
-    images.mkdir()
-    for i, image in enumerate(world[0][:40]):
-        image.save(images / f"{i:03d}.png")
+    images = image_folder(tmp_path / "images", world[0][:40])
     assert (
         cli_main(["name", "--sae", str(sae_dir), "--images", str(images), "--vocabulary", "toy"])
         == 0
@@ -449,3 +453,27 @@ def test_exports_carry_the_concept_labels(labelled_dashboard, tmp_path):
         positions=found.positions,
     )
     assert "CONCEPTS: red" in vis.feature_data_dict[red].acts_histogram_data.title
+
+
+@pytest.mark.real_weights
+def test_real_clip_names_decoder_directions_and_the_commands_run(tmp_path, world):
+    """openai/clip-vit-base-patch32: latents decoding into the centred text embeddings of
+    ImageNet classes are named by them; ``sae-vlm name`` / ``find`` run unchanged."""
+    clip = VisionModel("openai/clip-vit-base-patch32")
+    words = ["pencil", "goldfish", "school bus", "red", "striped"]
+    vocabulary = load_vocabulary()
+    tower = load_text_tower("openai/clip-vit-base-patch32")
+    raw = tower.embed(vocabulary)
+    directions = raw[[vocabulary.index(w) for w in words]] - raw.mean(0)
+    sae = jumprelu_sae(
+        directions.T.clone(), torch.zeros(len(words)), directions, "hook_image_embeds"
+    )
+    sae.cfg.metadata.model_name = "openai/clip-vit-base-patch32"
+    labels = name_latents(sae, clip, scorer="decoder", text_model=tower)
+    assert [labels.best_label(j) for j in range(len(words))] == words
+    assert find_latents(sae, "pencil", labels=labels)[0].latent == 0
+    sae_dir = tmp_path / "sae"
+    sae.save_model(str(sae_dir))
+    images = image_folder(tmp_path / "images", world[0][:20])
+    assert cli_main(["name", "--sae", str(sae_dir), "--images", str(images)]) == 0
+    assert cli_main(["find", "--sae", str(sae_dir), "a yellow pencil"]) == 0

@@ -105,7 +105,9 @@ def collect_dashboard(
     if latents is not None:  # fail before the expensive evaluation
         check_latents(latents, d_sae)
     if concept_labels is not None:
-        concept_labels = _concept_labels(concept_labels, d_sae)
+        from sae_vlm_plugin.naming.labels import labels_for
+
+        concept_labels = labels_for(concept_labels, d_sae)
     tokens = tokens or getattr(sae.cfg.metadata, "tokens", None) or "cls"
     if report is None:
         report = evaluate_sae(
@@ -169,18 +171,6 @@ def collect_dashboard(
             batch_size=min(batch_size, 16),
         )
     return CollectedDashboard(data, source, positions)
-
-
-def _concept_labels(labels: Any, d_sae: int) -> Any:
-    from sae_vlm_plugin.naming.labels import LatentLabels
-
-    found = labels if isinstance(labels, LatentLabels) else LatentLabels.load(labels)
-    if found.d_sae != d_sae:
-        raise ValueError(
-            f"the concept labels are for {found.d_sae} latents but the SAE has {d_sae}: they "
-            "belong to another SAE"
-        )
-    return found
 
 
 def source_positions(source: ImageSource, image_ids: Sequence[str]) -> dict[int, int]:

@@ -53,7 +53,6 @@ def naming_finding(
     found_pure = sum(c.found_shows_concept for c in with_latent)
     n = max(1, len(with_latent))
     entry = {
-        "labels": str(out),
         "n_concepts": len(checks),
         "n_with_latent": len(with_latent),
         "named_right": named / n,

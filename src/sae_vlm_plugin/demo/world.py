@@ -148,6 +148,7 @@ def run_world_demo(config: Any) -> dict[str, Any]:
         sae, model, images, objects, report.image_codes, order, out / "run" / "final"
     )
     findings.append(naming)
+    summary["outputs"]["labels"] = str(out / "run" / "final")
     steering, steering_finding_list = steering_findings(
         model, train_images, images, objects, out / "steering", config
     )

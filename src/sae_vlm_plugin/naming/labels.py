@@ -232,6 +232,18 @@ class LatentLabels:
         )
 
 
+def labels_for(labels: LatentLabels | str | Path, d_sae: int) -> LatentLabels:
+    """``labels`` (a ``LatentLabels``, or the directory / file it was saved to), checked to be
+    for an SAE of ``d_sae`` latents."""
+    found = labels if isinstance(labels, LatentLabels) else LatentLabels.load(labels)
+    if found.d_sae != d_sae:
+        raise ValueError(
+            f"the labels are for {found.d_sae} latents but the SAE has {d_sae}: they belong "
+            "to another SAE"
+        )
+    return found
+
+
 def _csv_row(values: list[Any]) -> str:
     import io
 

@@ -21,6 +21,7 @@ latents' labels). ``centre=False`` gives the paper's uncentred ``cos(mean v_i, u
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sae_vlm_plugin.naming.labels import LABELS_FILE, LatentLabels, LatentMatch
+from sae_vlm_plugin.naming.labels import LABELS_FILE, LatentLabels, LatentMatch, labels_for
 from sae_vlm_plugin.naming.text_tower import IMAGE_HOOKS, TextTower, load_text_tower
 from sae_vlm_plugin.naming.vocabulary import load_vocabulary
 
@@ -119,9 +120,9 @@ def name_latents(
 def _text_tower(model: Any, text_model: Any, templates: Sequence[str] | None) -> TextTower:
     """``text_model`` as a ``TextTower``; by default the SAE's own model when it has a text tower."""
     if isinstance(text_model, TextTower):
-        if templates is not None:
-            text_model.templates = tuple(templates)
-        return text_model
+        if templates is None:
+            return text_model
+        return dataclasses.replace(text_model, templates=tuple(templates))
     if text_model is not None:
         return load_text_tower(text_model, templates=templates)
     family = model.family.name
@@ -195,6 +196,7 @@ def find_latents(
     top: int = 10,
 ) -> list[LatentMatch]:
     """The ``top`` latents of ``sae`` ranked by their score for the text ``query`` (best first).
+    ``sae`` may be None when the labels alone are at hand (``sae-vlm find``).
 
     ``labels``: a ``LatentLabels`` or its file / directory (from ``name_latents``). The query's
     embedding is the stored one when it is a vocabulary word, else it is embedded by
@@ -210,13 +212,10 @@ def find_latents(
             f"find_latents needs the SAE's labels: pass labels= (a LatentLabels, or the "
             f"{LABELS_FILE} written by name_latents(...).save(dir) / `sae-vlm name`)"
         )
-    found = labels if isinstance(labels, LatentLabels) else LatentLabels.load(labels)
-    d_sae = int(sae.cfg.d_sae) if sae is not None else found.d_sae
-    if found.d_sae != d_sae:
-        raise ValueError(
-            f"the labels are for {found.d_sae} latents but the SAE has {d_sae}: they belong "
-            "to another SAE"
-        )
+    if sae is None:
+        found = labels if isinstance(labels, LatentLabels) else LatentLabels.load(labels)
+    else:
+        found = labels_for(labels, int(sae.cfg.d_sae))
     return found.find(query_vector(found, query, text_model), top=top)
 
 
@@ -253,12 +252,7 @@ def resolve_concepts(
             f"latent {words[0]!r} is a concept word: pass labels= (a LatentLabels, or the "
             f"{LABELS_FILE} written by name_latents / `sae-vlm name`) to resolve it"
         )
-    found = labels if isinstance(labels, LatentLabels) else LatentLabels.load(labels)
-    if found.d_sae != d_sae:
-        raise ValueError(
-            f"the labels are for {found.d_sae} latents but the SAE has {d_sae}: they belong "
-            "to another SAE"
-        )
+    found = labels_for(labels, d_sae)
     resolved: dict[Any, float] = {}
     matches: dict[str, LatentMatch] = {}
     for key, value in latents.items():
