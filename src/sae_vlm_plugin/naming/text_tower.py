@@ -146,9 +146,11 @@ def _text_encoder(module: Any, tokenizer: Any) -> Callable[[list[str]], Tensor]:
         # SigLIP was trained on text padded to its full length; CLIP pools at the EOS token.
         siglip = type(module).__name__.startswith("Siglip")
         padding = "max_length" if siglip else True
+        # Truncate to the tower's context (77 for CLIP); a tokenizer without one has no limit.
+        truncation = getattr(tokenizer, "model_max_length", 10**30) < 10**6
 
         def encode_transformers(texts: list[str]) -> Tensor:
-            inputs = tokenizer(texts, padding=padding, truncation=True, return_tensors="pt")
+            inputs = tokenizer(texts, padding=padding, truncation=truncation, return_tensors="pt")
             device = next(module.parameters()).device
             return module.get_text_features(**{k: v.to(device) for k, v in inputs.items()})
 
