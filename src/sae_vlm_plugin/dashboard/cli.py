@@ -91,15 +91,14 @@ def _load_sae(spec: str, device: str | None) -> Any:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from sae_vlm_plugin.dashboard.build import collect_dashboard, write_from_data
     from sae_vlm_plugin.dashboard.exports import export_neuronpedia, export_saedashboard
+    from sae_vlm_plugin.metrics.commands import model_name_argument
     from sae_vlm_plugin.model import VisionModel
-    from sae_vlm_plugin.steering.commands import default_labels
+    from sae_vlm_plugin.naming.labels import labels_beside
 
     sae = _load_sae(args.sae, args.device)
-    model_name = args.model or getattr(sae.cfg.metadata, "model_name", None)
-    if not model_name:
-        raise ValueError("the SAE's metadata names no model; pass --model")
+    model_name = model_name_argument(args.model, sae)
     model = VisionModel(model_name, family=args.family, device=args.device)
-    labels = args.labels or default_labels(args.sae)
+    labels = args.labels or labels_beside(args.sae)
     found = collect_dashboard(
         sae,
         model,

@@ -72,7 +72,7 @@ def steering_findings(
     from sae_vlm_plugin.metrics.sae_activations import encode_rows, hook_rows, pool_codes
     from sae_vlm_plugin.metrics.top_activations import top_activations
     from sae_vlm_plugin.model import VisionModel
-    from sae_vlm_plugin.naming.name import name_latents, resolve_concepts
+    from sae_vlm_plugin.naming.name import find_latents, name_latents
     from sae_vlm_plugin.steering.edits import steer
     from sae_vlm_plugin.steering.evaluation import (
         DESCRIBE_PROMPT,
@@ -101,7 +101,7 @@ def steering_findings(
     )
     concept_labels = name_latents(sae, clip, images, "toy", tokens="all", progress=False)
     concept_labels.save(out / "run" / "final")
-    _, by_word = resolve_concepts({value: 0.0}, concept_labels, int(sae.cfg.d_sae))
+    word_match = find_latents(sae, value, labels=concept_labels, top=1)[0]
     entries = codes.coalesce()
     max_activation = float(entries.values()[entries.indices()[1] == latent].max())
 
@@ -169,8 +169,8 @@ def steering_findings(
         "latent_labels": concept_labels.labels(latent),
         "word_latent": {
             "word": value,
-            "latent": by_word[value].latent,
-            "labels": by_word[value].labels,
+            "latent": word_match.latent,
+            "labels": word_match.labels,
         },
         "insertion": insertion,
         "suppression": suppression,

@@ -46,9 +46,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from sae_vlm_plugin.model import VisionModel
 
     sae = load_sae_argument(args.sae, args.device or "cpu")
-    model_name = args.model or sae.cfg.metadata.model_name
-    if not model_name:
-        raise SystemExit("the SAE's metadata names no model; pass --model")
+    model_name = model_name_argument(args.model, sae)
     report = evaluate_sae(
         sae,
         VisionModel(model_name, device=args.device),
@@ -91,6 +89,14 @@ def _cmd_alignment(args: argparse.Namespace) -> int:
         for b in result.bins:
             print(f"  |dMS| in [{b.low:.1f}, {b.high:.1f}): {b.score:.3f} ({b.n_pairs} pairs)")
     return 0
+
+
+def model_name_argument(given: str | None, sae: Any) -> str:
+    """``--model`` if given, else the model the SAE's metadata names; exits if neither."""
+    name = given or getattr(sae.cfg.metadata, "model_name", None)
+    if not name:
+        raise SystemExit("the SAE's metadata names no model; pass --model")
+    return str(name)
 
 
 def load_sae_argument(spec: str, device: str) -> Any:

@@ -66,7 +66,7 @@ def add_naming_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_name(args: argparse.Namespace) -> int:
-    from sae_vlm_plugin.metrics.commands import load_sae_argument
+    from sae_vlm_plugin.metrics.commands import load_sae_argument, model_name_argument
     from sae_vlm_plugin.model import VisionModel
     from sae_vlm_plugin.naming.name import name_latents
 
@@ -74,12 +74,9 @@ def _cmd_name(args: argparse.Namespace) -> int:
     if out is None:
         raise SystemExit(f"--sae {args.sae!r} is not a directory: pass --out for the labels")
     sae = load_sae_argument(args.sae, args.device or "cpu")
-    model_name = args.model or sae.cfg.metadata.model_name
-    if not model_name:
-        raise SystemExit("the SAE's metadata names no model; pass --model")
     labels = name_latents(
         sae,
-        VisionModel(model_name, device=args.device),
+        VisionModel(model_name_argument(args.model, sae), device=args.device),
         args.images,
         args.vocabulary,
         text_model=args.text_model,

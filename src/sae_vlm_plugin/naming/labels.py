@@ -232,6 +232,12 @@ class LatentLabels:
         )
 
 
+def labels_beside(sae: str | Path) -> Path | None:
+    """The labels file in an SAE folder (``sae-vlm name`` writes it there), or None."""
+    path = Path(sae) / LABELS_FILE
+    return path if path.is_file() else None
+
+
 def labels_for(labels: LatentLabels | str | Path, d_sae: int) -> LatentLabels:
     """``labels`` (a ``LatentLabels``, or the directory / file it was saved to), checked to be
     for an SAE of ``d_sae`` latents."""

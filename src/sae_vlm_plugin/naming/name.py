@@ -178,13 +178,7 @@ def _decoder_vectors(sae: Any, model: Any, hook: str, tower: TextTower) -> Tenso
             f"({tower.image_hook} of {tower.name}); this SAE reads {hook} of "
             f"{model.model_name}: use scorer='top_images'"
         )
-    w_dec = sae.W_dec.detach().float().cpu()
-    dims = tower.embed(["a"]).shape[1]
-    if w_dec.shape[1] != dims:
-        raise ValueError(
-            f"the SAE decodes into {w_dec.shape[1]} dims but {tower.name} embeds text in {dims}"
-        )
-    return torch.nn.functional.normalize(w_dec, dim=-1)
+    return torch.nn.functional.normalize(sae.W_dec.detach().float().cpu(), dim=-1)
 
 
 def find_latents(

@@ -89,20 +89,11 @@ def format_sweep(answers: dict[str, str], latent: int) -> str:
     return "\n".join(lines)
 
 
-def default_labels(sae: str) -> str | None:
-    """The SAE folder's concept labels file, when it is a folder that has one."""
-    from pathlib import Path
-
-    from sae_vlm_plugin.naming.labels import LABELS_FILE
-
-    path = Path(sae) / LABELS_FILE
-    return str(path) if path.is_file() else None
-
-
 def _cmd_steer(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from sae_vlm_plugin.metrics.commands import load_sae_argument
+    from sae_vlm_plugin.naming.labels import LatentLabels, labels_beside
     from sae_vlm_plugin.steering.edits import steer
     from sae_vlm_plugin.steering.evaluation import sweep, white_image
 
@@ -114,32 +105,26 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     else:
         image = Image.open(args.image).convert("RGB")
 
+    labels_path = args.labels or labels_beside(args.sae)
+    labels = LatentLabels.load(labels_path) if labels_path is not None else None
+
     def make_steering(value: float) -> Any:
         return steer(
             model,
             sae,
-            {latent: value},
+            {args.latent: value},
             mode=args.mode,
             keep_error=args.keep_error,
             tokens=args.tokens,
             hook=args.hook,
+            labels=labels,
         )
 
-    labels = args.labels or default_labels(args.sae)
-    latent = args.latent
-    if isinstance(latent, str):
-        from sae_vlm_plugin.naming.name import resolve_concepts
-
-        if labels is None:
-            raise SystemExit(
-                f"--latent {latent!r} is a concept word, but the SAE has no labels: run "
-                "`sae-vlm name` on it or pass --labels"
-            )
-        _, matches = resolve_concepts({latent: 0.0}, labels, int(sae.cfg.d_sae))
-        latent = matches[args.latent].latent
-        print(f"{args.latent!r} -> latent {latent} (labels: {matches[args.latent].labels})")
-
-    make_steering(0.0).remove()  # bad latent / hook / width: fail before generating anything
+    probe = make_steering(0.0)  # bad latent / word / hook / width: fail before generating
+    probe.remove()
+    latent = probe.concepts.get(args.latent, args.latent)
+    if probe.concepts and labels is not None:
+        print(f"{args.latent!r} -> latent {latent} (labels: {labels.labels(latent)})")
     answers = sweep(
         model,
         processor,
