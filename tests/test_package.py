@@ -85,3 +85,14 @@ def test_cli_env_lists_the_ecosystem(capsys):
 def test_registration_survives_sae_lens_being_first_imported_by_any_plugin_module(module):
     # The registration callback runs while ``module`` is half-imported; it must not need it.
     assert _run(f"import {module}; import sae_lens" + REPORT)["registered"] is True
+
+
+def test_a_user_error_is_one_line_and_exit_2(capsys, tmp_path):
+    """#18 item 21: a user's mistake prints one line (no traceback) and exits 2; --debug raises."""
+    assert main(["train", "--preset", "no-such-preset"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("sae-vlm train: error: unknown preset 'no-such-preset'")
+    assert "Traceback" not in error
+    assert error.count("\n") == 1
+    with pytest.raises(ValueError, match="unknown preset"):
+        main(["--debug", "train", "--preset", "no-such-preset"])

@@ -65,7 +65,7 @@ def _parse_overrides(pairs: list[str]) -> dict[str, object]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
+            raise ValueError(f"--set expects key=value, got {pair!r}")
         overrides[key.replace("-", "_")] = yaml.safe_load(value)
     return overrides
 
@@ -98,7 +98,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif args.preset is not None:
         config = preset_config(args.preset, **overrides)
     else:
-        raise SystemExit("give --preset NAME or --config FILE (see --list-presets)")
+        raise ValueError("give --preset NAME or --config FILE (see --list-presets)")
     with process_group_from_environment(config.device):  # torchrun: data-parallel
         sae = VisionSAETrainingRunner(config).run()
         is_main = DataParallel.current().is_main
@@ -118,7 +118,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     elif args.preset:
         configs = sweep_from_presets(args.preset, args.run_dir or "runs/sweep", **overrides)
     else:
-        raise SystemExit("give --config SWEEP_FILE or --preset PATTERN (repeatable)")
+        raise ValueError("give --config SWEEP_FILE or --preset PATTERN (repeatable)")
     with process_group_from_environment(configs[0].device):  # torchrun: each SAE data-parallel
         saes = VisionSAESweepRunner(configs).run()
         is_main = DataParallel.current().is_main
@@ -231,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(SAELens / nnsight / SAEDashboard plugin).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     env = commands.add_parser("env", help="print library versions and the device, for bug reports")
@@ -248,9 +249,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USER_ERRORS = (ValueError, OSError)
+"""What a user's mistake raises (a bad value; a missing, existing or unreachable file or model):
+one line, exit 2."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. A user error prints ``sae-vlm COMMAND: error: MESSAGE`` and returns 2,
+    as argparse does for bad flags; ``--debug`` shows the traceback instead."""
     args = build_parser().parse_args(argv)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"sae-vlm {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

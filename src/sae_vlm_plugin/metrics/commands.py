@@ -95,7 +95,7 @@ def model_name_argument(given: str | None, sae: Any) -> str:
     """``--model`` if given, else the model the SAE's metadata names; exits if neither."""
     name = given or getattr(sae.cfg.metadata, "model_name", None)
     if not name:
-        raise SystemExit("the SAE's metadata names no model; pass --model")
+        raise ValueError("the SAE's metadata names no model; pass --model")
     return str(name)
 
 
@@ -107,7 +107,7 @@ def load_sae_argument(spec: str, device: str) -> Any:
         return SAE.load_from_disk(spec, device=device)
     release, sep, sae_id = spec.partition(":")
     if not sep:
-        raise SystemExit(f"--sae {spec!r} is neither a directory nor RELEASE:SAE_ID")
+        raise ValueError(f"--sae {spec!r} is neither a directory nor RELEASE:SAE_ID")
     from sae_vlm_plugin.pretrained.loading import load_sae
 
     return load_sae(release, sae_id, device=device).sae
@@ -124,6 +124,6 @@ def taxonomy_argument(spec: str | None, images: str) -> Any:
 
         labels = open_image_source(images).labels
         if labels is None:
-            raise SystemExit("--taxonomy inat needs class folders (root/<class>/<image>)")
+            raise ValueError("--taxonomy inat needs class folders (root/<class>/<image>)")
         return Taxonomy.from_folder_names(sorted(set(labels)))
     return Taxonomy.from_file(spec)

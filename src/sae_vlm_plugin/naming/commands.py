@@ -72,7 +72,7 @@ def _cmd_name(args: argparse.Namespace) -> int:
 
     out = args.out or (args.sae if Path(args.sae).is_dir() else None)
     if out is None:
-        raise SystemExit(f"--sae {args.sae!r} is not a directory: pass --out for the labels")
+        raise ValueError(f"--sae {args.sae!r} is not a directory: pass --out for the labels")
     sae = load_sae_argument(args.sae, args.device or "cpu")
     labels = name_latents(
         sae,
@@ -104,7 +104,7 @@ def _cmd_find(args: argparse.Namespace) -> int:
 
     where = args.labels or args.sae
     if where is None:
-        raise SystemExit("pass --sae (a directory with labels) or --labels")
+        raise ValueError("pass --sae (a directory with labels) or --labels")
     labels = LatentLabels.load(where)
     for match in find_latents(
         None, args.query, labels=labels, text_model=args.text_model, top=args.top
