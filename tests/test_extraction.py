@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -10,7 +11,7 @@ from PIL import Image
 
 import tiny_models as tm
 from sae_vlm_plugin import TokenSelection, VisionModel, extract_activations, open_image_source
-from sae_vlm_plugin.images import ImageReadError
+from sae_vlm_plugin.images import BACKGROUND, ImageReadError, to_rgb
 
 BLOCK = "blocks.1.hook_resid_post"
 
@@ -184,3 +185,25 @@ def test_token_selection_errors():
         extract_activations(
             _clip_model(), tm.pixel_batch(1), "hook_post_norm", tokens="patches", progress=False
         )
+
+
+def test_wide_and_transparent_images_are_seen_as_a_person_sees_them(tmp_path):
+    """#18 item 15: a 16-bit image is scaled to 8 bits (PIL's convert clips it to white) and
+    transparent pixels show the documented background, not the colour hidden under them."""
+    ramp = (np.arange(16 * 16).reshape(16, 16) * 256).astype(np.uint16)  # 0 .. 65280
+    Image.fromarray(ramp).save(tmp_path / "wide.png")
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[..., 0] = 255  # red everywhere
+    rgba[:2, :, 3] = 255  # opaque top half, transparent bottom half
+    rgba[2:, :, 3] = 0
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "clear.png")
+    source = open_image_source(tmp_path)
+    wide = np.asarray(source.load(source.ids.index("wide.png")))
+    assert wide.dtype == np.uint8
+    np.testing.assert_array_equal(wide[..., 0], np.round(ramp / 257).astype(np.uint8))
+    assert (wide[..., 0] == wide[..., 2]).all()
+    clear = np.asarray(source.load(source.ids.index("clear.png")))
+    assert (clear[:2] == [255, 0, 0]).all()
+    assert (clear[2:] == list(BACKGROUND)).all()
+    half = Image.new("LA", (2, 2), (0, 128))  # black at alpha 128/255 over white
+    assert to_rgb(half).getpixel((0, 0)) == (127, 127, 127)

@@ -13,10 +13,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+BACKGROUND = (255, 255, 255)
+"""The colour transparent pixels are composited onto (white, as a page shows them)."""
+
+_WIDE_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+"""PIL modes of single-channel images wider than 8 bits (16-bit PNG / TIFF, 32-bit int, float)."""
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """An 8-bit RGB image as a person would see ``image``.
+
+    PIL's own ``convert("RGB")`` clips wide integer images at 255 (a 16-bit scan turns white)
+    and drops alpha, keeping the colour hidden under transparent pixels. Here a wide
+    single-channel image is scaled from the 16-bit range, ``v8 = round(clip(v, 0, 65535) / 257)``
+    (an image whose values all fit in 8 bits is kept as is), and an image with alpha is composited
+    onto ``background``: ``rgb = a * colour + (1 - a) * background``.
+    """
+    if image.mode in _WIDE_MODES:
+        values = np.asarray(image, dtype=np.float64)
+        if values.size and values.max() > 255:
+            values = np.clip(values, 0, 65535) / 257
+        image = Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        layer = image.convert("RGBA")
+        canvas = Image.new("RGBA", layer.size, (*background, 255))
+        canvas.alpha_composite(layer)
+        return canvas.convert("RGB")
+    return image.convert("RGB")
 
 
 class ImageReadError(ValueError):
@@ -49,11 +80,12 @@ class ImageSource:
         return self.pixels is not None
 
     def load(self, index: int) -> Image.Image:
-        """The RGB image at ``index``; raises ``ImageReadError`` naming it if unreadable."""
+        """The RGB image at ``index`` (see ``to_rgb``); raises ``ImageReadError`` naming it if
+        unreadable."""
         try:
             image = self.loader(index)
             image.load()
-            return image.convert("RGB")
+            return to_rgb(image)
         except Exception as error:  # PIL raises many types for corrupt files
             raise ImageReadError(self.ids[index], error) from error
 

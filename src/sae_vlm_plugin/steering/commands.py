@@ -90,8 +90,7 @@ def format_sweep(answers: dict[str, str], latent: int) -> str:
 
 
 def _cmd_steer(args: argparse.Namespace) -> int:
-    from PIL import Image
-
+    from sae_vlm_plugin.images import open_image_source
     from sae_vlm_plugin.metrics.commands import load_sae_argument
     from sae_vlm_plugin.naming.labels import LatentLabels, labels_beside
     from sae_vlm_plugin.steering.edits import steer
@@ -103,7 +102,7 @@ def _cmd_steer(args: argparse.Namespace) -> int:
         size = int(model.source_module.config.vision_config.image_size)
         image = white_image(size)
     else:
-        image = Image.open(args.image).convert("RGB")
+        image = open_image_source(args.image).load(0)
 
     labels_path = args.labels or labels_beside(args.sae)
     labels = LatentLabels.load(labels_path) if labels_path is not None else None
