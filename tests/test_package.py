@@ -59,6 +59,25 @@ def test_sae_lens_sees_the_plugin_whichever_is_imported_first(imports):
     assert report["handlers"] == 0
 
 
+def test_registration_survives_a_find_spec_before_the_import():
+    """#18 item 18: a ``find_spec("sae_lens")`` between the two imports (as pytest plugins,
+    ``importlib.util.find_spec`` probes and IDEs do) must not eat the pending registration."""
+    probe = "import importlib.util; importlib.util.find_spec('sae_lens'); "
+    report = _run("import sae_vlm_plugin; " + probe + probe + "import sae_lens" + REPORT)
+    assert report["registered"] is True
+
+
+def test_importing_sae_lens_with_the_plugin_parses_no_release_yaml():
+    """#18 item 18: SAELens parses its 1.5 MB ``pretrained_saes.yaml`` on first use; the plugin
+    must not make ``import sae_lens`` do it eagerly."""
+    code = (
+        "import json, sae_vlm_plugin, sae_lens\n"
+        "from sae_lens.loading import pretrained_saes_directory as p\n"
+        "print(json.dumps(p.get_pretrained_saes_directory.cache_info().currsize))"
+    )
+    assert _run(code) == 0
+
+
 def test_public_api_names_resolve():
     for name in sae_vlm_plugin.__all__:
         assert getattr(sae_vlm_plugin, name) is not None
@@ -96,3 +115,10 @@ def test_a_user_error_is_one_line_and_exit_2(capsys, tmp_path):
     assert error.count("\n") == 1
     with pytest.raises(ValueError, match="unknown preset"):
         main(["--debug", "train", "--preset", "no-such-preset"])
+
+
+def test_cli_parser_imports_no_heavy_library():
+    """#18 item 28a: ``sae-vlm --help`` builds every subcommand's parser without importing torch,
+    transformers or SAELens (they cost seconds); only the handlers import them."""
+    code = "from sae_vlm_plugin.cli import build_parser; build_parser()" + REPORT
+    assert _run(code)["loaded"] == []

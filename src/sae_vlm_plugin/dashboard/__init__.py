@@ -1,29 +1,36 @@
 """Static offline HTML dashboards of SAE latents on images, and exports to Neuronpedia's
-feature JSON and SAEDashboard's data classes."""
+feature JSON and SAEDashboard's data classes.
 
-from sae_vlm_plugin.dashboard.build import (
-    CollectedDashboard,
-    build_dashboard,
-    collect_dashboard,
-    write_from_data,
-)
-from sae_vlm_plugin.dashboard.data import DashboardData, data_from_codes
-from sae_vlm_plugin.dashboard.exports import (
-    export_neuronpedia,
-    export_saedashboard,
-    saedashboard_data,
-)
-from sae_vlm_plugin.dashboard.html import write_dashboard
+Importing this package imports nothing heavy (``sae-vlm --help`` reaches ``dashboard.cli``
+through it); each name loads its module, and torch, on first use.
+"""
 
-__all__ = [
-    "CollectedDashboard",
-    "DashboardData",
-    "build_dashboard",
-    "collect_dashboard",
-    "data_from_codes",
-    "export_neuronpedia",
-    "export_saedashboard",
-    "saedashboard_data",
-    "write_dashboard",
-    "write_from_data",
-]
+from __future__ import annotations
+
+from typing import Any
+
+from sae_vlm_plugin._lazy import lazy_attribute
+
+_LAZY: dict[str, str] = {
+    "CollectedDashboard": "sae_vlm_plugin.dashboard.build",
+    "build_dashboard": "sae_vlm_plugin.dashboard.build",
+    "collect_dashboard": "sae_vlm_plugin.dashboard.build",
+    "write_from_data": "sae_vlm_plugin.dashboard.build",
+    "DashboardData": "sae_vlm_plugin.dashboard.data",
+    "data_from_codes": "sae_vlm_plugin.dashboard.data",
+    "export_neuronpedia": "sae_vlm_plugin.dashboard.exports",
+    "export_saedashboard": "sae_vlm_plugin.dashboard.exports",
+    "saedashboard_data": "sae_vlm_plugin.dashboard.exports",
+    "write_dashboard": "sae_vlm_plugin.dashboard.html",
+}
+
+
+def __getattr__(name: str) -> Any:
+    return lazy_attribute(__name__, _LAZY, name, globals())
+
+
+__all__ = sorted(_LAZY)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
