@@ -24,8 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,11 @@ class CacheSettings:
             for key in mine
             if mine[key] != theirs[key]
         ]
+
+    def digest(self) -> str:
+        """A short hash of these settings, stamped into every shard so that a shard copied in
+        from another cache is recognised as foreign."""
+        return hashlib.sha256(json.dumps(vars(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def extract_to_cache(
@@ -139,7 +146,7 @@ def extract_to_cache(
     todo = [
         s
         for s in range(n_shards)
-        if s % world == rank and not all((root / p.name / _shard_name(s)).exists() for p in points)
+        if s % world == rank and _needs_extraction(root, points, s, dtype, settings.digest())
     ]
     mine = [s for s in range(n_shards) if s % world == rank]
     done_images = sum(
@@ -178,6 +185,7 @@ def extract_to_cache(
                 point.d_model,
                 dtype,
                 skipped,
+                settings.digest(),
             )
     bar.close()
     parallel.barrier()
@@ -248,7 +256,65 @@ def _open_manifest(
     return manifest
 
 
-def _write_shard(path: Path, parts: list[Any], d_in: int, dtype: str, skipped: list[str]) -> None:
+def _needs_extraction(
+    root: Path, points: Sequence[Any], shard: int, dtype: str, cache_id: str
+) -> bool:
+    """Whether ``shard`` must be (re-)extracted: a hook's file is missing, or is bad
+    (truncated, corrupt, foreign, wrong width or dtype), which is warned about and redone."""
+    for point in points:
+        path = root / point.name / _shard_name(shard)
+        if not path.exists():
+            return True
+        problems = _shard_problems(path, point.d_model, dtype, cache_id)
+        if problems:
+            warnings.warn(f"re-extracting a bad shard: {'; '.join(problems)}", stacklevel=3)
+            return True
+    return False
+
+
+def _shard_problems(
+    path: Path, d_in: int, dtype: str, cache_id: str, rows: int | None = None
+) -> list[str]:
+    """What is wrong with one shard file, from its header alone: unreadable, written for
+    another cache (``cache_id``), or not ``rows`` (if known) rows of ``d_in`` ``dtype`` values
+    with their image and token indices. Empty when it is sound."""
+    try:
+        header = _read_header(path)
+    except ShardError as error:
+        return [str(error)]
+    metadata = header.get("__metadata__", {})
+    if metadata.get("cache", cache_id) != cache_id:  # shards written before cache ids: none
+        return [f"{path}: a shard of another cache (cache id {metadata['cache']}, not {cache_id})"]
+    expected = {
+        "activations": (SAFETENSORS_DTYPES[dtype], 2),
+        "image_index": ("I64", 1),
+        "token_index": ("I64", 1),
+    }
+    if set(header) - {"__metadata__"} != set(expected):
+        return [
+            f"{path}: holds tensors {sorted(set(header) - {'__metadata__'})}, not {sorted(expected)}"
+        ]
+    problems = [
+        f"{path}: {name} is {header[name]['dtype']} of shape {header[name]['shape']}, "
+        f"expected {code} with {n_dims} dimension(s)"
+        for name, (code, n_dims) in expected.items()
+        if header[name]["dtype"] != code or len(header[name]["shape"]) != n_dims
+    ]
+    if problems:
+        return problems
+    n_rows, width = header["activations"]["shape"]
+    if width != d_in:
+        problems.append(f"{path}: activations are {width} wide, the manifest says d_in={d_in}")
+    if header["image_index"]["shape"] != [n_rows] or header["token_index"]["shape"] != [n_rows]:
+        problems.append(f"{path}: its index tensors do not have one entry per row ({n_rows})")
+    if rows is not None and n_rows != rows:
+        problems.append(f"{path}: {n_rows} rows, the manifest records {rows}")
+    return problems
+
+
+def _write_shard(
+    path: Path, parts: list[Any], d_in: int, dtype: str, skipped: list[str], cache_id: str
+) -> None:
     if parts:
         activations = torch.cat([p.activations for p in parts])
         image_index = torch.cat([p.image_index for p in parts])
@@ -262,7 +328,7 @@ def _write_shard(path: Path, parts: list[Any], d_in: int, dtype: str, skipped: l
         "token_index": token_index.contiguous().cpu(),
     }
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"skipped": json.dumps(skipped)})
+    save_file(tensors, str(tmp), metadata={"skipped": json.dumps(skipped), "cache": cache_id})
     os.replace(tmp, path)
 
 
@@ -416,20 +482,84 @@ class ActivationCache:
                 return
 
 
+class ShardError(ValueError):
+    """A shard file that cannot be this cache's: truncated, corrupt, not safetensors, foreign."""
+
+
+SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+"""Storage dtype -> its code in a safetensors header."""
+_ITEM_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1}
+"""Bytes per element of the safetensors dtypes a shard may name."""
+MAX_HEADER_BYTES = 100_000_000
+"""The largest header safetensors itself accepts."""
+
+
 def _read_shard(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
+    """A shard's tensors; its header is checked first, so a bad file raises a ``ShardError``
+    naming it instead of whatever the safetensors reader makes of it."""
+    _read_header(path)
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises its own SafetensorError for bad data
+        raise ShardError(f"{path}: unreadable safetensors file ({error})") from None
+
+
+def _read_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (an 8-byte little-endian length, then JSON).
+
+    The length is checked against the file's size before anything is read, so a truncated
+    file or another format renamed ``.safetensors`` (a pickle's first 8 bytes make a length of
+    petabytes) raises a ``ShardError`` naming the file instead of a ``JSONDecodeError`` or a
+    ``MemoryError``; the tensors' byte ranges must then exactly fill the rest of the file.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        prefix = file.read(8)
+        length = int.from_bytes(prefix, "little")
+        if len(prefix) < 8 or length > min(size - 8, MAX_HEADER_BYTES):
+            raise ShardError(
+                f"{path}: not a safetensors file or truncated (its {size} bytes cannot hold the "
+                f"header its first 8 bytes announce)"
+            )
+        raw = file.read(length)
+    try:
+        header = json.loads(raw)
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError
+        raise ShardError(f"{path}: unreadable safetensors header ({error})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__", {}), dict):
+        raise ShardError(f"{path}: its safetensors header is not a JSON object of entries")
+    _check_data_extent(path, header, size - 8 - length)
+    return header
+
+
+def _check_data_extent(path: Path, header: dict[str, Any], data_bytes: int) -> None:
+    """Each tensor's byte range fits its dtype and shape, and together they end where the
+    file does (a truncated file ends early)."""
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = entry["data_offsets"]
+            n_bytes = _ITEM_SIZES[entry["dtype"]] * prod(entry["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise ShardError(f"{path}: malformed safetensors entry for {name!r}") from None
+        if stop - begin != n_bytes:
+            raise ShardError(f"{path}: tensor {name!r} has {stop - begin} bytes, needs {n_bytes}")
+        end = max(end, stop)
+    if end != data_bytes:
+        raise ShardError(
+            f"{path}: its tensors need {end} bytes of data, the file holds {data_bytes} "
+            "(truncated or corrupt)"
+        )
 
 
 def _shard_metadata(path: Path) -> dict[str, str]:
     """The string metadata of a safetensors file, from its header."""
-    with path.open("rb") as file:
-        header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
-    return dict(header.get("__metadata__", {}))
+    return dict(_read_header(path).get("__metadata__", {}))
 
 
 def _tensor_shapes(path: Path) -> dict[str, list[int]]:
-    """Tensor shapes from a safetensors header (8-byte little-endian length, then JSON),
-    without reading the data."""
-    with path.open("rb") as file:
-        header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
+    """Tensor shapes from a safetensors header, without reading the data."""
+    header = _read_header(path)
     return {name: entry["shape"] for name, entry in header.items() if name != "__metadata__"}
