@@ -289,6 +289,17 @@ def test_releases_survive_sae_lens_clearing_its_cache(sandbox):
     )
 
 
+def test_plugin_directory_entries_are_plain_sae_lens_lookups(sandbox):
+    """#18 item 19: the common ``DataFrame.from_records({k: v.__dict__ ...})`` recipe sees the
+    same columns for the plugin's entries as for SAELens' own."""
+    entries = directory()
+    plugin = entries["pach2025-clip-vit-l14-336-steering"]
+    assert type(plugin) is type(entries["gpt2-small-res-jb"])
+    assert set(plugin.__dict__) == set(entries["gpt2-small-res-jb"].__dict__)
+    assert is_plugin_lookup(plugin)
+    assert not is_plugin_lookup(dataclasses.replace(plugin))
+
+
 def test_a_release_named_like_a_sae_lens_release_is_refused(sandbox):
     data = release("someone/vision-saes", "layer_1", name="gpt2-small-res-jb")
     with pytest.raises(ValueError, match="has the name of one of SAELens' own pretrained releases"):

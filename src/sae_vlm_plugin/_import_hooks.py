@@ -9,7 +9,9 @@ can observe SAELens without the plugin's additions.
 
 Mechanism: a finder at the front of ``sys.meta_path`` answers only for the watched names. It
 asks the other finders for the real spec and wraps that spec's loader's ``exec_module`` (the
-loader instance belongs to that one module), then steps aside.
+loader instance belongs to that one spec). The callbacks stay pending until a wrapped loader
+actually executes the module: ``importlib.util.find_spec`` also asks the finders, and the spec it
+gets is never executed, so taking the callbacks at ``find_spec`` time would lose them.
 """
 
 from __future__ import annotations
@@ -60,12 +62,11 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
                 break
         if spec is None or spec.loader is None:
             return spec
-        callbacks = _PENDING.pop(fullname)
         execute = spec.loader.exec_module
 
         def execute_then_call_back(module: ModuleType) -> None:
             execute(module)
-            for callback in callbacks:
+            for callback in _PENDING.pop(fullname, []):
                 callback()
 
         setattr(spec.loader, "exec_module", execute_then_call_back)  # noqa: B010

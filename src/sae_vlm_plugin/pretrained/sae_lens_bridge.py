@@ -36,13 +36,15 @@ from typing import Any
 from sae_vlm_plugin.pretrained.schema import CONVERSION_FUNCS, VISION_METADATA_KEY, Release
 
 _DIRECTORY_FUNCTION = "get_pretrained_saes_directory"
-_PLUGIN_MARK = "_sae_vlm_plugin_release"
-"""Attribute set on the SAELens directory entries this module creates."""
+_PLUGIN_LOOKUPS: dict[int, Any] = {}
+"""The SAELens directory entries this module created, by ``id`` (held, so no id is reused).
+Entries stay plain ``PretrainedSAELookup`` objects: no marker attribute that would show up in
+``entry.__dict__`` (the ``DataFrame.from_records`` recipe) or in SAELens' own code paths."""
 
 
 def is_plugin_lookup(lookup: Any) -> bool:
     """Whether a SAELens directory entry came from a ``sae_vlm_plugin`` registry file."""
-    return bool(getattr(lookup, _PLUGIN_MARK, False))
+    return _PLUGIN_LOOKUPS.get(id(lookup)) is lookup
 
 
 def _deferred(table: str, name: str) -> Callable[..., Any]:
@@ -103,7 +105,9 @@ class DirectoryWithPluginReleases:
 
 def install(releases: Callable[[], Mapping[str, Release]]) -> None:
     """Make SAELens see ``releases()`` (read at every directory lookup) and the plugin's
-    converters. Idempotent; raises ValueError on a name SAELens already uses."""
+    converters. Idempotent. Lazy: SAELens' own YAML is parsed at the first directory lookup, as
+    without the plugin, and that lookup raises ValueError on a release named like one of
+    SAELens' own."""
     from sae_lens.loading import pretrained_sae_loaders, pretrained_saes_directory
 
     current = getattr(pretrained_saes_directory, _DIRECTORY_FUNCTION)
@@ -117,7 +121,6 @@ def install(releases: Callable[[], Mapping[str, Release]]) -> None:
                 setattr(module, _DIRECTORY_FUNCTION, wrapper)
     _register(pretrained_sae_loaders.NAMED_PRETRAINED_SAE_LOADERS, _LOADERS)
     _register(pretrained_sae_loaders.NAMED_PRETRAINED_SAE_CONFIG_GETTERS, _CONFIG_GETTERS)
-    wrapper()
 
 
 def refuse_sae_lens_names(releases: Mapping[str, Release], where: str) -> None:
@@ -158,7 +161,7 @@ def to_lookup(release: Release) -> Any:
         },
         config_overrides={**release.config_overrides, VISION_METADATA_KEY: vision},
     )
-    setattr(lookup, _PLUGIN_MARK, True)
+    _PLUGIN_LOOKUPS[id(lookup)] = lookup
     return lookup
 
 
