@@ -235,7 +235,7 @@ def test_config_errors_name_what_is_wrong(tmp_path, tiny_cache):
     with pytest.raises(ValueError, match="either cache_path"):
         VisionSAERunnerConfig()
     with pytest.raises(
-        ValueError, match="unknown architecture 'topk'; valid: paper_matryoshka_batchtopk"
+        ValueError, match="architecture: expected one of 'paper_matryoshka_batchtopk', "
     ):
         _config(tmp_path, tiny_cache, architecture="topk")
     with pytest.raises(ValueError, match="k=200 is larger than d_sae=128"):

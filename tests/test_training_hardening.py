@@ -1,0 +1,92 @@
+"""Hardening of training configs and the run lifecycle (issue #18): typed config fields,
+non-finite losses, run directories, token selections, sweep names, duplicate keys and safe
+trainer-state loads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sae_vlm_plugin.cli import main as cli_main
+from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+def _values(run_dir: Path, cache: Path, **overrides) -> dict:
+    return {
+        "cache_path": str(cache),
+        "hook_name": HOOK,
+        "expansion_factor": 4,
+        "k": 4,
+        "batch_size": 64,
+        "training_steps": 20,
+        "warmup_steps": 2,
+        "threshold_start_step": 4,
+        "dead_feature_threshold": 64 * 20,
+        "n_batches_for_scaling": 2,
+        "log_every_steps": 5,
+        "checkpoint_every_steps": 10,
+        "run_dir": str(run_dir),
+        **overrides,
+    }
+
+
+# -- item 3: every field is coerced to and checked against its annotation ---------------------
+
+
+def test_yaml_strings_that_are_numbers_become_numbers(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("cache_path: c\nlr: 3e-4\nauxk_alpha: 1\ntraining_steps: 2e4\nk: '32'\n")
+    cfg = VisionSAERunnerConfig.from_file(path)
+    assert (cfg.lr, cfg.auxk_alpha, cfg.training_steps, cfg.k) == (3e-4, 1.0, 20000, 32)
+    assert [type(cfg.lr), type(cfg.auxk_alpha)] == [float, float]
+    assert [type(cfg.training_steps), type(cfg.k)] == [int, int]
+    cfg = VisionSAERunnerConfig.from_dict({"cache_path": "c", "group_fractions": ["0.5", 0.5]})
+    assert cfg.group_fractions == [0.5, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("k", "abc", "k: expected int, got 'abc'"),
+        ("k", 2.5, "k: expected int, got 2.5"),
+        ("k", True, "k: expected int, got True"),
+        ("lr", "fast", "lr: expected float or None, got 'fast'"),
+        ("lr", float("nan"), "lr: expected float or None, got nan"),
+        ("scale_inputs", "yes please", "scale_inputs: expected bool, got 'yes please'"),
+        ("scale_inputs", 1, "scale_inputs: expected bool, got 1"),
+        ("hook_name", 22, "hook_name: expected str, got 22"),
+        ("group_fractions", [0.5, "x"], "group_fractions: expected list[float] or None"),
+        ("extra_metadata", [1], "extra_metadata: expected dict[str, Any], got [1]"),
+        (
+            "architecture",
+            "topk",
+            "architecture: expected one of 'paper_matryoshka_batchtopk', 'paper_batchtopk', "
+            "'matryoshka_batchtopk', 'batchtopk', got 'topk'",
+        ),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_field_value_and_type(key, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        VisionSAERunnerConfig.from_dict({"cache_path": "c", key: value})
+
+
+def test_cli_set_values_are_coerced_or_refused_in_one_line(tmp_path, tiny_cache, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(_values(tmp_path / "run", tiny_cache)))
+    argv = ["train", "--config", str(config), "--set", "k=abc"]
+    assert cli_main(argv) == 2
+    assert capsys.readouterr().err.strip() == "sae-vlm train: error: k: expected int, got 'abc'"
+    argv = ["train", "--config", str(config), "--set", "lr=3e-4", "--set", "training_steps=5"]
+    assert cli_main(argv) == 0
+    recorded = yaml.safe_load((tmp_path / "run" / "config.json").read_text())
+    assert (recorded["lr"], recorded["training_steps"]) == (3e-4, 5)
+
+
+def test_unknown_keys_name_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown config keys \['lr_rate'\]; valid keys: .*lr,"):
+        VisionSAERunnerConfig.from_dict({"cache_path": "c", "lr_rate": 1})
