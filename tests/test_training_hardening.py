@@ -12,6 +12,7 @@ import yaml
 
 from sae_vlm_plugin.cli import main as cli_main
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+from sae_vlm_plugin.training.sweep_config import sweep_from_file
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -90,3 +91,30 @@ def test_cli_set_values_are_coerced_or_refused_in_one_line(tmp_path, tiny_cache,
 def test_unknown_keys_name_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown config keys \['lr_rate'\]; valid keys: .*lr,"):
         VisionSAERunnerConfig.from_dict({"cache_path": "c", "lr_rate": 1})
+
+
+# -- item 16b: sweep names stay inside the run directory; repeated keys are refused ----------
+
+
+@pytest.mark.parametrize("name", ["../../escape", "/tmp/abs", "a/b", "..", ".", ""])
+def test_sweep_names_that_leave_the_run_directory_are_refused(tmp_path, name):
+    path = tmp_path / "sweep.yaml"
+    spec = {"run_dir": str(tmp_path / "runs"), "shared": {"cache_path": "c"}, "saes": {name: {}}}
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match=re.escape(f"SAE name {name!r}")):
+        sweep_from_file(path)
+
+
+def test_repeated_keys_in_sweep_and_run_files_are_refused(tmp_path):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("run_dir: r\nsaes:\n  a: {k: 4}\n  b: {k: 8, k: 16}\n")
+    with pytest.raises(ValueError, match=r"sweep\.yaml: line 4: duplicate key 'k'"):
+        sweep_from_file(sweep)
+    run = tmp_path / "run.yaml"
+    run.write_text("cache_path: c\nlr: 1e-3\nk: 4\nlr: 1e-4\n")
+    with pytest.raises(ValueError, match=r"run\.yaml: line 4: duplicate key 'lr'"):
+        VisionSAERunnerConfig.from_file(run)
+    as_json = tmp_path / "run.json"
+    as_json.write_text('{"cache_path": "c", "k": 4, "k": 8}')
+    with pytest.raises(ValueError, match=r"run\.json: duplicate key 'k'"):
+        VisionSAERunnerConfig.from_file(as_json)

@@ -37,6 +37,8 @@ class VisionSAERunnerConfig:
     """k of ``random_k`` (the paper's steering SAE: 2 random tokens per image)."""
     cache_path: str | None = None
     """Train from this activation cache (``sae-vlm extract``)."""
+    allow_incomplete_cache: bool = False
+    """Train on the shards of a cache whose extraction did not finish (else it is refused)."""
     model: str | None = None
     """Train from images: hub id / path / ``open_clip:...`` of the model to extract from."""
     images: str | None = None
@@ -269,16 +271,27 @@ def _type_name(annotation: Any) -> str:
 
 
 def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
-    """The mapping a YAML (``.yaml``/``.yml``, read with ``safe_load``) or JSON file holds;
-    ``what`` names its keys in the error raised for anything else."""
+    """The mapping a YAML (``.yaml``/``.yml``, plain data only) or JSON file holds; ``what``
+    names its keys in the error raised for anything else. A key repeated in one mapping is
+    refused (both parsers would silently keep the last value)."""
+    from sae_vlm_plugin.pretrained.schema import load_yaml_text
+
     path = Path(path)
     text = path.read_text()
     if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        values = yaml.safe_load(text)
+        values = load_yaml_text(text, str(path))
     else:
-        values = json.loads(text)
+        values = json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of {what}, got {type(values).__name__}")
     return values
+
+
+def _unique_keys(pairs: list[tuple[str, Any]], path: Path) -> dict[str, Any]:
+    """A JSON object's pairs as a dict, refusing a repeated key."""
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"{path}: duplicate key {key!r}")
+        seen[key] = value
+    return seen

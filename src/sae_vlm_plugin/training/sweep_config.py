@@ -64,6 +64,7 @@ def sweep_from_file(
     shared = spec.get("shared") or {}
     configs = []
     for name, own in saes.items():
+        _check_sae_name(path, name)
         values = {**shared, **(own or {}), **overrides, "run_dir": str(Path(root) / name)}
         preset = values.pop("preset", None)
         if preset is not None:
@@ -71,3 +72,15 @@ def sweep_from_file(
         else:
             configs.append(VisionSAERunnerConfig.from_dict(values))
     return configs
+
+
+def _check_sae_name(path: str | Path, name: Any) -> None:
+    """Refuse a name that is not one plain directory name: each SAE trains in
+    ``run_dir/<name>``, and ``../x``, ``/abs`` or ``a/b`` would put it elsewhere."""
+    separators = ("/", "\\")
+    plain = isinstance(name, str) and name not in ("", ".", "..")
+    if not plain or any(sep in name for sep in separators):
+        raise ValueError(
+            f"{path}: SAE name {name!r} must be a plain directory name (no '/', '\\', '..' "
+            "or absolute path): each SAE trains in RUN_DIR/<name>"
+        )
