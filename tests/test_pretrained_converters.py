@@ -227,3 +227,16 @@ def test_local_roots(tmp_path):
     assert files.fetch_optional(str(tmp_path), "missing/cfg.json") is None
     (tmp_path / "cfg.json").write_text(json.dumps({}))
     assert files.fetch(str(tmp_path), files.repo_file(".", "cfg.json")).is_file()
+
+
+def test_a_file_outside_the_repo_is_never_fetched(tmp_path):
+    """#18 item 16: whatever reaches ``fetch`` (a registry path, a converter's derived name), a
+    file outside ``repo_id`` is refused before any read or download."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (tmp_path / "secret.json").write_text("{}")
+    for name in ("../secret.json", str(tmp_path / "secret.json"), "a/../../secret.json"):
+        with pytest.raises(ValueError, match=r"absolute|climbs out"):
+            files.fetch(str(repo), name)
+    with pytest.raises(ValueError, match="climbs out"):
+        files.fetch("someone/vision-saes", "../../etc/passwd")

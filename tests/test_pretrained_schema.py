@@ -131,6 +131,12 @@ def test_a_valid_file_parses_into_merged_metadata():
         (lambda r: r["saes"][0]["metadata"].update(hook_name="resid22"), r"not a canonical hook"),
         (lambda r: r["metadata"].update(group_fractions=[0.5, 0.5]), r"only applies to Matryoshka"),
         (lambda r: r["saes"].append(dict(r["saes"][0])), r"ids must be unique"),
+        # paths that would leave repo_id (#18 item 16)
+        (lambda r: r["saes"][0].update(path="../../.."), r"path '../../..' climbs out"),
+        (lambda r: r["saes"][0].update(path="a/../../b"), r"climbs out of repo_id"),
+        (lambda r: r["saes"][0].update(path="/etc/passwd"), r"path '/etc/passwd' is absolute"),
+        (lambda r: r["saes"][0].update(path="C:/saes"), r"is absolute"),
+        (lambda r: r["saes"][0].update(path="a\\..\\..\\b"), r"contains a backslash"),
     ],
 )
 def test_malformed_release_is_refused_naming_the_key(edit, message):

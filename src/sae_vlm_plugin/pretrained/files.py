@@ -17,6 +17,8 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 from safetensors.torch import load_file
 
+from sae_vlm_plugin.pretrained.schema import path_escape
+
 
 class UnsafeCheckpointError(ValueError):
     """A checkpoint that is not plain tensors and data (e.g. a pickle that would run code)."""
@@ -36,7 +38,11 @@ def repo_file(folder: str, name: str) -> str:
 
 
 def fetch(repo_id: str, filename: str, force_download: bool = False) -> Path:
-    """Local path of ``filename`` in ``repo_id`` (downloading it, or from the HF cache)."""
+    """Local path of ``filename`` in ``repo_id`` (downloading it, or from the HF cache).
+    ``filename`` must stay inside the repo (``schema.path_escape``)."""
+    problem = path_escape(filename)
+    if problem is not None:
+        raise ValueError(f"{filename!r} {problem} ({repo_id!r})")
     root = local_root(repo_id)
     if root is not None:
         path = root / filename

@@ -41,7 +41,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import yaml
@@ -320,6 +320,9 @@ def _parse_sae(value: Any, defaults: dict[str, Any], verified: bool, where: str)
     _check_note(raw, where)
     if not raw["path"]:
         raise SchemaError(f"{where}: path is empty (use '.' for the root of repo_id)")
+    problem = path_escape(raw["path"])
+    if problem is not None:
+        raise SchemaError(f"{where}: path {raw['path']!r} {problem}")
     own = _check_mapping(
         raw.get("metadata", {}), METADATA_FIELDS, f"{where}: metadata", check_required=False
     )
@@ -335,6 +338,20 @@ def _parse_sae(value: Any, defaults: dict[str, Any], verified: bool, where: str)
         neuronpedia=raw.get("neuronpedia"),
         norm_scaling_factor=raw.get("norm_scaling_factor"),
     )
+
+
+def path_escape(path: str) -> str | None:
+    """Why ``path`` (a file or folder inside a repo) could name something outside the repo, or
+    None if it cannot: it must be relative, with no ``..`` component and no drive or backslash
+    (a Windows path), so that ``repo / path`` stays inside ``repo`` on every platform."""
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or PureWindowsPath(path).is_absolute() or PureWindowsPath(path).drive:
+        return "is absolute: it must be relative to repo_id"
+    if "\\" in path:
+        return "contains a backslash: use '/' between folders"
+    if ".." in pure.parts:
+        return "climbs out of repo_id with '..'"
+    return None
 
 
 def _vision_metadata(raw: dict[str, Any], where: str) -> VisionMetadata:
