@@ -282,12 +282,30 @@ def test_alignment_reproduces_hand_built_benchmark(tmp_path):
     assert score_benchmark(pairs, by_id).score == pytest.approx(3 / 5)
 
 
+def test_pairs_without_a_score_are_skipped_and_counted(tmp_path, capsys):
+    """#18 item 24: an empty MS cell (NaN) leaves its pair out instead of aborting."""
+    from sae_vlm_plugin.cli import main as cli_main
+
+    lines = PAIRS_CSV.strip().splitlines()
+    lines[2] = "12,13,13,,0.30,0.55,0.50"  # pair 1 lacks MS_x_dino
+    (tmp_path / "pairs.csv").write_text("\n".join(lines) + "\n")
+    pairs = load_benchmark_pairs(tmp_path / "pairs.csv")
+    dino = score_benchmark(pairs, "dino")
+    assert (dino.n_pairs, dino.n_skipped) == (4, 1)
+    assert dino.score == pytest.approx(3 / 4)  # pair 1 (aligned: y, y) is left out
+    assert score_benchmark(pairs, "clip").n_skipped == 0
+    assert cli_main(["alignment", "--pairs", str(tmp_path / "pairs.csv")]) == 0
+    assert "alignment 0.750 over 4 pairs (1 without a score skipped)" in capsys.readouterr().out
+
+
 def test_alignment_score_arrays_and_errors(tmp_path):
     result = alignment_score([0.3, 0.0], [0.0, 0.3], [True, True], bin_width=0.1)
     assert result.score == 0.5
     assert [b.n_pairs for b in result.bins] == [0, 0, 0, 2]  # 0.3 lands in [0.3, 0.4)
-    with pytest.raises(ValueError, match=r"score_y is nan for pair 1"):
-        alignment_score([0.1, 0.2], [0.1, math.nan], [True, False])
+    with pytest.raises(ValueError, match=r"score_y is inf for pair 1"):
+        alignment_score([0.1, 0.2], [0.1, math.inf], [True, False])
+    with pytest.raises(ValueError, match=r"no pairs to score: 1 pairs, none with both scores"):
+        alignment_score([math.nan], [0.1], [True])
     with pytest.raises(ValueError, match=r"one value per pair"):
         alignment_score([0.1, 0.2], [0.1], [True, False])
     pairs = write_benchmark(tmp_path)

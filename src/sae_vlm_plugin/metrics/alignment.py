@@ -90,6 +90,9 @@ class AlignmentResult:
     bins: tuple[AlignmentBin, ...]
     """From ``[0, bin_width)`` up to the bin of the largest difference."""
     bin_width: float
+    n_skipped: int = 0
+    """Pairs left out because a score (or ``bin_by``) is missing: NaN, e.g. an empty cell of
+    ``pairs.csv`` or a dead neuron's MS. ``n_pairs`` counts only the scored pairs."""
 
 
 def alignment_score(
@@ -110,8 +113,12 @@ def alignment_score(
         bin_width: bin width; pair ``i`` goes to bin ``floor(bin_by_i / bin_width)`` (the
             quotient is rounded to 9 decimals first, so 0.3 lands in [0.3, 0.4)).
 
+    A pair with a missing (NaN) score or ``bin_by`` cannot be decided; it is left out of every
+    fraction and counted in ``n_skipped``.
+
     Raises:
-        ValueError: lengths differ, no pairs, NaN scores or a non-positive ``bin_width``.
+        ValueError: lengths differ, no pair has both scores, an infinite value or a non-positive
+            ``bin_width``.
     """
     x = _as_float_array(score_x, "score_x")
     y = _as_float_array(score_y, "score_y")
@@ -122,14 +129,17 @@ def alignment_score(
             f"score_x, score_y, user_prefers_x and bin_by need one value per pair, got lengths "
             f"{x.shape[0]}, {y.shape[0]}, {users.shape[0]}, {distance.shape[0]}"
         )
-    if x.shape[0] == 0:
-        raise ValueError("no pairs to score")
     if not bin_width > 0:
         raise ValueError(f"bin_width must be > 0, got {bin_width}")
     for name, values in (("score_x", x), ("score_y", y), ("bin_by", distance)):
-        if not np.isfinite(values).all():
-            at = int(np.flatnonzero(~np.isfinite(values))[0])
-            raise ValueError(f"{name} is {values[at]} for pair {at}; every pair needs a score")
+        if np.isinf(values).any():
+            at = int(np.flatnonzero(np.isinf(values))[0])
+            raise ValueError(f"{name} is {values[at]} for pair {at}; scores must be finite")
+    scored = ~(np.isnan(x) | np.isnan(y) | np.isnan(distance))
+    if not scored.any():
+        raise ValueError(f"no pairs to score: {x.shape[0]} pairs, none with both scores")
+    n_skipped = int((~scored).sum())
+    x, y, users, distance = x[scored], y[scored], users[scored], distance[scored]
     aligned = (x > y) == users
     bin_index = np.floor(np.round(distance / bin_width, 9)).astype(np.int64)
     bins = []
@@ -145,7 +155,11 @@ def alignment_score(
             )
         )
     return AlignmentResult(
-        score=float(aligned.mean()), n_pairs=int(x.shape[0]), bins=tuple(bins), bin_width=bin_width
+        score=float(aligned.mean()),
+        n_pairs=int(x.shape[0]),
+        bins=tuple(bins),
+        bin_width=bin_width,
+        n_skipped=n_skipped,
     )
 
 
@@ -189,7 +203,7 @@ def load_benchmark_pairs(path: str | Path) -> BenchmarkPairs:
     """Read ``pairs.csv``. ``R_user`` names the chosen neuron: it must equal the row's ``k_x``
     or ``k_y`` (compared as text, then as numbers); the literals ``x``/``k_x`` and
     ``y``/``k_y`` are accepted too. Every ``MS_x_<name>``/``MS_y_<name>`` column pair is
-    loaded (empty cells become NaN)."""
+    loaded (empty cells become NaN, and their pairs are skipped when scored)."""
     path = Path(path)
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)

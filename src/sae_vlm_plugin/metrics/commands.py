@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
+
 
 def add_metric_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``evaluate`` and ``alignment`` to the ``sae-vlm`` subcommands."""
@@ -17,7 +19,7 @@ def add_metric_commands(commands: argparse._SubParsersAction) -> None:
         "reconstruction R^2, L0 and dead fraction; uniqueness of the top-16 sets; with "
         "--taxonomy, the Matryoshka hierarchy. Writes evaluation.json and ms_sorted.png.",
     )
-    evaluate.add_argument("--sae", required=True, help="SAE directory, or RELEASE:SAE_ID")
+    add_sae_arguments(evaluate)
     evaluate.add_argument("--images", required=True, help="image folder (e.g. ImageNet val)")
     evaluate.add_argument("--model", help="model to run (default: the SAE's metadata)")
     evaluate.add_argument("--scoring-encoder", default="dinov2", help="dinov2 | clip | a hub id")
@@ -44,8 +46,9 @@ def add_metric_commands(commands: argparse._SubParsersAction) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from sae_vlm_plugin.metrics.evaluation import evaluate_sae
     from sae_vlm_plugin.model import VisionModel
+    from sae_vlm_plugin.pretrained.sae_argument import load_sae_argument, model_name_argument
 
-    sae = load_sae_argument(args.sae, args.device or "cpu")
+    sae = load_sae_argument(args.sae, args.device or "cpu", args.registry)
     model_name = model_name_argument(args.model, sae)
     report = evaluate_sae(
         sae,
@@ -85,32 +88,11 @@ def _cmd_alignment(args: argparse.Namespace) -> int:
     pairs = load_benchmark_pairs(args.pairs)
     for metric in args.metric or ["dino", "clip"]:
         result = score_benchmark(pairs, metric, bin_by=args.bin_by)
-        print(f"MS ({metric}): alignment {result.score:.3f} over {result.n_pairs} pairs")
+        skipped = f" ({result.n_skipped} without a score skipped)" if result.n_skipped else ""
+        print(f"MS ({metric}): alignment {result.score:.3f} over {result.n_pairs} pairs{skipped}")
         for b in result.bins:
             print(f"  |dMS| in [{b.low:.1f}, {b.high:.1f}): {b.score:.3f} ({b.n_pairs} pairs)")
     return 0
-
-
-def model_name_argument(given: str | None, sae: Any) -> str:
-    """``--model`` if given, else the model the SAE's metadata names; exits if neither."""
-    name = given or getattr(sae.cfg.metadata, "model_name", None)
-    if not name:
-        raise ValueError("the SAE's metadata names no model; pass --model")
-    return str(name)
-
-
-def load_sae_argument(spec: str, device: str) -> Any:
-    """An SAE from a directory (SAELens format) or ``RELEASE:SAE_ID`` of the registry."""
-    if Path(spec).is_dir():
-        from sae_lens import SAE
-
-        return SAE.load_from_disk(spec, device=device)
-    release, sep, sae_id = spec.partition(":")
-    if not sep:
-        raise ValueError(f"--sae {spec!r} is neither a directory nor RELEASE:SAE_ID")
-    from sae_vlm_plugin.pretrained.loading import load_sae
-
-    return load_sae(release, sae_id, device=device).sae
 
 
 def taxonomy_argument(spec: str | None, images: str) -> Any:
