@@ -3,6 +3,8 @@ fingerprints, model references."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import torch
 
 import tiny_models as tm
 from sae_vlm_plugin import ActivationCache, VisionModel, extract_to_cache
+from sae_vlm_plugin.cli import main as cli_main
 
 BLOCK = "blocks.1.hook_resid_post"
 OPTIONS = {"tokens": "random_k", "k": 2, "batch_size": 2, "images_per_shard": 3, "progress": False}
@@ -68,3 +71,83 @@ def test_a_resumed_extraction_redoes_bad_shards(tmp_path, model, image_folder):
     assert all(str(shards[i]) in messages for i in (1, 2, 4))
     assert resumed.complete
     _assert_same_rows(resumed, reference)
+
+
+# -- item 5: incomplete caches, missing and foreign shards; sae-vlm cache verify ------------
+
+
+def _source(cache: Path, **overrides: object):
+    """The activation stream training would read from ``cache``."""
+    from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+    from sae_vlm_plugin.training.sources import activation_source
+
+    return activation_source(
+        VisionSAERunnerConfig(cache_path=str(cache), hook_name=BLOCK, **overrides)
+    )
+
+
+def _mark_incomplete(cache: Path) -> None:
+    """What a killed extraction leaves: a manifest not yet marked complete."""
+    manifest = json.loads((cache / "cache.json").read_text())
+    manifest["complete"] = False
+    del manifest["shard_rows"]
+    (cache / "cache.json").write_text(json.dumps(manifest))
+
+
+def test_training_refuses_an_incomplete_cache_unless_asked(tmp_path, model):
+    out = tmp_path / "c"
+    extract_to_cache(model, tm.pixel_batch(7), BLOCK, out, **OPTIONS)
+    _mark_incomplete(out)
+    (out / BLOCK / "shard_000002.safetensors").unlink()
+    with pytest.raises(ValueError, match=r"extraction did not finish \(2 of 3 shards written\)"):
+        _source(out)
+    source = _source(out, allow_incomplete_cache=True, batch_size=4)
+    assert next(source.make_batches(0)).shape == (4, tm.WIDTH)
+
+
+def test_training_refuses_missing_stray_foreign_and_miscounted_shards(tmp_path, model):
+    out = tmp_path / "c"
+    extract_to_cache(model, tm.pixel_batch(7), BLOCK, out, **OPTIONS)
+    other = extract_to_cache(model, tm.pixel_batch(7), BLOCK, tmp_path / "other", tokens="cls")
+    folder = out / BLOCK
+    shutil.copy(other.shard_paths()[0], folder / "shard_000000.safetensors")  # another cache's
+    shutil.copy(folder / "shard_000002.safetensors", folder / "shard_000001.safetensors")
+    shutil.copy(folder / "shard_000002.safetensors", folder / "shard_000007.safetensors")
+    (folder / "shard_000002.safetensors").unlink()
+    problems = ActivationCache(out).shard_problems(BLOCK)
+    assert len(problems) == 4, problems
+    assert "shard_000000.safetensors: a shard of another cache" in problems[1]
+    assert "shard_000001.safetensors: 2 rows, the manifest records 6" in problems[2]
+    assert problems[3].endswith("shard_000002.safetensors: missing")
+    assert "shard_000007.safetensors: a stray file, not one of this cache's 3 shards" in problems[0]
+    with pytest.raises(ValueError, match=r"cannot train on the cache at .*: .*a stray file"):
+        _source(out)
+
+
+def test_cli_cache_verify_prints_a_summary_and_exits_2_listing_the_problems(
+    tmp_path, model, capsys
+):
+    out = tmp_path / "c"
+    hooks = [BLOCK, "hook_post_norm"]
+    extract_to_cache(model, tm.pixel_batch(7), hooks, out, **{**OPTIONS, "tokens": "cls"})
+    assert cli_main(["cache", "verify", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{BLOCK}: 3 of 3 shards, 7 rows x {tm.WIDTH} float32" in printed
+    assert f"hook_post_norm: 3 of 3 shards, 7 rows x {tm.WIDTH} float32" in printed
+    assert printed.rstrip().endswith("ok")
+
+    _truncate(out / BLOCK / "shard_000001.safetensors", 8)
+    (out / "hook_post_norm" / "shard_000000.safetensors").unlink()
+    assert cli_main(["cache", "verify", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert f"{BLOCK}: 3 of 3 shards, 4 rows" in captured.out
+    assert "hook_post_norm: 2 of 3 shards, 4 rows" in captured.out
+    error = captured.err.strip()
+    assert error.startswith(f"sae-vlm cache: error: 2 problem(s) in {out}: ")
+    assert "shard_000001.safetensors: its tensors need" in error
+    assert "hook_post_norm/shard_000000.safetensors: missing" in error
+    assert len(error.splitlines()) == 1
+
+    _mark_incomplete(out)
+    assert cli_main(["cache", "verify", str(out)]) == 2
+    assert "the extraction did not finish" in capsys.readouterr().err

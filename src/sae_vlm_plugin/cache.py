@@ -73,6 +73,11 @@ class CacheSettings:
     n_images: int
     image_ids_sha256: str
 
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> CacheSettings:
+        """The settings recorded in a ``cache.json``."""
+        return cls(**{**manifest["settings"], "hooks": tuple(manifest["settings"]["hooks"])})
+
     def differences(self, other: CacheSettings) -> list[str]:
         mine, theirs = vars(self), vars(other)
         return [
@@ -191,11 +196,20 @@ def extract_to_cache(
     parallel.barrier()
     skipped_all = {
         image_id
-        for path in sorted((root / points[0].name).glob("shard_*.safetensors"))
-        for image_id in json.loads(_shard_metadata(path).get("skipped", "[]"))
+        for s in range(n_shards)
+        for image_id in json.loads(
+            _shard_metadata(root / points[0].name / _shard_name(s)).get("skipped", "[]")
+        )
     }
     if rank == 0:
         manifest["skipped_images"] = sorted(skipped_all)
+        manifest["shard_rows"] = {
+            p.name: [
+                _tensor_shapes(root / p.name / _shard_name(s))["image_index"][0]
+                for s in range(n_shards)
+            ]
+            for p in points
+        }
         manifest["complete"] = True
         _write_json_atomic(manifest_path, manifest)
     parallel.barrier()
@@ -220,9 +234,7 @@ def _open_manifest(
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("format") != CACHE_FORMAT:
             raise ValueError(f"{root} holds a cache.json that is not an activation cache")
-        recorded = CacheSettings(
-            **{**manifest["settings"], "hooks": tuple(manifest["settings"]["hooks"])}
-        )
+        recorded = CacheSettings.from_manifest(manifest)
         if recorded != settings:
             raise ValueError(
                 f"{root} holds a different extraction run; refusing to mix them. Differences: "
@@ -340,8 +352,11 @@ class ActivationCache:
         manifest_path = self.path / "cache.json"
         if not manifest_path.exists():
             raise FileNotFoundError(f"{self.path} is not an activation cache (no cache.json)")
-        self.manifest = json.loads(manifest_path.read_text())
-        if self.manifest.get("format") != CACHE_FORMAT:
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+        except ValueError as error:
+            raise ValueError(f"{manifest_path} is not valid JSON ({error})") from None
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != CACHE_FORMAT:
             raise ValueError(f"{manifest_path} is not an activation cache manifest")
         if self.manifest["version"] > CACHE_VERSION:
             raise ValueError(
@@ -393,8 +408,57 @@ class ActivationCache:
             raise ValueError(f"this cache has no hook {hook!r}; it holds: {', '.join(self.hooks)}")
         return hook
 
+    @property
+    def n_shards(self) -> int:
+        """Shards per hook once complete: one per ``images_per_shard`` images."""
+        return -(-self.settings["n_images"] // self.settings["images_per_shard"])
+
+    def _expected_paths(self, hook: str | None) -> list[Path]:
+        folder = self.path / self._hook(hook)
+        return [folder / _shard_name(s) for s in range(self.n_shards)]
+
     def shard_paths(self, hook: str | None = None) -> list[Path]:
-        return sorted((self.path / self._hook(hook)).glob("shard_*.safetensors"))
+        """The shard files of ``hook`` written so far (all ``n_shards`` once complete)."""
+        return [path for path in self._expected_paths(hook) if path.exists()]
+
+    def shard_problems(self, hook: str | None = None) -> list[str]:
+        """What is wrong with ``hook``'s shard files against the manifest, from their headers:
+        missing (in a complete cache), stray (not one of this cache's shard names), unreadable,
+        written for another cache, or of the wrong width, dtype or row count (row counts are
+        recorded when the extraction completes). Empty when every file is sound."""
+        name = self._hook(hook)
+        expected = self._expected_paths(name)
+        strays = sorted(set((self.path / name).glob("shard_*.safetensors")) - set(expected))
+        problems = [
+            f"{path}: a stray file, not one of this cache's {len(expected)} shards"
+            for path in strays
+        ]
+        rows = self.manifest.get("shard_rows", {}).get(name) or [None] * len(expected)
+        cache_id = CacheSettings.from_manifest(self.manifest).digest()
+        for path, n_rows in zip(expected, rows, strict=True):
+            if path.exists():
+                problems += _shard_problems(
+                    path, self.d_in(name), self.settings["dtype"], cache_id, n_rows
+                )
+            elif self.complete:
+                problems.append(f"{path}: missing")
+        return problems
+
+    def check_trainable(self, hook: str | None = None, *, allow_incomplete: bool = False) -> None:
+        """Raise a ValueError listing what is wrong with ``hook``'s data before training reads
+        it, since a killed extraction, or a missing or foreign shard, would otherwise train
+        silently on part (or the wrong) data. An incomplete cache passes only with
+        ``allow_incomplete`` (its written shards are then still checked)."""
+        problems = self.shard_problems(hook)
+        if not self.complete and not allow_incomplete:
+            problems.insert(
+                0,
+                f"the extraction did not finish ({len(self.shard_paths(hook))} of "
+                f"{self.n_shards} shards written): rerun the same `sae-vlm extract` to finish "
+                "it, or set allow_incomplete_cache to train on the shards written",
+            )
+        if problems:
+            raise ValueError(f"cannot train on the cache at {self.path}: " + "; ".join(problems))
 
     def n_rows(self, hook: str | None = None) -> int:
         return sum(_tensor_shapes(path)["image_index"][0] for path in self.shard_paths(hook))
@@ -480,6 +544,72 @@ class ActivationCache:
             epoch += 1
             if not loop:
                 return
+
+
+@dataclass(frozen=True)
+class HookSummary:
+    """One hook of a cache as ``verify_cache`` finds it."""
+
+    hook: str
+    d_in: int
+    dtype: str
+    n_shards: int
+    """Shard files present."""
+    n_expected: int
+    """Shard files a complete cache has."""
+    n_rows: int
+    """Rows in the readable shards."""
+
+    def describe(self) -> str:
+        return (
+            f"{self.hook}: {self.n_shards} of {self.n_expected} shards, "
+            f"{self.n_rows} rows x {self.d_in} {self.dtype}"
+        )
+
+
+@dataclass(frozen=True)
+class CacheReport:
+    """What ``verify_cache`` found: a summary per hook and every problem (empty: sound)."""
+
+    path: Path
+    complete: bool
+    hooks: list[HookSummary]
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_cache(path: str | os.PathLike) -> CacheReport:
+    """Check an activation cache's shards against its manifest, from the files' headers
+    (existence, row counts, width, dtype, safetensors header sanity, cache id); an
+    unfinished extraction is a problem too. See ``ActivationCache.shard_problems``."""
+    cache = ActivationCache(path)
+    problems = [] if cache.complete else [f"{cache.path}: the extraction did not finish"]
+    summaries = []
+    for hook in cache.hooks:
+        problems += cache.shard_problems(hook)
+        summaries.append(
+            HookSummary(
+                hook=hook,
+                d_in=cache.d_in(hook),
+                dtype=cache.settings["dtype"],
+                n_shards=len(cache.shard_paths(hook)),
+                n_expected=cache.n_shards,
+                n_rows=sum(_header_rows(p) for p in cache.shard_paths(hook)),
+            )
+        )
+    return CacheReport(cache.path, cache.complete, summaries, problems)
+
+
+def _header_rows(path: Path) -> int:
+    """The rows of activations a shard's header announces (0 if it cannot be read)."""
+    try:
+        shape = _tensor_shapes(path).get("activations") or [0]
+    except ShardError:
+        return 0
+    return int(shape[0])
 
 
 class ShardError(ValueError):

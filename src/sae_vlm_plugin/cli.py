@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from sae_vlm_plugin import __version__
+from sae_vlm_plugin.cache_commands import add_cache_commands
 from sae_vlm_plugin.dashboard.cli import add_dashboard_command
 from sae_vlm_plugin.demo.commands import add_demo_command
 from sae_vlm_plugin.metrics.commands import add_metric_commands
@@ -239,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     families = commands.add_parser("families", help="list the supported model families")
     families.set_defaults(handler=_cmd_families)
     _add_extract(commands)
+    add_cache_commands(commands)
     _add_train(commands)
     add_metric_commands(commands)
     add_dashboard_command(commands)

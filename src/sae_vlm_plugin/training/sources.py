@@ -43,6 +43,7 @@ def activation_source(
                 f"the cache at {cache.path} holds {', '.join(cache.hooks)}, not {cfg.hook_name!r}; "
                 "set hook_name to one of them"
             )
+        cache.check_trainable(cfg.hook_name, allow_incomplete=cfg.allow_incomplete_cache)
         settings = cache.settings
         return ActivationSource(
             d_in=cache.d_in(cfg.hook_name),
