@@ -5,12 +5,15 @@ trainer-state loads."""
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from sae_vlm_plugin.cli import main as cli_main
+from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 from sae_vlm_plugin.training.sweep_config import sweep_from_file
 
@@ -118,3 +121,31 @@ def test_repeated_keys_in_sweep_and_run_files_are_refused(tmp_path):
     as_json.write_text('{"cache_path": "c", "k": 4, "k": 8}')
     with pytest.raises(ValueError, match=r"run\.json: duplicate key 'k'"):
         VisionSAERunnerConfig.from_file(as_json)
+
+
+# -- item 17: the trainer state is loaded with weights_only=True ------------------------------
+
+
+class _Payload:
+    """A pickle that writes a file when unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def test_a_pickle_in_the_trainer_state_is_refused_on_resume(tmp_path, tiny_cache, monkeypatch):
+    cfg = VisionSAERunnerConfig(**_values(tmp_path / "run", tiny_cache))
+    VisionSAETrainingRunner(cfg, progress=False).run()
+    shutil.rmtree(tmp_path / "run" / "final")
+    state = tmp_path / "run" / "checkpoints" / "step_10" / "trainer_state.pt"
+    marker = tmp_path / "pwned"
+    torch.save({"optimizer": _Payload(marker)}, state)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(
+        ValueError, match=re.escape(f"{state}: refused by torch.load(weights_only=True)")
+    ):
+        VisionSAETrainingRunner(cfg, progress=False).run()
+    assert not marker.exists()

@@ -256,7 +256,7 @@ class TrainingJob:
         trainer.sae.load_state_dict(
             load_file(str(checkpoint / CHECKPOINT_STATE), device=self.device)
         )
-        trainer.load_trainer_state(checkpoint)
+        _load_trainer_state_weights_only(trainer, checkpoint)
 
     # -- logging --------------------------------------------------------------------------
 
@@ -316,6 +316,35 @@ class TrainingJob:
         for key, value in cfg.extra_metadata.items():
             metadata[key] = value
         sae.save_inference_model(self.run_dir / "final")
+
+
+def _load_trainer_state_weights_only(trainer: Any, checkpoint: Path) -> None:
+    """SAELens' ``load_trainer_state`` with its ``torch.load`` forced to ``weights_only=True``.
+
+    SAELens calls ``torch.load`` without ``weights_only``, so torch's default decides, and
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` turns it into a full unpickle that runs whatever a
+    crafted ``trainer_state.pt`` holds. An explicit ``weights_only=True`` overrides that
+    variable. ``torch.load`` is replaced only for the call, so SAELens' own field handling
+    stays in charge of what the state holds."""
+    import pickle
+
+    from sae_lens.constants import TRAINER_STATE_FILENAME
+
+    plain_load = torch.load
+
+    def weights_only_load(*args: Any, **kwargs: Any) -> Any:
+        return plain_load(*args, **{**kwargs, "weights_only": True})
+
+    torch.load = weights_only_load
+    try:
+        trainer.load_trainer_state(checkpoint)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{checkpoint / TRAINER_STATE_FILENAME}: refused by torch.load(weights_only=True): "
+            "it holds objects other than tensors and plain data; delete this checkpoint"
+        ) from error
+    finally:
+        torch.load = plain_load
 
 
 def _is_sparsity_window_end(trainer: Any) -> bool:
