@@ -13,7 +13,8 @@ import http.server
 import threading
 import time
 from pathlib import Path
-from typing import Any
+
+from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
 
 
 def add_dashboard_command(commands: argparse._SubParsersAction) -> None:
@@ -25,7 +26,7 @@ def add_dashboard_command(commands: argparse._SubParsersAction) -> None:
         "write a self-contained dashboard folder (open index.html, no network needed); "
         "optionally also Neuronpedia batch JSON and SAEDashboard data.",
     )
-    parser.add_argument("--sae", required=True, help="SAELens SAE folder, or RELEASE/SAE_ID")
+    add_sae_arguments(parser)
     parser.add_argument("--images", required=True, help="an image folder")
     parser.add_argument("--out", required=True, help="output folder (thumbnails are reused)")
     parser.add_argument("--model", help="vision model (default: the SAE metadata's model_name)")
@@ -75,27 +76,14 @@ def parse_latents(text: str) -> list[int]:
     return latents
 
 
-def _load_sae(spec: str, device: str | None) -> Any:
-    from sae_lens import SAE
-
-    if Path(spec).exists():
-        return SAE.load_from_disk(spec, device=device or "cpu")
-    release, _, sae_id = spec.partition("/")
-    if not sae_id:
-        raise ValueError(f"--sae {spec!r} is neither a folder nor RELEASE/SAE_ID")
-    from sae_vlm_plugin.pretrained.loading import load_sae
-
-    return load_sae(release, sae_id, device=device or "cpu").sae
-
-
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from sae_vlm_plugin.dashboard.build import collect_dashboard, write_from_data
     from sae_vlm_plugin.dashboard.exports import export_neuronpedia, export_saedashboard
-    from sae_vlm_plugin.metrics.commands import model_name_argument
     from sae_vlm_plugin.model import VisionModel
     from sae_vlm_plugin.naming.labels import labels_beside
+    from sae_vlm_plugin.pretrained.sae_argument import load_sae_argument, model_name_argument
 
-    sae = _load_sae(args.sae, args.device)
+    sae = load_sae_argument(args.sae, args.device or "cpu", args.registry)
     model_name = model_name_argument(args.model, sae)
     model = VisionModel(model_name, family=args.family, device=args.device)
     labels = args.labels or labels_beside(args.sae)

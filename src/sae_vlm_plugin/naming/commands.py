@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
+
 
 def add_naming_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``name`` and ``find`` to the ``sae-vlm`` subcommands."""
@@ -23,7 +25,7 @@ def add_naming_commands(commands: argparse._SubParsersAction) -> None:
         "of its top images, or its decoder direction for SAEs on image_embeds) and write the "
         "labels next to the SAE: latent_labels.json, .csv and .safetensors.",
     )
-    name.add_argument("--sae", required=True, help="SAE directory, or RELEASE:SAE_ID")
+    add_sae_arguments(name)
     name.add_argument("--images", help="image folder (needed by the top_images scorer)")
     name.add_argument("--model", help="model the SAE reads (default: the SAE's metadata)")
     name.add_argument(
@@ -66,14 +68,14 @@ def add_naming_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_name(args: argparse.Namespace) -> int:
-    from sae_vlm_plugin.metrics.commands import load_sae_argument, model_name_argument
     from sae_vlm_plugin.model import VisionModel
     from sae_vlm_plugin.naming.name import name_latents
+    from sae_vlm_plugin.pretrained.sae_argument import load_sae_argument, model_name_argument
 
+    sae = load_sae_argument(args.sae, args.device or "cpu", args.registry)
     out = args.out or (args.sae if Path(args.sae).is_dir() else None)
     if out is None:
         raise ValueError(f"--sae {args.sae!r} is not a directory: pass --out for the labels")
-    sae = load_sae_argument(args.sae, args.device or "cpu")
     labels = name_latents(
         sae,
         VisionModel(model_name_argument(args.model, sae), device=args.device),

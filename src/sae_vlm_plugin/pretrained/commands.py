@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from sae_vlm_plugin.pretrained.sae_argument import add_registry_option
+
 
 def add_pretrained_commands(commands: argparse._SubParsersAction) -> None:
     """Add ``pretrained`` (with actions ``list``, ``validate``, ``export``) to ``commands``."""
@@ -21,7 +23,7 @@ def add_pretrained_commands(commands: argparse._SubParsersAction) -> None:
 
     listing = actions.add_parser("list", help="releases, or the SAEs of one release")
     listing.add_argument("release", nargs="?", help="show this release's SAEs")
-    _add_registry_option(listing)
+    add_registry_option(listing)
     listing.set_defaults(handler=_cmd_list)
 
     validate = actions.add_parser(
@@ -40,18 +42,8 @@ def add_pretrained_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("sae_id")
     export.add_argument("out", help="output folder")
     export.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    _add_registry_option(export)
+    add_registry_option(export)
     export.set_defaults(handler=_cmd_export)
-
-
-def _add_registry_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--registry",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="also register the releases of this YAML file (repeatable)",
-    )
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

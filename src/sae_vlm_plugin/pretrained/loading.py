@@ -2,15 +2,17 @@
 
 ``load_sae(release, sae_id)`` goes through SAELens (``SAE.from_pretrained``), so it returns the
 same SAE a plain SAELens user gets, plus the registry's view of it: which model, hook and token
-selection it belongs to. ``check_attachable`` refuses, before anything runs, an SAE whose hook a
-model lacks or whose width differs from that hook's.
+selection it belongs to; ``load_sae(directory)`` reads an SAE saved in SAELens format (``cfg.json``
++ ``sae_weights.safetensors``, e.g. ``sae-vlm train``'s ``RUN/final``) with the same account taken
+from its ``cfg.json`` metadata. ``check_attachable`` refuses, before anything runs, an SAE whose
+hook a model lacks, whose width differs from that hook's, or that was trained on another model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sae_vlm_plugin.hooks import HookPoint
 from sae_vlm_plugin.pretrained import registry
@@ -30,9 +32,11 @@ class PretrainedSAE:
     sae: SAE
     """The SAELens SAE (its ``cfg.metadata`` holds the same vision metadata)."""
     release: str
+    """The release, or the directory it was loaded from."""
     sae_id: str
+    """Its id in the release; empty for a directory."""
     model_name: str
-    """The model it was trained on (hub id)."""
+    """The model it was trained on (hub id or local path; empty if its metadata names none)."""
     metadata: VisionMetadata
     """Family, hook, tokens, training architecture, k, expansion, layer, training data."""
     verified: bool
@@ -55,18 +59,23 @@ class PretrainedSAE:
 
 
 def load_sae(
-    release: str,
-    sae_id: str,
+    release: str | Path,
+    sae_id: str | None = None,
     *,
     device: str = "cpu",
     dtype: str = "float32",
     force_download: bool = False,
 ) -> PretrainedSAE:
-    """Load SAE ``sae_id`` of a registered release through ``SAE.from_pretrained``.
+    """Load SAE ``sae_id`` of a registered release through ``SAE.from_pretrained``, or - with
+    no ``sae_id`` - the SAE saved in the directory ``release`` (SAELens format).
 
-    An unknown release or id raises ValueError listing the valid ones, closest first. Works
-    offline from local folders, ``file://`` URLs and the Hugging Face cache (``HF_HUB_OFFLINE=1``).
+    An unknown release or id raises ValueError listing the valid ones, closest first; a
+    directory that is missing or holds no SAE raises FileNotFoundError. Works offline from
+    local folders, ``file://`` URLs and the Hugging Face cache (``HF_HUB_OFFLINE=1``).
     """
+    if sae_id is None:
+        return _load_directory(Path(release).expanduser(), device=device, dtype=dtype)
+    release = str(release)
     spec = registry.get_release(release)
     entry = spec.sae(sae_id)
     registry.connect_sae_lens()
@@ -84,6 +93,61 @@ def load_sae(
         verified=entry.verified,
         note=entry.note if entry.note is not None else spec.note,
     )
+
+
+SAE_FILES = ("cfg.json", "sae_weights.safetensors")
+"""What a directory in SAELens format holds (``SAE.save_model``, ``sae-vlm train``'s final/)."""
+
+
+def check_sae_directory(path: Path) -> None:
+    """Raise FileNotFoundError, saying what is missing, unless ``path`` holds an SAE in SAELens
+    format: a run directory or a typo would otherwise fail deep inside SAELens."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such SAE directory: {path}")
+    missing = [name for name in SAE_FILES if not (path / name).is_file()]
+    if missing:
+        final = path / "final"
+        hint = f"; did you mean {final} (a training run's SAE)?" if final.is_dir() else ""
+        raise FileNotFoundError(
+            f"{path} is not an SAE directory: it has no {' or '.join(missing)} (SAELens format: "
+            f"{' + '.join(SAE_FILES)}){hint}"
+        )
+
+
+def _load_directory(path: Path, *, device: str, dtype: str) -> PretrainedSAE:
+    """``load_sae(directory)``: the SAE and its ``cfg.json`` metadata, unverified (no registry
+    entry vouches for it)."""
+    check_sae_directory(path)
+    from sae_lens import SAE
+
+    sae = SAE.load_from_disk(path, device=device, dtype=dtype)
+    meta = sae.cfg.metadata
+    fractions = _meta(meta, "group_fractions")
+    metadata = VisionMetadata(
+        family=_meta(meta, "family") or "",
+        hook_name=_meta(meta, "hook_name") or "",
+        tokens=_meta(meta, "tokens") or "cls",
+        training_architecture=_meta(meta, "training_architecture") or sae.cfg.architecture(),
+        training_data=_meta(meta, "training_data") or "",
+        layer=_meta(meta, "layer"),
+        k=_meta(meta, "k"),
+        expansion_factor=_meta(meta, "expansion_factor"),
+        group_fractions=tuple(fractions) if fractions else None,
+    )
+    return PretrainedSAE(
+        sae=sae,
+        release=str(path),
+        sae_id="",
+        model_name=_meta(meta, "model_name") or "",
+        metadata=metadata,
+        verified=False,
+        note=f"loaded from the directory {path}, not from a registry entry",
+    )
+
+
+def _meta(metadata: Any, name: str) -> Any:
+    """``metadata.name``; None where SAELens' metadata lacks the key."""
+    return getattr(metadata, name, None)
 
 
 def check_attachable(sae: SAE, model: VisionModel, hook_name: str | None = None) -> HookPoint:

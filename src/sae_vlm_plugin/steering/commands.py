@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
+
 
 def _values(text: str) -> list[float]:
     try:
@@ -36,7 +38,7 @@ def add_steer_command(commands: argparse._SubParsersAction) -> argparse.Argument
         "with the SAE spliced in at its hook and one latent set to each value (paper Fig. 6).",
     )
     parser.add_argument("--model", required=True, help="LLaVA hub id or local folder")
-    parser.add_argument("--sae", required=True, help="SAELens SAE folder, or RELEASE:SAE_ID")
+    add_sae_arguments(parser)
     parser.add_argument(
         "--latent",
         required=True,
@@ -91,13 +93,13 @@ def format_sweep(answers: dict[str, str], latent: int) -> str:
 
 def _cmd_steer(args: argparse.Namespace) -> int:
     from sae_vlm_plugin.images import open_image_source
-    from sae_vlm_plugin.metrics.commands import load_sae_argument
     from sae_vlm_plugin.naming.labels import LatentLabels, labels_beside
+    from sae_vlm_plugin.pretrained.sae_argument import load_sae_argument
     from sae_vlm_plugin.steering.edits import steer
     from sae_vlm_plugin.steering.evaluation import sweep, white_image
 
+    sae = load_sae_argument(args.sae, args.device or "cpu", args.registry)  # before the model
     model, processor = load_llava(args.model, args.device)
-    sae = load_sae_argument(args.sae, str(model.device or "cpu"))
     if args.image == "white":
         size = int(model.source_module.config.vision_config.image_size)
         image = white_image(size)

@@ -1,0 +1,122 @@
+"""One ``--sae`` syntax for every command (#18 item 20): a directory, ``RELEASE:SAE_ID`` or
+``RELEASE/SAE_ID``; ``--registry FILE``; ``load_sae(directory)``; a missing directory is said to
+be missing, not an unknown release."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+
+import tiny_models as tm
+from sae_vlm_plugin.cli import main
+from sae_vlm_plugin.pretrained import registry
+from sae_vlm_plugin.pretrained.loading import load_sae
+from sae_vlm_plugin.pretrained.sae_argument import load_sae_argument, parse_sae_spec
+
+HOOK = "blocks.1.hook_resid_post"
+COMMANDS_WITH_SAE = {
+    "evaluate": ["--images", "imgs"],
+    "dashboard": ["--images", "imgs", "--out", "dash"],
+    "name": ["--images", "imgs", "--out", "labels"],
+    "steer": ["--model", "toy-llava", "--latent", "0", "--values", "0", "--prompt", "hi"],
+}
+
+
+@pytest.fixture
+def user_releases(monkeypatch):
+    """Releases a test registers vanish afterwards."""
+    monkeypatch.setattr(registry, "_RELEASES", dict(registry.list_releases()))
+
+
+def saved_sae(directory, model_name: str = "tiny/clip") -> torch.Tensor:
+    """Save a small SAE with vision metadata in SAELens format; returns its ``W_enc``."""
+    metadata = SAEMetadata(hook_name=HOOK, model_name=model_name, family="clip", tokens="cls")
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=tm.WIDTH, d_sae=16, metadata=metadata))
+    with torch.no_grad():
+        sae.W_enc.normal_(generator=torch.Generator().manual_seed(0))
+    sae.save_model(directory)
+    return sae.W_enc.detach().clone()
+
+
+def registry_file(tmp_path, sae_dir):
+    """A user's release YAML naming ``sae_dir`` as its one SAE ``layer_1``."""
+    data = {
+        "my-saes": {
+            "repo_id": str(sae_dir.parent),
+            "model": "tiny/clip",
+            "conversion_func": "sae_vlm_sae_lens",
+            "verified": True,
+            "metadata": {
+                "family": "clip",
+                "tokens": "cls",
+                "training_architecture": "jumprelu",
+                "training_data": "random",
+            },
+            "saes": [{"id": "layer_1", "path": sae_dir.name, "metadata": {"hook_name": HOOK}}],
+        }
+    }
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_load_sae_reads_a_directory(tmp_path):
+    weights = saved_sae(tmp_path / "sae")
+    loaded = load_sae(tmp_path / "sae")
+    assert torch.equal(loaded.sae.W_enc, weights)
+    assert (loaded.hook_name, loaded.model_name, loaded.metadata.family) == (
+        HOOK,
+        "tiny/clip",
+        "clip",
+    )
+    assert loaded.verified is False
+    with pytest.raises(FileNotFoundError, match=r"no such SAE directory: .*missing"):
+        load_sae(tmp_path / "missing")
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"has no cfg.json .* did you mean .*final"):
+        load_sae(tmp_path / "run")
+
+
+def test_every_spelling_names_the_same_sae(tmp_path, user_releases):
+    weights = saved_sae(tmp_path / "saes" / "sae")
+    file = str(registry_file(tmp_path, tmp_path / "saes" / "sae"))
+    for spec in ("my-saes:layer_1", "my-saes/layer_1", str(tmp_path / "saes" / "sae")):
+        assert torch.equal(load_sae_argument(spec, "cpu", [file]).W_enc, weights), spec
+    assert parse_sae_spec("my-saes/layer_1") == ("my-saes", "layer_1")
+    assert parse_sae_spec("pach2025-clip-vit-l14-336-steering:blocks.22.hook_resid_post/x64") == (
+        "pach2025-clip-vit-l14-336-steering",
+        "blocks.22.hook_resid_post/x64",
+    )
+    with pytest.raises(ValueError, match="release 'my-saes' has no SAE 'layer_9'"):
+        load_sae_argument("my-saes:layer_9", "cpu")
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS_WITH_SAE))
+@pytest.mark.parametrize("spec", ["runs/nonexist", "./runs/nonexist"])
+def test_a_missing_directory_is_not_an_unknown_release(command, spec, capsys, tmp_path):
+    code = main([command, "--sae", spec, *COMMANDS_WITH_SAE[command]])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "no such SAE directory: " in error
+    assert "runs/nonexist" in error
+    assert "unknown release" not in error
+    if not spec.startswith("."):
+        assert "pach2025-clip-vit-l14-336-steering" in error  # the valid releases
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS_WITH_SAE))
+def test_registry_option_registers_the_users_releases(command, tmp_path, user_releases, capsys):
+    saved_sae(tmp_path / "saes" / "sae")
+    file = registry_file(tmp_path, tmp_path / "saes" / "sae")
+    given = dict(
+        zip(COMMANDS_WITH_SAE[command][::2], COMMANDS_WITH_SAE[command][1::2], strict=True)
+    )
+    given["--model"] = str(tmp_path / "no-model-here")  # fails only after the SAE loaded
+    argv = [command, "--sae", "my-saes/layer_1", "--registry", str(file)]
+    assert main(argv + [item for pair in given.items() for item in pair]) == 2
+    error = capsys.readouterr().err
+    assert "no-model-here" in error
+    assert "my-saes" not in error
