@@ -151,3 +151,71 @@ def test_cli_cache_verify_prints_a_summary_and_exits_2_listing_the_problems(
     _mark_incomplete(out)
     assert cli_main(["cache", "verify", str(out)]) == 2
     assert "the extraction did not finish" in capsys.readouterr().err
+
+
+# -- item 7: a resume with other weights is refused -----------------------------------------
+
+
+def _other_init() -> VisionModel:
+    """The tiny CLIP's architecture with another random init: same name, other weights."""
+    from transformers import CLIPVisionModel
+
+    torch.manual_seed(tm.SEED + 1)
+    return VisionModel(CLIPVisionModel(tm.clip_vision_config()).eval())
+
+
+def _interrupt(cache: ActivationCache) -> None:
+    """Make ``cache`` look like a killed extraction: not complete, its last shard missing."""
+    _mark_incomplete(cache.path)
+    cache.shard_paths()[-1].unlink()
+
+
+def test_weights_fingerprint_tells_random_inits_apart_and_survives_a_reload(tmp_path, model):
+    from sae_vlm_plugin.cache import weights_fingerprint
+
+    checkpoint = tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "clip")
+    reloaded = VisionModel(str(checkpoint))
+    same = weights_fingerprint(model.source_module)
+    assert weights_fingerprint(reloaded.source_module) == same
+    assert weights_fingerprint(tm.clip_vision_model()) == same
+    assert weights_fingerprint(_other_init().source_module) != same
+    changed = tm.clip_vision_model()
+    with torch.no_grad():
+        changed.vision_model.encoder.layers[1].mlp.fc1.weight.add_(1e-3)
+    assert weights_fingerprint(changed) != same
+
+
+def test_a_resume_with_other_weights_is_refused(tmp_path, model, image_folder):
+    from sae_vlm_plugin.cache import weights_fingerprint
+
+    reference = extract_to_cache(model, image_folder, BLOCK, tmp_path / "reference", **OPTIONS)
+    out = tmp_path / "c"
+    cache = extract_to_cache(model, image_folder, BLOCK, out, **OPTIONS)
+    recorded = json.loads((out / "cache.json").read_text())["weights_fingerprint"]
+    assert recorded == weights_fingerprint(model.source_module)
+    _interrupt(cache)
+    other = _other_init()
+    with pytest.raises(
+        ValueError,
+        match=rf"fingerprint {recorded}, but CLIPVisionModel now has "
+        rf"{weights_fingerprint(other.source_module)} \(another random init",
+    ):
+        extract_to_cache(other, image_folder, BLOCK, out, **OPTIONS)
+    resumed = extract_to_cache(
+        VisionModel(tm.clip_vision_model()), image_folder, BLOCK, out, **OPTIONS
+    )
+    _assert_same_rows(resumed, reference)
+
+
+def test_an_older_cache_without_a_fingerprint_resumes_with_a_warning(tmp_path, model, image_folder):
+    reference = extract_to_cache(model, image_folder, BLOCK, tmp_path / "reference", **OPTIONS)
+    out = tmp_path / "c"
+    cache = extract_to_cache(model, image_folder, BLOCK, out, **OPTIONS)
+    _interrupt(cache)
+    manifest = json.loads((out / "cache.json").read_text())
+    del manifest["weights_fingerprint"]
+    (out / "cache.json").write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="records no weights fingerprint"):
+        resumed = extract_to_cache(model, image_folder, BLOCK, out, **OPTIONS)
+    _assert_same_rows(resumed, reference)
+    assert "weights_fingerprint" not in resumed.manifest

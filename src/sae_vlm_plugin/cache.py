@@ -11,7 +11,8 @@ Layout of a cache directory::
 Shards cover fixed image ranges and are written atomically (temporary file, then rename), so an
 extraction killed at any point and started again with the same settings redoes only the shards
 that are missing: the result has exactly the rows of an uninterrupted run. A directory holding a
-run with different settings is refused.
+run with different settings is refused, and so is a resume with other weights: ``cache.json``
+records a fingerprint of the model's weights (``weights_fingerprint``) when it is created.
 
 Under ``torch.distributed`` (e.g. ``torchrun --nproc-per-node N sae-vlm extract ...``) rank ``r``
 of ``N`` takes the shards ``s`` with ``s % N == r``; rank 0 writes the manifest and, once every
@@ -58,6 +59,30 @@ def _shard_name(shard: int) -> str:
 
 def _fingerprint(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+WEIGHT_SAMPLES_PER_TENSOR = 64
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A cheap hash of a model's weights, so that resuming an extraction with other weights
+    (another random init, a fine-tune, a different checkpoint under the same name) is refused
+    instead of mixing two models' activations in one cache.
+
+    It hashes every state-dict entry in name order: its name, shape, dtype and
+    ``WEIGHT_SAMPLES_PER_TENSOR`` values at evenly spaced positions of the flattened tensor
+    (as float64), so it costs a few KB per tensor whatever the model's size. Loads of the same
+    weights give the same hash on any device; two random inits differ in every randomly
+    initialised tensor. A change confined to unsampled positions goes unnoticed.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        positions = torch.linspace(0, max(flat.numel() - 1, 0), WEIGHT_SAMPLES_PER_TENSOR)
+        sample = flat[positions.long().to(flat.device)] if flat.numel() else flat
+        digest.update(f"{name}{list(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(sample.to("cpu", torch.float64).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -139,11 +164,12 @@ def extract_to_cache(
     manifest_path = root / "cache.json"
     parallel = DataParallel.current()
     rank, world = parallel.rank, parallel.world_size
+    weights = weights_fingerprint(vision_model.source_module)
     if rank == 0:
-        manifest = _open_manifest(root, settings, selection, points, source, dataset_name)
+        manifest = _open_manifest(root, settings, weights, selection, points, source, dataset_name)
     parallel.barrier()
     if rank != 0:
-        manifest = _open_manifest(root, settings, selection, points, source, dataset_name)
+        manifest = _open_manifest(root, settings, weights, selection, points, source, dataset_name)
     for point in points:
         (root / point.name).mkdir(exist_ok=True)
 
@@ -222,13 +248,15 @@ def extract_to_cache(
 def _open_manifest(
     root: Path,
     settings: CacheSettings,
+    weights: str,
     selection: TokenSelection,
     points: Sequence[Any],
     source: Any,
     dataset_name: str | None,
 ) -> dict[str, Any]:
-    """The manifest of the cache at ``root``: checked against ``settings`` if it exists (a
-    different run is refused), else created with the image table."""
+    """The manifest of the cache at ``root``: checked against ``settings`` and the
+    ``weights`` fingerprint if it exists (a different run is refused), else created with the
+    image table."""
     manifest_path = root / "cache.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
@@ -241,6 +269,7 @@ def _open_manifest(
                 + "; ".join(settings.differences(recorded))
                 + ". Use another output directory, or delete this one."
             )
+        _check_weights(root, manifest, weights, settings.model)
     else:
         root.mkdir(parents=True, exist_ok=True)
         # What a run killed while creating the manifest leaves behind: it is started afresh.
@@ -257,6 +286,7 @@ def _open_manifest(
             "settings": vars(settings),
             "token_selection": vars(selection),
             "hooks": {p.name: {"d_in": p.d_model} for p in points},
+            "weights_fingerprint": weights,
             "source": source.description,
             "dataset": dataset_name or source.description,
             "library_versions": library_versions(),
@@ -322,6 +352,25 @@ def _shard_problems(
     if rows is not None and n_rows != rows:
         problems.append(f"{path}: {n_rows} rows, the manifest records {rows}")
     return problems
+
+
+def _check_weights(root: Path, manifest: dict[str, Any], weights: str, model: str) -> None:
+    """Refuse to resume with weights other than those the cache was started with. A cache
+    written before fingerprints were recorded cannot be checked: it resumes with a warning
+    (and stays unfingerprinted, since its shards' weights are unknown)."""
+    recorded = manifest.get("weights_fingerprint")
+    if recorded is None:
+        warnings.warn(
+            f"{root}/cache.json records no weights fingerprint (an older cache), so it cannot "
+            f"be checked that {model} has the weights it was extracted with; resuming",
+            stacklevel=4,
+        )
+    elif recorded != weights:
+        raise ValueError(
+            f"{root} was extracted from weights with fingerprint {recorded}, but {model} now has "
+            f"{weights} (another random init, or changed weights); resuming would mix two "
+            "models' activations. Use another output directory, or the same weights."
+        )
 
 
 def _write_shard(
