@@ -120,3 +120,16 @@ def test_verdict_says_when_the_sae_does_not_win():
         "but NOT on top-16 concept purity (0.600 vs 0.700)."
     )
     assert "do NOT beat" in verdict({"ms_sae": {"mean": 0.2}, "ms_raw": {"mean": 0.3}})
+
+
+def test_demo_resolves_its_scoring_encoder_before_training(tmp_path, capsys):
+    """#18 item 22: `demo --scoring-encoder` that cannot load fails at once, naming the model,
+    before extraction and training; the trained world refuses a scoring encoder."""
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    out = tmp_path / "demo"
+    assert cli_main(["demo", "--random", "--scoring-encoder", str(empty), "--out", str(out)]) == 2
+    assert f"cannot load the scoring encoder '{empty}'" in capsys.readouterr().err
+    assert not (out / "cache").exists()
+    assert cli_main(["demo", "--scoring-encoder", "clip", "--out", str(out)]) == 2
+    assert "scores MS with the toy CLIP's own embeddings" in capsys.readouterr().err

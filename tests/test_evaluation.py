@@ -202,3 +202,42 @@ def test_cli_evaluate_writes_the_report(trained, tmp_path, capsys):
     assert (
         json.loads((tmp_path / "eval" / "evaluation.json").read_text())["setup"]["n_images"] == 40
     )
+
+
+def test_a_scoring_encoder_that_cannot_load_fails_before_any_extraction(
+    trained, tmp_path, monkeypatch
+):
+    """#18 item 22: the scoring encoder is resolved first, and its error names it."""
+    from sae_vlm_plugin.metrics import evaluation
+
+    _, images, sae, _ = trained
+    model = VisionModel(tm.clip_vision_model())
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("extracted before the scoring encoder was resolved")
+
+    monkeypatch.setattr(evaluation, "hook_rows", no_extraction)
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=rf"cannot load the scoring encoder '{empty}'.*dinov2 ="):
+        evaluate_sae(sae, model, images, scoring_encoder=str(empty), progress=False)
+
+
+def test_a_local_siglip_scores_with_its_pooled_vector(tmp_path):
+    """#18 item 22: an encoder without CLS scores with its pooling head, not hook_post_norm+cls."""
+    from transformers import SiglipImageProcessor
+
+    from sae_vlm_plugin.metrics.embeddings import image_embeddings, load_scoring_encoder
+
+    siglip = tm.siglip_vision_model()
+    siglip.save_pretrained(tmp_path / "siglip")
+    size = {"height": tm.IMAGE_SIZE, "width": tm.IMAGE_SIZE}
+    SiglipImageProcessor(size=size).save_pretrained(tmp_path / "siglip")
+    scorer = load_scoring_encoder(str(tmp_path / "siglip"))
+    assert (scorer.hook, scorer.tokens) == ("hook_pooled", "cls")
+    assert load_scoring_encoder(VisionModel(tm.clip_vision_model())).hook == "hook_post_norm"
+    images, _ = tm.synthetic_images(6)
+    scored = image_embeddings(images, str(tmp_path / "siglip"), progress=False)
+    with torch.no_grad():
+        expected = siglip(pixel_values=scorer.model.preprocess(images)).pooler_output
+    torch.testing.assert_close(scored.embeddings, expected, atol=1e-5, rtol=1e-5)

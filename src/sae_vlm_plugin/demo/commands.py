@@ -33,6 +33,11 @@ def add_demo_command(commands: argparse._SubParsersAction) -> None:
         "--steps", type=int, help="SAE training steps (default: 5000 world / 600 otherwise)"
     )
     demo.add_argument("--layer", type=int, help="block to read (default: second to last)")
+    demo.add_argument(
+        "--scoring-encoder",
+        help="image encoder MS scores with, with --model/--images/--random: dinov2 | clip | a hub "
+        "id | a local model (default: dinov2 for --images, label embeddings for generated images)",
+    )
     demo.set_defaults(handler=_cmd_demo)
 
 
@@ -49,6 +54,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             seed=args.seed,
             layer=args.layer,
             training_steps=args.steps,
+            scoring_encoder=args.scoring_encoder,
         )
     )
     print(format_summary(summary))

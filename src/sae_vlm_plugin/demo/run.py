@@ -82,6 +82,10 @@ class DemoConfig:
     0-3, so the default images are new to them."""
     layer: int | None = None
     """Block to read; None takes the second-to-last (LLaVA's choice)."""
+    scoring_encoder: str | None = None
+    """The image encoder MS scores with (``"dinov2"``, ``"clip"``, a hub id or a local model).
+    None: DINOv2 for an image folder, label embeddings for generated images. The trained world
+    scores with the toy CLIP's own embeddings and refuses another."""
     expansion_factor: int = 4
     k: int = 8
     training_steps: int | None = None
@@ -106,6 +110,12 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     """Run every step of the demo; returns (and writes to ``summary.json``) what it measured."""
     if config.model is None and config.images is None and not config.random:
         from sae_vlm_plugin.demo.world import run_world_demo
+
+        if config.scoring_encoder is not None:
+            raise ValueError(
+                "the trained-world demo scores MS with the toy CLIP's own embeddings and label "
+                "embeddings; a scoring encoder applies with --model, --images or --random"
+            )
 
         summary = run_world_demo(config)
     else:
@@ -158,6 +168,7 @@ def _run_pipeline_demo(config: DemoConfig) -> dict[str, Any]:
     ``--images``): extract, train, MS, purity on synthetic images, dashboard, steering."""
     from sae_vlm_plugin.dashboard import build_dashboard
     from sae_vlm_plugin.demo.synthetic import concept_images
+    from sae_vlm_plugin.metrics.embeddings import load_scoring_encoder
     from sae_vlm_plugin.metrics.evaluation import evaluate_sae
     from sae_vlm_plugin.metrics.top_activations import top_activations
     from sae_vlm_plugin.model import VisionModel
@@ -180,15 +191,20 @@ def _run_pipeline_demo(config: DemoConfig) -> dict[str, Any]:
         data_note = f"{len(images)} synthetic concept images (3 shapes x 3 colours x 3 textures)"
     else:
         images, data_note = config.images, f"images from {config.images}"
+    embeddings = scorer = None
+    if config.scoring_encoder is None and attributes is not None:
+        embeddings = label_embeddings(attributes)
+    else:  # loaded before training, so that one that cannot load fails first
+        scorer = load_scoring_encoder(config.scoring_encoder or "dinov2")
     layer = config.layer if config.layer is not None else model.n_layers - 2
     hook = f"blocks.{layer}.hook_resid_post"
     sae, run_config = train_demo_sae(model, images, hook, out, config, tokens="cls")
 
-    embeddings = label_embeddings(attributes) if attributes is not None else None
     report = evaluate_sae(
         sae,
         model,
         images,
+        scoring_encoder=scorer,
         embeddings=embeddings,
         min_support=TOP_IMAGES,
         out_dir=out / "evaluation",
@@ -200,7 +216,9 @@ def _run_pipeline_demo(config: DemoConfig) -> dict[str, Any]:
         "data": data_note,
         "hook": hook,
         "sae": f"{run_config.architecture}, d_sae {sae.cfg.d_sae}, k {run_config.k}",
-        "scoring": "label embeddings (shared attributes)" if attributes else "dinov2",
+        "scoring": "label embeddings (shared attributes)"
+        if scorer is None
+        else f"{scorer.model.model_name} ({scorer.hook})",
         "ms_sae": report.sae,
         "ms_raw": report.raw_neurons,
         "reconstruction": report.reconstruction,

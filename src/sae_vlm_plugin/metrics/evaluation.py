@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from sae_vlm_plugin.images import open_image_source
-from sae_vlm_plugin.metrics.embeddings import image_embeddings
+from sae_vlm_plugin.metrics.embeddings import image_embeddings, load_scoring_encoder
 from sae_vlm_plugin.metrics.hierarchy import Taxonomy, hierarchy_by_level, mean_lca_depth
 from sae_vlm_plugin.metrics.monosemanticity import MonosemanticityResult, monosemanticity_score
 from sae_vlm_plugin.metrics.sae_activations import (
@@ -120,6 +120,7 @@ def evaluate_sae(
     batch_size: int = 64,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> EvaluationReport:
     """Evaluate ``sae`` (a SAELens SAE) on ``images`` seen by ``model`` (a ``VisionModel``).
 
@@ -127,16 +128,18 @@ def evaluate_sae(
     source order) replaces running ``scoring_encoder`` (see ``image_embeddings``). ``taxonomy``
     (e.g. ``Taxonomy.from_folder_names`` of iNaturalist's class folders) places each image by
     its label (the class folder of an ImageNet-style tree) and adds the Matryoshka hierarchy.
-    With ``out_dir``, writes ``evaluation.json`` and ``ms_sorted.png`` there.
+    With ``out_dir``, writes ``evaluation.json`` and ``ms_sorted.png`` there. ``force`` uses an
+    SAE whose metadata names another model (``check_attachable``).
     """
     from sae_vlm_plugin.pretrained.loading import check_attachable
 
     hook = hook or sae.cfg.metadata.hook_name
     tokens = tokens or sae.cfg.metadata.tokens or "cls"
-    point = check_attachable(sae, model, hook)
+    point = check_attachable(sae, model, hook, force=force)
+    scorer = load_scoring_encoder(scoring_encoder) if embeddings is None else None  # fail first
     data = hook_rows(model, images, point.name, tokens, batch_size=batch_size, progress=progress)
     if embeddings is None:
-        scored = image_embeddings(images, scoring_encoder, batch_size=batch_size, progress=progress)
+        scored = image_embeddings(images, scorer, batch_size=batch_size, progress=progress)
         keep = {image_id: i for i, image_id in enumerate(scored.image_ids)}
         embeddings = scored.embeddings[[keep[i] for i in data.image_ids]]
     if len(embeddings) != data.n_images:
@@ -200,9 +203,9 @@ def evaluate_sae(
             "d_in": sae.cfg.d_in,
             "d_sae": sae.cfg.d_sae,
             "min_support": min_support,
-            "scoring_encoder": scoring_encoder
-            if isinstance(scoring_encoder, str)
-            else type(scoring_encoder).__name__,
+            "scoring_encoder": "given embeddings"
+            if scorer is None
+            else f"{scorer.model.model_name} ({scorer.hook}, {scorer.tokens})",
             "image_activation": "mean of the SAE's token rows per image",
         },
         sae_scores=sae_scores,
@@ -299,8 +302,9 @@ class MonosemanticityEvaluator:
         min_support: int = 2,
         progress: bool = False,
     ) -> MonosemanticityEvaluator:
+        scorer = load_scoring_encoder(scoring_encoder)  # before extracting: fails first
         rows = hook_rows(model, images, hook, tokens, progress=progress)
-        scored = image_embeddings(images, scoring_encoder, progress=progress)
+        scored = image_embeddings(images, scorer, progress=progress)
         keep = {image_id: i for i, image_id in enumerate(scored.image_ids)}
         return cls(
             rows, scored.embeddings[[keep[i] for i in rows.image_ids]], min_support=min_support
