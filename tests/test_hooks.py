@@ -211,6 +211,34 @@ def test_short_names_work_in_a_plain_nnsight_trace_for_every_family(vision_build
     torch.testing.assert_close(first_output(last), next(iter(reference.values())))
 
 
+def test_trace_on_pixels_and_read_hook_are_right_for_every_family(vision_build):
+    """#18 item 13: ``trace(pixel_values=...)`` + ``read_hook(name)`` give ``(batch, tokens, d)``
+    for every family, where ``blocks[l].output[0]`` is image 0 whenever blocks return tensors."""
+    _, module = vision_build
+    model = VisionModel(module)
+    pixels = tm.pixel_batch(3)
+    hook = f"blocks.{tm.N_LAYERS - 1}.hook_resid_post"
+    with torch.no_grad(), model.trace(pixel_values=pixels):
+        value = model.read_hook(hook).save()
+    expected = model.capture(pixels, [hook])[hook]
+    assert value.shape[0] == 3
+    torch.testing.assert_close(value, expected)
+
+
+def test_llava_traces_on_pixels_alone(tiny_llava):
+    """#18 item 13: LLaVA's ``trace(pixel_values=...)`` needs text tokens; the wrapper supplies
+    the image placeholders, so the vision tower's hooks read as for any encoder."""
+    model = VisionModel(tiny_llava.model)
+    pixels = tm.pixel_batch(2)
+    hook = "vision.blocks.1.hook_resid_post"
+    with torch.no_grad(), model.trace(pixel_values=pixels):
+        value = model.read_hook(hook).save()
+    with torch.no_grad():
+        tower = tiny_llava.model.model.vision_tower
+        reference = tower(pixel_values=pixels, output_hidden_states=True).hidden_states[2]
+    torch.testing.assert_close(value, reference, atol=1e-6, rtol=0)
+
+
 def test_vision_model_loads_a_saved_checkpoint_by_path(tmp_path):
     from transformers import CLIPImageProcessor
 

@@ -17,7 +17,12 @@ import torch
 from nnsight import NNsight
 
 from sae_vlm_plugin.families.base import Preprocessor, VisionFamily, first_output
-from sae_vlm_plugin.families.registry import detect_family, get_family, load_by_name
+from sae_vlm_plugin.families.registry import (
+    detect_family,
+    get_family,
+    load_by_name,
+    model_reference,
+)
 from sae_vlm_plugin.hooks import HookPoint, parse_block_hook
 
 
@@ -45,8 +50,8 @@ class VisionModel(NNsight):
         **load_kwargs: Any,
     ) -> None:
         if isinstance(model_or_name, str):
-            module, loaded_preprocess, chosen = load_by_name(model_or_name, family, **load_kwargs)
-            name = model_or_name
+            name = model_reference(model_or_name)
+            module, loaded_preprocess, chosen = load_by_name(name, family, **load_kwargs)
         else:
             if load_kwargs:
                 raise TypeError(
@@ -55,9 +60,9 @@ class VisionModel(NNsight):
             module = model_or_name
             chosen = get_family(family) if family is not None else detect_family(module)
             loaded_preprocess = None
+            loaded_from = getattr(getattr(module, "config", None), "_name_or_path", "")
             name = (
-                getattr(getattr(module, "config", None), "_name_or_path", "")
-                or type(module).__name__
+                model_reference(loaded_from, strict=False) if loaded_from else type(module).__name__
             )
         root = chosen.vision_root(module).eval()
         if device is not None or dtype is not None:
@@ -84,7 +89,8 @@ class VisionModel(NNsight):
 
     @property
     def model_name(self) -> str:
-        """Hub id / path it was loaded from, else the config's name or the class name."""
+        """Hub id or absolute local path it was loaded from (``model_reference``), else the
+        config's name or the class name."""
         return self._model_name
 
     @property
@@ -126,9 +132,24 @@ class VisionModel(NNsight):
 
     # -- reading hooks ------------------------------------------------------------------------
 
-    def read_hook(self, point: HookPoint) -> Any:
-        """Inside a trace: the value of ``point`` as ``(batch, tokens, d)`` or ``(batch, d)``
-        (a tensor that nnsight lets you ``.save()``)."""
+    def trace(self, *inputs: Any, **kwargs: Any) -> Any:
+        """nnsight's ``trace``. Called with images alone, ``trace(pixel_values=pixels)``, it runs
+        the family's own forward on them (``forward_inputs``: LLaVA also gets one sequence of
+        image placeholder tokens per image, open_clip the pixels as its positional ``image``), so
+        that the same line works for every family. Any other call goes to nnsight unchanged."""
+        if not inputs and set(kwargs) == {"pixel_values"}:
+            inputs, kwargs = self.forward_inputs(kwargs["pixel_values"])
+        return super().trace(*inputs, **kwargs)
+
+    def read_hook(self, point: HookPoint | str) -> Any:
+        """Inside a trace: the value of a hook (a canonical name or its ``HookPoint``) as
+        ``(batch, tokens, d)`` or ``(batch, d)``, a tensor nnsight lets you ``.save()``.
+
+        Right for every family: a block's ``.output`` is a tuple ``(h, ...)`` in transformers
+        4.x CLIP but the tensor ``h`` in SigLIP, AIMv2, ViT, DINOv2, open_clip and transformers
+        5.x, where ``output[0]`` would silently be image 0."""
+        if isinstance(point, str):
+            point = self.hook_point(point)
         envoy = self.get(point.module_path) if point.module_path else self
         value = envoy.input if point.read == "input" else envoy.output
         value = first_output(value)

@@ -135,7 +135,10 @@ class LlavaFamily(VisionFamily):
         """A forward on images alone: each sequence is just the image's placeholder tokens."""
         n_tokens = self.image_token_count(root)
         input_ids = torch.full(
-            (pixel_values.shape[0], n_tokens), int(root.config.image_token_index), dtype=torch.long
+            (pixel_values.shape[0], n_tokens),
+            int(root.config.image_token_index),
+            dtype=torch.long,
+            device=pixel_values.device,
         )
         return (), {
             "pixel_values": pixel_values,
