@@ -4,6 +4,7 @@ trainer-state loads."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -11,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from sae_vlm_plugin.cli import main as cli_main
+from sae_vlm_plugin.training.job import TrainingDivergedError
 from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 from sae_vlm_plugin.training.sweep_config import sweep_from_file
@@ -149,3 +152,51 @@ def test_a_pickle_in_the_trainer_state_is_refused_on_resume(tmp_path, tiny_cache
     ):
         VisionSAETrainingRunner(cfg, progress=False).run()
     assert not marker.exists()
+
+
+# -- item 4: a non-finite loss stops training, naming the step, and saves nothing from it -----
+
+
+def test_a_nan_loss_stops_training_at_its_step_and_keeps_the_last_good_checkpoint(
+    tmp_path, tiny_cache, capsys
+):
+    values = _values(
+        tmp_path / "run", tiny_cache, lr=1e30, checkpoint_every_steps=1, log_every_steps=1
+    )
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(values))
+    assert cli_main(["train", "--config", str(config)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
+    assert error.startswith("sae-vlm train: error: ")
+    found = re.search(r"training diverged: the training loss is nan at step (\d+);", error)
+    assert found, error
+    step = int(found.group(1))
+    assert f"the last good checkpoint, step {step - 1}, is kept" in error
+    run = tmp_path / "run"
+    assert not (run / "final").exists()
+    checkpoints = sorted((run / "checkpoints").iterdir())
+    assert [p.name for p in checkpoints] == [f"step_{i}" for i in range(1, step)]
+    for checkpoint in checkpoints:
+        state = load_file(str(checkpoint / "training_sae.safetensors"))
+        assert all(torch.isfinite(tensor).all() for tensor in state.values())
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if e["kind"] == "train"] == list(range(1, step))
+
+
+def test_a_nan_loss_between_log_steps_is_reported_at_its_own_step(tmp_path, tiny_cache):
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    plain = SAETrainer._train_step
+
+    def nan_at_step_7(self, *args, **kwargs):
+        output = plain(self, *args, **kwargs)
+        if self.n_training_steps == 6:  # counted after the step
+            output.loss = output.loss * float("nan")
+        return output
+
+    cfg = VisionSAERunnerConfig(**_values(tmp_path / "run", tiny_cache, log_every_steps=10))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SAETrainer, "_train_step", nan_at_step_7)
+        with pytest.raises(TrainingDivergedError, match="loss is nan at step 7;"):
+            VisionSAETrainingRunner(cfg, progress=False).run()
+    assert not (tmp_path / "run" / "checkpoints").exists()

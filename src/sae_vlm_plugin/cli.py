@@ -251,9 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-USER_ERRORS = (ValueError, OSError)
-"""What a user's mistake raises (a bad value; a missing, existing or unreachable file or model):
-one line, exit 2."""
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
+"""What a user's mistake raises (a bad value; a missing, existing or unreachable file or model;
+a training run diverged by its settings, ``training.job.TrainingDivergedError``): one line,
+exit 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

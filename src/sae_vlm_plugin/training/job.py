@@ -48,6 +48,39 @@ CHECKPOINT_STATE = "training_sae.safetensors"
 RUNNER_STATE = "runner_state.json"
 
 
+class TrainingDivergedError(FloatingPointError):
+    """The training loss (or the SAE's weights) stopped being finite: training stops, and
+    nothing is saved from that state (the checkpoints before it are kept)."""
+
+
+class NonFiniteLossWatch:
+    """The first step whose loss is not finite, kept on the loss' device.
+
+    Reading a CUDA loss on the CPU waits for the GPU, and the training loop reads losses only
+    where it logs them. So each step only folds ``isfinite(loss)`` into two device scalars
+    (no sync), and ``first()`` reads them where the loop syncs anyway: at the log cadence and
+    before anything is saved. A diverged run goes on for at most ``log_every_steps`` steps,
+    and the step it reports is still the first bad one."""
+
+    def __init__(self) -> None:
+        self._step: torch.Tensor | None = None
+        self._loss: torch.Tensor | None = None
+
+    def update(self, step: int, loss: torch.Tensor) -> None:
+        if self._step is None or self._loss is None:
+            self._step = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._loss = torch.zeros((), dtype=loss.dtype, device=loss.device)
+        newly = ~torch.isfinite(loss) & (self._step < 0)
+        self._step = torch.where(newly, step, self._step)
+        self._loss = torch.where(newly, loss, self._loss)
+
+    def first(self) -> tuple[int, float] | None:
+        """``(step, loss)`` of the first non-finite loss so far, or None."""
+        if self._step is None or self._loss is None or int(self._step.item()) < 0:
+            return None
+        return int(self._step.item()), float(self._loss.item())
+
+
 class JsonlLog:
     """Append-only JSON-lines log; a resumed run truncates entries past its checkpoint. Values
     that are not JSON scalars (wandb histograms, say) are left out."""
@@ -112,6 +145,7 @@ class TrainingJob:
         self.run_dir = Path(cfg.run_dir)
         self.log = JsonlLog(self.run_dir / "log.jsonl")
         self.trainer: Any = None
+        self.loss_watch = NonFiniteLossWatch()
         if cfg.d_in is not None and cfg.d_in != source.d_in:
             where = cfg.cache_path or f"{source.model_name} {cfg.hook_name}"
             raise ValueError(
@@ -207,9 +241,11 @@ class TrainingJob:
         output = trainer.step(batch)
         trainer.n_training_steps += 1
         done = trainer.n_training_steps
+        self.loss_watch.update(done, output.loss.detach())
         if sparsity:
             self._record(done, "sparsity", sparsity, wandb_run)
         if done % cfg.log_every_steps == 0 or done == cfg.training_steps:
+            self.check_finite()
             values = trainer.build_train_step_log_dict(
                 output, trainer.n_training_samples * parallel.world_size
             )
@@ -226,9 +262,43 @@ class TrainingJob:
             self._save_checkpoint()
         return output.loss.detach()
 
+    def check_finite(self) -> None:
+        """Raise ``TrainingDivergedError`` if any rank's loss so far, or the SAE's weights, is
+        not finite: at every log step (the last step is one) and before every checkpoint, so
+        no checkpoint or export is written from a diverged state. Every rank calls it at the
+        same steps (it is a collective under data parallelism), so all of them stop together."""
+        first = self.loss_watch.first()
+        weights = [
+            name
+            for name, value in self.trainer.sae.named_parameters()
+            if not torch.isfinite(value).all()
+        ]
+        flagged = {"loss": float(first is not None), "weights": float(bool(weights))}
+        if not any(self.parallel.mean_over_ranks(flagged).values()):
+            return
+        step = self.trainer.n_training_steps
+        if first is not None:
+            what = f"the training loss is {first[1]} at step {first[0]}"
+        elif weights:
+            what = f"the SAE's {', '.join(weights)} hold NaN or inf at step {step}"
+        else:
+            what = f"another rank's training loss is not finite by step {step}"
+        kept = self.checkpoint_steps()
+        last = (
+            f"the last good checkpoint, step {kept[-1]}, is kept"
+            if kept
+            else "no checkpoint was written"
+        )
+        lr = self.trainer.cfg.lr
+        raise TrainingDivergedError(
+            f"{self.run_dir}: training diverged: {what}; stopped without saving this state "
+            f"({last}). Lower the learning rate (lr={lr:g}) or check the activations"
+        )
+
     # -- checkpoints ----------------------------------------------------------------------
 
     def _save_checkpoint(self) -> None:
+        self.check_finite()
         trainer = self.trainer
         consolidate_sparsity(self.parallel, trainer)
         if not self.parallel.is_main:
