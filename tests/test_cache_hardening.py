@@ -219,3 +219,90 @@ def test_an_older_cache_without_a_fingerprint_resumes_with_a_warning(tmp_path, m
         resumed = extract_to_cache(model, image_folder, BLOCK, out, **OPTIONS)
     _assert_same_rows(resumed, reference)
     assert "weights_fingerprint" not in resumed.manifest
+
+
+# -- items 11 and 21: local model paths are recorded absolute; a missing one is named ----------
+
+
+@pytest.fixture
+def local_clip(tmp_path, monkeypatch) -> Path:
+    """A CLIP checkpoint at ``models/clip`` under the working directory (``tmp_path``)."""
+    monkeypatch.chdir(tmp_path)
+    return tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "models" / "clip")
+
+
+def test_model_reference_makes_local_paths_absolute_and_keeps_hub_names(local_clip, monkeypatch):
+    from sae_vlm_plugin.families.registry import model_reference
+
+    absolute = str(local_clip.resolve())
+    assert model_reference("models/clip") == absolute
+    assert model_reference("./models/../models/clip") == absolute
+    monkeypatch.setenv("HOME", str(local_clip.parent))
+    assert model_reference("~/clip") == absolute
+    for name in (
+        "openai/clip-vit-large-patch14",
+        "facebook/dinov2-base",
+        "open_clip:ViT-B-32/openai",
+        "hf-hub:timm/ViT-SO400M-14-SigLIP-384",
+        "toy-clip",
+    ):
+        assert model_reference(name) == name
+    for missing in ("models/nothing", "./clip", "/no/such/model", "a/b/c"):
+        with pytest.raises(FileNotFoundError, match=f"^no such directory: {missing}$"):
+            model_reference(missing)
+        assert model_reference(missing, strict=False) == missing
+
+
+def test_a_missing_local_model_says_no_such_directory(local_clip, capsys):
+    with pytest.raises(FileNotFoundError, match=r"^no such directory: models/clip2$"):
+        VisionModel("models/clip2")
+    code = cli_main(
+        ["extract", "--model", "models/clip2", "--hook", BLOCK, "--images", "x", "--out", "c"]
+    )
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "sae-vlm extract: error: no such directory: models/clip2"
+    )
+
+
+def test_relative_model_paths_reach_the_cache_and_the_sae_absolute(local_clip, image_folder):
+    from sae_lens import SAE
+    from transformers import CLIPVisionModel
+
+    from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
+    from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+
+    absolute = str(local_clip.resolve())
+    assert VisionModel("models/clip").model_name == absolute
+    assert VisionModel(CLIPVisionModel.from_pretrained("models/clip")).model_name == absolute
+    arguments = ["--hook", BLOCK, "--tokens", "all", "--images", str(image_folder)]
+    assert cli_main(["extract", "--model", "models/clip", *arguments, "--out", "cache"]) == 0
+    assert ActivationCache("cache").settings["model"] == absolute
+    config = VisionSAERunnerConfig(
+        cache_path="cache",
+        hook_name=BLOCK,
+        expansion_factor=2,
+        k=4,
+        batch_size=32,
+        training_steps=4,
+        warmup_steps=1,
+        n_batches_for_scaling=1,
+        run_dir="run",
+    )
+    VisionSAETrainingRunner(config, progress=False).run()
+    assert SAE.load_from_disk("run/final").cfg.metadata.model_name == absolute
+
+
+def test_an_older_cache_with_a_relative_model_path_resumes_and_records_it_absolute(
+    local_clip, image_folder
+):
+    model = VisionModel("models/clip")
+    cache = extract_to_cache(model, image_folder, BLOCK, "cache", **OPTIONS)
+    _interrupt(cache)
+    manifest = json.loads(Path("cache/cache.json").read_text())
+    manifest["settings"]["model"] = "models/clip"  # as caches recorded it before
+    Path("cache/cache.json").write_text(json.dumps(manifest))
+    resumed = extract_to_cache(model, image_folder, BLOCK, "cache", **OPTIONS)
+    assert resumed.complete
+    assert resumed.settings["model"] == str(local_clip.resolve())
+    assert resumed.shard_problems() == []

@@ -27,7 +27,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from math import prod
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from sae_vlm_plugin.activations import iter_extracted_batches, resolve_hooks
 from sae_vlm_plugin.distributed import DataParallel
 from sae_vlm_plugin.environment import library_versions
+from sae_vlm_plugin.families.registry import model_reference
 from sae_vlm_plugin.images import open_image_source
 from sae_vlm_plugin.model import VisionModel
 from sae_vlm_plugin.tokens import TokenSelection
@@ -263,6 +264,8 @@ def _open_manifest(
         if manifest.get("format") != CACHE_FORMAT:
             raise ValueError(f"{root} holds a cache.json that is not an activation cache")
         recorded = CacheSettings.from_manifest(manifest)
+        # Older caches record a local model path as given; compare it resolved from here.
+        recorded = replace(recorded, model=model_reference(recorded.model, strict=False))
         if recorded != settings:
             raise ValueError(
                 f"{root} holds a different extraction run; refusing to mix them. Differences: "
@@ -270,6 +273,9 @@ def _open_manifest(
                 + ". Use another output directory, or delete this one."
             )
         _check_weights(root, manifest, weights, settings.model)
+        if manifest["settings"]["model"] != settings.model:  # record the resolved path
+            manifest["settings"]["model"] = settings.model
+            _write_json_atomic(manifest_path, manifest)
     else:
         root.mkdir(parents=True, exist_ok=True)
         # What a run killed while creating the manifest leaves behind: it is started afresh.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +15,36 @@ _BUILTINS_LOADED = False
 
 OPEN_CLIP_PREFIXES = ("open_clip:", "hf-hub:")
 """Model names that go to open_clip: ``open_clip:ARCH/PRETRAINED`` or ``hf-hub:ORG/REPO``."""
+
+
+def is_local_path(name: str) -> bool:
+    """Whether a model name means a local directory rather than a hub id (``org/name``) or an
+    open_clip spec: it starts with ``.``, ``/`` or ``~``, has more than one ``/``, or its first
+    path component exists here."""
+    if name.startswith(OPEN_CLIP_PREFIXES):
+        return False
+    first = name.split("/", 1)[0]
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(first).exists()
+
+
+def model_reference(name: str, *, strict: bool = True) -> str:
+    """How a model name is recorded (``cache.json``, SAE metadata) so that it loads the same
+    model from any directory: a local path becomes absolute; hub ids, open_clip specs and the
+    shipped toy names stay as given.
+
+    A local path that does not exist raises ``FileNotFoundError`` (else transformers would try
+    it on the hub and report a connection error); with ``strict=False`` it is returned as
+    given (a name recorded elsewhere, whose directory may have moved)."""
+    from sae_vlm_plugin.toy.models import TOY_MODELS
+
+    if name in TOY_MODELS or not is_local_path(name):
+        return name
+    path = Path(name).expanduser()
+    if not path.exists():
+        if strict:
+            raise FileNotFoundError(f"no such directory: {name}")
+        return name
+    return str(path.resolve())
 
 
 def _ensure_builtins() -> None:
@@ -89,23 +120,32 @@ def load_by_name(
     """
     from sae_vlm_plugin.toy.models import resolve_model_name
 
-    _ensure_builtins()
-    name = resolve_model_name(name)
-    if family is not None:
-        chosen = get_family(family)
-    elif name.startswith(OPEN_CLIP_PREFIXES):
-        chosen = get_family("open_clip")
-    else:
-        from transformers import AutoConfig
-
-        model_type = AutoConfig.from_pretrained(name).model_type
-        candidates = [f for f in _FAMILIES.values() if model_type in f.model_types]
-        if not candidates:
-            supported = sorted({t for f in _FAMILIES.values() for t in f.model_types})
-            raise ValueError(
-                f"{name!r} is a transformers {model_type!r} model, which no registered family "
-                f"loads; supported model types: {', '.join(supported)}"
-            )
-        chosen = candidates[0]
+    name = resolve_model_name(model_reference(name))
+    chosen = get_family(family) if family is not None else family_for_model(name)
     module, preprocess = chosen.load(name, **kwargs)
     return module, preprocess, chosen
+
+
+def family_for_model(name: str) -> VisionFamily:
+    """The family that loads the model ``name``, from its name or config alone (no weights).
+
+    open_clip names start with ``open_clip:`` or ``hf-hub:``; anything else is a transformers
+    checkpoint whose ``config.model_type`` picks the family (the toy names resolve first).
+    """
+    from sae_vlm_plugin.toy.models import resolve_model_name
+
+    _ensure_builtins()
+    name = resolve_model_name(model_reference(name))
+    if name.startswith(OPEN_CLIP_PREFIXES):
+        return get_family("open_clip")
+    from transformers import AutoConfig
+
+    model_type = AutoConfig.from_pretrained(name).model_type
+    candidates = [f for f in _FAMILIES.values() if model_type in f.model_types]
+    if not candidates:
+        supported = sorted({t for f in _FAMILIES.values() for t in f.model_types})
+        raise ValueError(
+            f"{name!r} is a transformers {model_type!r} model, which no registered family "
+            f"loads; supported model types: {', '.join(supported)}"
+        )
+    return candidates[0]

@@ -36,6 +36,7 @@ def activation_source(
     parallel = parallel or DataParallel()
     if cfg.cache_path is not None:
         from sae_vlm_plugin.cache import ActivationCache
+        from sae_vlm_plugin.families.registry import model_reference
 
         cache = ActivationCache(cfg.cache_path)
         if cfg.hook_name not in cache.hooks:
@@ -47,7 +48,7 @@ def activation_source(
         settings = cache.settings
         return ActivationSource(
             d_in=cache.d_in(cfg.hook_name),
-            model_name=settings["model"],
+            model_name=model_reference(settings["model"], strict=False),  # older caches: relative
             family=settings["family"],
             hook_name=cfg.hook_name,
             tokens=settings["tokens"],
