@@ -1,6 +1,7 @@
 """One ``--sae`` syntax for every command (#18 item 20): a directory, ``RELEASE:SAE_ID`` or
 ``RELEASE/SAE_ID``; ``--registry FILE``; ``load_sae(directory)``; a missing directory is said to
-be missing, not an unknown release."""
+be missing, not an unknown release. An SAE of another model of the same width is refused unless
+forced (#18 item 12)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
 import tiny_models as tm
+from sae_vlm_plugin import VisionModel
 from sae_vlm_plugin.cli import main
 from sae_vlm_plugin.pretrained import registry
-from sae_vlm_plugin.pretrained.loading import load_sae
+from sae_vlm_plugin.pretrained.loading import check_attachable, load_sae
 from sae_vlm_plugin.pretrained.sae_argument import load_sae_argument, parse_sae_spec
 
 HOOK = "blocks.1.hook_resid_post"
@@ -31,12 +33,18 @@ def user_releases(monkeypatch):
     monkeypatch.setattr(registry, "_RELEASES", dict(registry.list_releases()))
 
 
-def saved_sae(directory, model_name: str = "tiny/clip") -> torch.Tensor:
-    """Save a small SAE with vision metadata in SAELens format; returns its ``W_enc``."""
-    metadata = SAEMetadata(hook_name=HOOK, model_name=model_name, family="clip", tokens="cls")
+def clip_sae(model_name: str = "tiny/clip", family: str = "clip") -> JumpReLUSAE:
+    """A small random SAE whose metadata says it was trained on ``model_name``."""
+    metadata = SAEMetadata(hook_name=HOOK, model_name=model_name, family=family, tokens="all")
     sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=tm.WIDTH, d_sae=16, metadata=metadata))
     with torch.no_grad():
         sae.W_enc.normal_(generator=torch.Generator().manual_seed(0))
+    return sae
+
+
+def saved_sae(directory, model_name: str = "tiny/clip") -> torch.Tensor:
+    """Save a small SAE with vision metadata in SAELens format; returns its ``W_enc``."""
+    sae = clip_sae(model_name)
     sae.save_model(directory)
     return sae.W_enc.detach().clone()
 
@@ -120,3 +128,56 @@ def test_registry_option_registers_the_users_releases(command, tmp_path, user_re
     error = capsys.readouterr().err
     assert "no-model-here" in error
     assert "my-saes" not in error
+
+
+# -- an SAE of another model (#18 item 12) ---------------------------------------------------
+
+
+def test_an_sae_of_another_family_of_the_same_width_is_refused_unless_forced():
+    siglip = VisionModel(tm.siglip_vision_model())
+    with pytest.raises(
+        ValueError, match=r"trained on tiny/clip \(clip\), but the model is .*siglip"
+    ):
+        check_attachable(clip_sae(), siglip)
+    assert check_attachable(clip_sae(), siglip, force=True).d_model == tm.WIDTH
+
+
+def test_models_are_compared_by_resolved_path(tmp_path, monkeypatch):
+    checkpoint = tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "models" / "clip")
+    other = tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "models" / "other")
+    monkeypatch.chdir(tmp_path)
+    model = VisionModel(str(checkpoint))
+    assert check_attachable(clip_sae("models/clip"), model).name == HOOK  # relative = absolute
+    assert check_attachable(clip_sae(str(checkpoint)), VisionModel("models/clip")).name == HOOK
+    with pytest.raises(ValueError, match=r"trained on .*other \(clip\), but the model is .*clip"):
+        check_attachable(clip_sae(str(other)), model)
+    unnamed = VisionModel(tm.clip_vision_model())  # a module without a name: family only
+    assert check_attachable(clip_sae(str(other)), unnamed).name == HOOK
+    assert check_attachable(clip_sae(unnamed.model_name), model).name == HOOK  # trained on one
+
+
+def test_a_clip_sae_steers_llava(tiny_llava):
+    llava = VisionModel(tiny_llava.model, family="llava")
+    sae = clip_sae("openai/clip-vit-large-patch14-336")
+    sae.cfg.metadata.hook_name = "vision.blocks.1.hook_resid_post"
+    assert check_attachable(sae, llava).d_model == tm.WIDTH
+    sae.cfg.metadata.family = "siglip"
+    with pytest.raises(ValueError, match="but the model is"):
+        check_attachable(sae, llava)
+
+
+def test_cli_refuses_an_sae_of_another_model_unless_forced(tmp_path, image_folder, capsys):
+    checkpoint = tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "clip")
+    siglip = tmp_path / "siglip"
+    tm.siglip_vision_model().save_pretrained(siglip)
+    model = VisionModel(tm.siglip_vision_model())
+    model.family.image_processor(tm.IMAGE_SIZE).save_pretrained(siglip)
+    saved_sae(tmp_path / "sae", model_name=str(checkpoint))
+    argv = ["evaluate", "--sae", str(tmp_path / "sae"), "--images", str(image_folder)]
+    argv += ["--model", str(siglip), "--scoring-encoder", str(tmp_path / "no-scorer")]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"trained on {checkpoint} (clip), but the model is {siglip} (siglip)" in error
+    assert "--force" in error
+    assert main([*argv, "--force"]) == 2
+    assert "no-scorer" in capsys.readouterr().err  # past the check: fails on the next thing

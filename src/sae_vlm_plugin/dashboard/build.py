@@ -79,6 +79,7 @@ def collect_dashboard(
     concept_labels: Any = None,
     batch_size: int = 64,
     progress: bool = False,
+    force: bool = False,
 ) -> CollectedDashboard:
     """The dashboard data of ``sae`` (a SAELens SAE) on ``images`` seen by ``model``.
 
@@ -94,6 +95,7 @@ def collect_dashboard(
     folders) give each latent a searchable "top label". ``concept_labels`` (a
     ``naming.LatentLabels`` or its file / directory, from ``name_latents`` / ``sae-vlm name``)
     adds each latent's concept labels: a sortable, searchable column and a list on its page.
+    ``force`` uses an SAE whose metadata names another model (``check_attachable``).
 
     Raises:
         ValueError: latents out of range, recorded image ids missing from ``images``, or an SAE
@@ -120,6 +122,7 @@ def collect_dashboard(
             tokens=tokens,
             batch_size=batch_size,
             progress=progress,
+            force=force,
         )
     if int(report.image_codes.shape[1]) != d_sae:
         raise ValueError(

@@ -100,6 +100,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         concept_labels=labels,
         batch_size=args.batch_size,
         progress=True,
+        force=args.force,
     )
     out = Path(args.out)
     index = write_from_data(found.data, found.source, out, positions=found.positions)

@@ -58,6 +58,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         min_support=args.min_support,
         taxonomy=taxonomy_argument(args.taxonomy, args.images),
         out_dir=args.out,
+        force=args.force,
     )
     for name, stats in (("SAE latents", report.sae), ("raw neurons", report.raw_neurons)):
         print(

@@ -88,6 +88,7 @@ def _cmd_name(args: argparse.Namespace) -> int:
         n_labels=args.labels_per_latent,
         centre=not args.no_centre,
         tokens=args.tokens,
+        force=args.force,
     )
     path = labels.save(out)
     named = int(labels.named.sum())

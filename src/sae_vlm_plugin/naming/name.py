@@ -52,6 +52,7 @@ def name_latents(
     tokens: str | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    force: bool = False,
 ) -> LatentLabels:
     """Label every latent of ``sae`` (a SAELens SAE on ``model``'s ``hook``) with concept words.
 
@@ -72,6 +73,7 @@ def name_latents(
             paper's uncentred steering-score cosine.
         hook, tokens: default to the SAE's metadata; ``tokens`` sets the image activation (the
             mean over the selected tokens' codes).
+        force: use an SAE whose metadata names another model (``check_attachable``).
 
     Raises:
         ValueError: an unknown scorer, a model without a text tower and no ``text_model``, a
@@ -84,7 +86,7 @@ def name_latents(
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     hook = hook or sae.cfg.metadata.hook_name
-    point = check_attachable(sae, model, hook)
+    point = check_attachable(sae, model, hook, force=force)
     words = load_vocabulary(vocabulary)
     tower = _text_tower(model, text_model, templates)
     meta: dict[str, Any] = {

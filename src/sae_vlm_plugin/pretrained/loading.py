@@ -38,7 +38,8 @@ class PretrainedSAE:
     model_name: str
     """The model it was trained on (hub id or local path; empty if its metadata names none)."""
     metadata: VisionMetadata
-    """Family, hook, tokens, training architecture, k, expansion, layer, training data."""
+    """Family, hook, tokens, training architecture, k, expansion, layer, training data: the
+    SAE's ``cfg.metadata``, where the converter completed what a registry entry left out."""
     verified: bool
     """Whether the registry entry was checked against the files it names."""
     note: str | None = None
@@ -46,16 +47,16 @@ class PretrainedSAE:
 
     @property
     def hook_name(self) -> str:
-        return self.metadata.hook_name
+        return self.metadata.hook_name or ""
 
     @property
     def tokens(self) -> TokenSelection:
         """The token selection it was trained on."""
-        return TokenSelection.parse(self.metadata.tokens)
+        return TokenSelection.parse(self.metadata.tokens or "cls")
 
-    def check_attachable(self, model: VisionModel) -> HookPoint:
-        """``check_attachable(self.sae, model, self.hook_name)``."""
-        return check_attachable(self.sae, model, self.hook_name)
+    def check_attachable(self, model: VisionModel, *, force: bool = False) -> HookPoint:
+        """``check_attachable(self.sae, model, self.hook_name, force=force)``."""
+        return check_attachable(self.sae, model, self.hook_name, force=force)
 
 
 def load_sae(
@@ -89,7 +90,7 @@ def load_sae(
         release=release,
         sae_id=sae_id,
         model_name=spec.model,
-        metadata=entry.metadata,
+        metadata=vision_metadata_of(sae),
         verified=entry.verified,
         note=entry.note if entry.note is not None else spec.note,
     )
@@ -121,27 +122,32 @@ def _load_directory(path: Path, *, device: str, dtype: str) -> PretrainedSAE:
     from sae_lens import SAE
 
     sae = SAE.load_from_disk(path, device=device, dtype=dtype)
-    meta = sae.cfg.metadata
-    fractions = _meta(meta, "group_fractions")
-    metadata = VisionMetadata(
-        family=_meta(meta, "family") or "",
-        hook_name=_meta(meta, "hook_name") or "",
-        tokens=_meta(meta, "tokens") or "cls",
-        training_architecture=_meta(meta, "training_architecture") or sae.cfg.architecture(),
-        training_data=_meta(meta, "training_data") or "",
-        layer=_meta(meta, "layer"),
-        k=_meta(meta, "k"),
-        expansion_factor=_meta(meta, "expansion_factor"),
-        group_fractions=tuple(fractions) if fractions else None,
-    )
     return PretrainedSAE(
         sae=sae,
         release=str(path),
         sae_id="",
-        model_name=_meta(meta, "model_name") or "",
-        metadata=metadata,
+        model_name=_meta(sae.cfg.metadata, "model_name") or "",
+        metadata=vision_metadata_of(sae),
         verified=False,
         note=f"loaded from the directory {path}, not from a registry entry",
+    )
+
+
+def vision_metadata_of(sae: SAE) -> VisionMetadata:
+    """The vision metadata in ``sae.cfg.metadata`` (a key it lacks: None; the training
+    architecture defaults to the SAELens architecture it runs as)."""
+    meta = sae.cfg.metadata
+    fractions = _meta(meta, "group_fractions")
+    return VisionMetadata(
+        family=_meta(meta, "family"),
+        hook_name=_meta(meta, "hook_name"),
+        tokens=_meta(meta, "tokens"),
+        training_architecture=_meta(meta, "training_architecture") or sae.cfg.architecture(),
+        training_data=_meta(meta, "training_data"),
+        layer=_meta(meta, "layer"),
+        k=_meta(meta, "k"),
+        expansion_factor=_meta(meta, "expansion_factor"),
+        group_fractions=tuple(fractions) if fractions else None,
     )
 
 
@@ -150,14 +156,17 @@ def _meta(metadata: Any, name: str) -> Any:
     return getattr(metadata, name, None)
 
 
-def check_attachable(sae: SAE, model: VisionModel, hook_name: str | None = None) -> HookPoint:
+def check_attachable(
+    sae: SAE, model: VisionModel, hook_name: str | None = None, *, force: bool = False
+) -> HookPoint:
     """The hook point of ``model`` that ``sae`` attaches to, after checking that it fits.
 
     ``hook_name`` defaults to ``sae.cfg.metadata.hook_name``. Raises ValueError - without running
     the model - if the model has no such hook (listing its hooks), if the hook's width is not the
-    SAE's ``d_in``, or if the SAE's token selection (``cfg.metadata.tokens``) cannot apply to
-    that hook (``cls`` on a family without a CLS token). Model ids are not compared: an SAE may
-    be applied to a fine-tune of the model it was trained on.
+    SAE's ``d_in``, if the SAE's token selection (``cfg.metadata.tokens``) cannot apply to that
+    hook (``cls`` on a family without a CLS token), or - unless ``force`` - if the SAE was
+    trained on another model (``check_same_model``). ``force=True`` applies an SAE to a fine-tune
+    or a renamed copy of its model.
     """
     from sae_vlm_plugin.activations import resolve_hooks
 
@@ -175,7 +184,61 @@ def check_attachable(sae: SAE, model: VisionModel, hook_name: str | None = None)
     if tokens:
         # "random_2@seed0" (TokenSelection.describe) names the same selection as "random_2".
         resolve_hooks(model, [hook], TokenSelection.parse(tokens.split("@")[0]))
+    if not force:
+        check_same_model(sae, model)
     return point
+
+
+def check_same_model(sae: SAE, model: VisionModel) -> None:
+    """Raise ValueError, naming both, if ``sae.cfg.metadata`` names a family or a model other
+    than ``model``'s: an SAE of another model of the same width runs but reconstructs nothing
+    (a CLIP SAE on SigLIP: R^2 -2).
+
+    Names are compared after resolving local paths (``models/clip`` and its absolute path are
+    one model) and toy names; a hub id and a local copy of it differ. LLaVA is compared by
+    family only: its vision tower is a CLIP, whose SAEs are what steers it. A model built from
+    a module without a name (``VisionModel(module)``), or an SAE trained on one (its metadata
+    then records the class name, e.g. ``CLIPVisionModel``), is compared by family only.
+    """
+    family = _meta(sae.cfg.metadata, "family")
+    trained_on = _meta(sae.cfg.metadata, "model_name")
+    if model.family.name == "llava":
+        if family in (None, "", "clip", "llava"):
+            return
+    elif (not family or family == model.family.name) and (
+        not trained_on
+        or _is_class_name(str(trained_on))
+        or not _has_name(model)
+        or _model_key(str(trained_on)) == _model_key(model.model_name)
+    ):
+        return
+    raise ValueError(
+        f"the SAE was trained on {trained_on or 'an unnamed model'} ({family or 'family unknown'})"
+        f", but the model is {model.model_name} ({model.family.name}): an SAE reads only the "
+        "model it was trained on, even at the same width. Pass --force (force=True) if it is "
+        "the same model under another name or a fine-tune of it"
+    )
+
+
+def _has_name(model: VisionModel) -> bool:
+    """Whether the model has a name to compare: not just the class name of a module given
+    without one."""
+    return model.model_name != type(model.source_module).__name__
+
+
+def _is_class_name(name: str) -> bool:
+    """Whether a recorded model name is a bare class name (``CLIPVisionModel``): what
+    ``VisionModel(module)`` calls a module given without a name. No hub id or path looks so."""
+    return name.isidentifier() and name[:1].isupper() and not name.isupper()
+
+
+def _model_key(name: str) -> str:
+    """A model name to compare: the resolved path of a local directory (or toy name), else the
+    name itself (a hub id)."""
+    from sae_vlm_plugin.toy.models import resolve_model_name
+
+    path = Path(resolve_model_name(name)).expanduser()
+    return str(path.resolve()) if path.exists() else name
 
 
 def export_sae(release: str, sae_id: str, out_dir: str | Path, *, dtype: str = "float32") -> Path:

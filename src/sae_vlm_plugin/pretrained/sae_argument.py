@@ -2,7 +2,8 @@
 
 ``--sae`` is an SAE directory (SAELens format, e.g. ``sae-vlm train``'s ``RUN/final``),
 ``RELEASE:SAE_ID`` or ``RELEASE/SAE_ID`` of the registry; ``--registry FILE`` registers a user's
-own release file first. The parser side imports nothing heavy, so ``sae-vlm --help`` stays fast; loading imports SAELens.
+own release file first, and ``--force`` accepts an SAE whose metadata names another model. The
+parser side imports nothing heavy, so ``sae-vlm --help`` stays fast; loading imports SAELens.
 """
 
 from __future__ import annotations
@@ -16,9 +17,14 @@ SAE_HELP = "SAE directory (e.g. RUN/final), RELEASE:SAE_ID or RELEASE/SAE_ID"
 
 
 def add_sae_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--sae`` (required) and ``--registry FILE`` on a subcommand's parser."""
+    """``--sae`` (required), ``--registry FILE`` and ``--force`` on a subcommand's parser."""
     parser.add_argument("--sae", required=True, help=SAE_HELP)
     add_registry_option(parser)
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="use the SAE even on a model other than the one its metadata names",
+    )
 
 
 def add_registry_option(parser: argparse.ArgumentParser) -> None:

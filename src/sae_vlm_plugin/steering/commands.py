@@ -119,6 +119,7 @@ def _cmd_steer(args: argparse.Namespace) -> int:
             tokens=args.tokens,
             hook=args.hook,
             labels=labels,
+            force=args.force,
         )
 
     probe = make_steering(0.0)  # bad latent / word / hook / width: fail before generating

@@ -408,6 +408,7 @@ def steer(
     tokens: TokenSpec = "all",
     hook: str | None = None,
     labels: Any = None,
+    force: bool = False,
 ) -> Steering:
     """Steer ``model`` through SAE latents until the returned handle is removed.
 
@@ -426,6 +427,7 @@ def steer(
         hook: canonical hook name; defaults to ``default_hook(model, sae)``.
         labels: the SAE's concept labels (a ``naming.LatentLabels`` or the directory / file
             ``name_latents(...).save`` and ``sae-vlm name`` write), for concept-word keys.
+        force: use an SAE whose metadata names another model (``check_attachable``).
 
     Returns:
         A ``Steering`` handle, also a context manager that removes the edit on exit.
@@ -436,7 +438,7 @@ def steer(
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     hook = hook or default_hook(model, sae)
     site = resolve_site(model, hook, tokens)
-    check_attachable(sae, model, hook)
+    check_attachable(sae, model, hook, force=force)
     from sae_vlm_plugin.naming.name import resolve_concepts
 
     by_index, matches = resolve_concepts(latents, labels, int(sae.cfg.d_sae))
