@@ -306,3 +306,15 @@ def test_an_older_cache_with_a_relative_model_path_resumes_and_records_it_absolu
     assert resumed.complete
     assert resumed.settings["model"] == str(local_clip.resolve())
     assert resumed.shard_problems() == []
+
+
+def test_a_text_tower_by_relative_path_is_named_as_its_vision_model(tmp_path, monkeypatch):
+    from sae_vlm_plugin.naming.text_tower import load_text_tower
+    from sae_vlm_plugin.toy.models import toy_model_path
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(toy_model_path("toy-clip"), tmp_path / "models" / "clip")
+    tower = load_text_tower("models/clip")
+    assert tower.name == VisionModel("models/clip").model_name == str(tmp_path / "models" / "clip")
+    with pytest.raises(FileNotFoundError, match=r"^no such directory: models/clip2$"):
+        load_text_tower("models/clip2")

@@ -79,12 +79,12 @@ def load_text_tower(
     Raises:
         ValueError: a model without a text tower (a vision-only checkpoint, AIMv2, DINOv2 ...).
     """
-    from sae_vlm_plugin.families.registry import OPEN_CLIP_PREFIXES
+    from sae_vlm_plugin.families.registry import OPEN_CLIP_PREFIXES, model_reference
     from sae_vlm_plugin.model import VisionModel
 
     chosen = tuple(templates) if templates is not None else DEFAULT_TEMPLATES
     if isinstance(model, str):
-        name = model
+        name = model_reference(model)  # the name VisionModel gives the same checkpoint
         if name.startswith(OPEN_CLIP_PREFIXES):
             module, preprocess, tokenizer = _load_open_clip(name)
         else:
