@@ -3,6 +3,7 @@ trained one at a time; sweep files, preset patterns and their errors."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -111,22 +112,25 @@ def test_a_sweep_of_four_equals_the_four_trained_alone(tmp_path, two_hook_cache,
 def test_a_killed_sweep_resumes_from_the_checkpoint_all_saes_share(tmp_path, two_hook_cache):
     configs = _configs(tmp_path / "sweep", two_hook_cache)[:2]
     reference = [s.state_dict() for s in VisionSAESweepRunner(configs, progress=False).run()]
-    for cfg in configs:  # as if killed after the step-12 checkpoints
-        final = Path(cfg.run_dir) / "final"
-        for path in final.iterdir():
-            path.unlink()
-        final.rmdir()
+    _unfinish(configs)  # as if killed after the step-12 checkpoints
     resumed = VisionSAESweepRunner(configs, progress=False).run()
     for a, b in zip(resumed, reference, strict=True):
         for key, value in b.items():
             torch.testing.assert_close(a.state_dict()[key], value, atol=0, rtol=0)
 
     # A new SAE without the others' checkpoints cannot join the sweep's stream mid-way.
+    _unfinish(configs)
     newcomer = VisionSAERunnerConfig(
         **{**configs[0].to_dict(), "k": 2, "run_dir": str(tmp_path / "new")}
     )
     with pytest.raises(ValueError, match="no checkpoint step in common"):
         VisionSAESweepRunner([*configs, newcomer], progress=False).run()
+
+
+def _unfinish(configs: list[VisionSAERunnerConfig]) -> None:
+    """Remove the runs' exports, leaving their checkpoints."""
+    for cfg in configs:
+        shutil.rmtree(Path(cfg.run_dir) / "final")
 
 
 def test_sweep_settings_that_must_agree_are_checked(tmp_path, two_hook_cache):

@@ -18,6 +18,7 @@ from sae_vlm_plugin.cli import main as cli_main
 from sae_vlm_plugin.training.job import TrainingDivergedError
 from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+from sae_vlm_plugin.training.sweep import VisionSAESweepRunner
 from sae_vlm_plugin.training.sweep_config import sweep_from_file
 
 HOOK = "blocks.1.hook_resid_post"
@@ -200,3 +201,73 @@ def test_a_nan_loss_between_log_steps_is_reported_at_its_own_step(tmp_path, tiny
         with pytest.raises(TrainingDivergedError, match="loss is nan at step 7;"):
             VisionSAETrainingRunner(cfg, progress=False).run()
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# -- items 9 and 28b: the run directory --------------------------------------------------------
+
+
+def _write_config(tmp_path: Path, cache: Path, **overrides) -> Path:
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(_values(tmp_path / "run", cache, **overrides)))
+    return config
+
+
+def test_a_train_that_fails_before_it_starts_leaves_no_config(tmp_path, tiny_cache, capsys):
+    config = _write_config(tmp_path, tiny_cache, training_steps=5)
+    assert cli_main(["train", "--config", str(config), "--set", "k=200"]) == 2
+    assert "k=200 is larger than d_sae=128" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "config.json").exists()
+    assert cli_main(["train", "--config", str(config), "--set", "k=8"]) == 0
+    assert (tmp_path / "run" / "final" / "cfg.json").exists()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["k"] == 8
+
+
+def test_train_into_a_folder_of_other_files_is_refused(tmp_path, tiny_cache, capsys):
+    config = _write_config(tmp_path, tiny_cache, training_steps=5)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    assert cli_main(["train", "--config", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'run'} is not empty (notes.txt) and holds no training run" in error
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["notes.txt"]
+
+
+def test_rerunning_a_finished_train_says_so_and_trains_nothing(tmp_path, tiny_cache, capsys):
+    from sae_lens import SAE
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    config = _write_config(tmp_path, tiny_cache, training_steps=10)
+    assert cli_main(["train", "--config", str(config)]) == 0
+    capsys.readouterr()
+    log = (tmp_path / "run" / "log.jsonl").read_text()
+    trained = SAE.load_from_disk(tmp_path / "run" / "final").state_dict()
+
+    def no_training(self, batch):
+        raise AssertionError("a finished run trained again")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SAETrainer, "step", no_training)
+        assert cli_main(["train", "--config", str(config)]) == 0
+        assert capsys.readouterr().out.strip() == f"already trained: {tmp_path / 'run'}/final"
+        cfg = VisionSAERunnerConfig.from_file(config)
+        again = VisionSAETrainingRunner(cfg, progress=False).run()
+    for key, value in trained.items():
+        assert torch.equal(again.state_dict()[key], value), key
+    assert (tmp_path / "run" / "log.jsonl").read_text() == log
+    assert cli_main(["train", "--config", str(config), "--set", "k=8"]) == 2
+    assert "holds a run with different settings (k)" in capsys.readouterr().err
+
+
+def test_a_sweep_trains_only_its_unfinished_saes(tmp_path, tiny_cache, capsys):
+    def config(name: str, root: str = "sweep", **own) -> VisionSAERunnerConfig:
+        return VisionSAERunnerConfig(**_values(tmp_path / root / name, tiny_cache, **own))
+
+    done = [config("a"), config("b", k=8)]
+    VisionSAESweepRunner(done, progress=False).run()
+    logs = [(Path(c.run_dir) / "log.jsonl").read_text() for c in done]
+    newcomer = config("c", expansion_factor=2)
+    saes = VisionSAESweepRunner([*done, newcomer], progress=False).run()
+    assert [(Path(c.run_dir) / "log.jsonl").read_text() for c in done] == logs
+    alone = VisionSAETrainingRunner(config("c", "alone", expansion_factor=2), progress=False).run()
+    for key, value in alone.state_dict().items():
+        assert torch.equal(saes[2].state_dict()[key], value), key

@@ -83,6 +83,7 @@ def _data_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from sae_vlm_plugin.distributed import DataParallel, process_group_from_environment
+    from sae_vlm_plugin.training.job import is_finished
     from sae_vlm_plugin.training.presets import list_presets, preset_config
     from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
     from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
@@ -100,16 +101,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = preset_config(args.preset, **overrides)
     else:
         raise ValueError("give --preset NAME or --config FILE (see --list-presets)")
+    finished = is_finished(config.run_dir)
     with process_group_from_environment(config.device):  # torchrun: data-parallel
         sae = VisionSAETrainingRunner(config).run()
         is_main = DataParallel.current().is_main
     if is_main:
-        print(f"trained {config.architecture} d_sae={sae.cfg.d_sae} -> {config.run_dir}/final")
+        print(_trained_line(config.run_dir, config.architecture, sae.cfg.d_sae, finished))
     return 0
+
+
+def _trained_line(run_dir: str, architecture: str, d_sae: int, finished: bool) -> str:
+    """What ``train`` / ``sweep`` print for one SAE: trained now, or found already finished
+    (then nothing was trained: a re-run of a finished command is a no-op)."""
+    if finished:
+        return f"already trained: {run_dir}/final"
+    return f"trained {architecture} d_sae={d_sae} -> {run_dir}/final"
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from sae_vlm_plugin.distributed import DataParallel, process_group_from_environment
+    from sae_vlm_plugin.training.job import is_finished
     from sae_vlm_plugin.training.sweep import VisionSAESweepRunner
     from sae_vlm_plugin.training.sweep_config import sweep_from_file, sweep_from_presets
 
@@ -120,12 +131,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         configs = sweep_from_presets(args.preset, args.run_dir or "runs/sweep", **overrides)
     else:
         raise ValueError("give --config SWEEP_FILE or --preset PATTERN (repeatable)")
+    finished = [is_finished(config.run_dir) for config in configs]
     with process_group_from_environment(configs[0].device):  # torchrun: each SAE data-parallel
         saes = VisionSAESweepRunner(configs).run()
         is_main = DataParallel.current().is_main
     if is_main:
-        for config, sae in zip(configs, saes, strict=True):
-            print(f"trained {config.architecture} d_sae={sae.cfg.d_sae} -> {config.run_dir}/final")
+        for config, sae, done in zip(configs, saes, finished, strict=True):
+            print(_trained_line(config.run_dir, config.architecture, sae.cfg.d_sae, done))
     return 0
 
 

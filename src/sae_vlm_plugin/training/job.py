@@ -156,10 +156,11 @@ class TrainingJob:
     # -- set-up ---------------------------------------------------------------------------
 
     def check_run_dir(self) -> None:
-        """Record the config in ``run_dir`` (rank 0), refusing a run_dir of another run."""
+        """Refuse (rank 0) a run_dir of another run, or one holding files of no run (the user's
+        own). Nothing is written, so a run that fails before it starts leaves ``run_dir`` as
+        it was; ``record_config`` writes the config once training starts."""
         if not self.parallel.is_main:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.run_dir / "config.json"
         mine = self.cfg.to_dict()
         if config_path.exists():
@@ -170,7 +171,24 @@ class TrainingJob:
                     f"{self.run_dir} holds a run with different settings ({', '.join(differences)}); "
                     "resume it with the same config or choose another run_dir"
                 )
-        config_path.write_text(json.dumps(mine, indent=1))
+        elif self.run_dir.is_dir() and any(self.run_dir.iterdir()):
+            foreign = sorted(path.name for path in self.run_dir.iterdir())
+            raise ValueError(
+                f"{self.run_dir} is not empty ({', '.join(foreign[:5])}) and holds no training "
+                "run (no config.json); choose an empty or new run_dir"
+            )
+
+    def record_config(self) -> None:
+        """Write the config to ``run_dir/config.json`` (rank 0): a re-run with other settings
+        is then refused, and the same command resumes."""
+        if not self.parallel.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
+
+    def is_finished(self) -> bool:
+        """Whether ``run_dir/final`` holds this run's export (written atomically, last)."""
+        return is_finished(self.run_dir)
 
     def checkpoint_steps(self) -> list[int]:
         """Steps of this job's complete checkpoints, ascending."""
@@ -340,15 +358,17 @@ class TrainingJob:
 
     # -- export ---------------------------------------------------------------------------
 
-    def export(self) -> Any:
-        """Fold the input scaling in, record the metadata and save ``run_dir/final`` (rank 0);
-        every rank returns the saved inference SAE."""
-        from sae_lens import SAE
-
+    def export(self) -> None:
+        """Fold the input scaling in, record the metadata and save ``run_dir/final`` (rank 0)."""
         consolidate_sparsity(self.parallel, self.trainer)
         if self.parallel.is_main:
             self._save_inference_sae()
         self.parallel.barrier()
+
+    def saved_sae(self) -> Any:
+        """The inference SAE saved in ``run_dir/final``."""
+        from sae_lens import SAE
+
         return SAE.load_from_disk(self.run_dir / "final", device=self.device)
 
     def _save_inference_sae(self) -> None:
@@ -385,7 +405,16 @@ class TrainingJob:
         metadata.library_versions = library_versions()
         for key, value in cfg.extra_metadata.items():
             metadata[key] = value
-        sae.save_inference_model(self.run_dir / "final")
+        final = self.run_dir / "final"
+        tmp = final.with_name(f".{final.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        sae.save_inference_model(tmp)
+        tmp.rename(final)  # final/ appears complete or not at all: it marks the run finished
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    """Whether the run in ``run_dir`` has been exported (``final/`` is written last)."""
+    return (Path(run_dir) / "final").is_dir()
 
 
 def _load_trainer_state_weights_only(trainer: Any, checkpoint: Path) -> None:

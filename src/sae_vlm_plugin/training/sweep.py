@@ -99,31 +99,49 @@ class VisionSAESweepRunner:
         ]
 
     def run(self) -> list[Any]:
+        """Train the SAEs not yet finished (a finished run's ``final/`` is kept as it is) and
+        return every SAE's saved inference SAE."""
+        parallel = self.parallel
+        for job in self.jobs:
+            job.check_run_dir()
+        finished = parallel.broadcast(
+            [job.is_finished() for job in self.jobs] if parallel.is_main else None
+        )
+        todo = [job for job, done in zip(self.jobs, finished, strict=True) if not done]
+        if todo:
+            self._train(todo)
+        return [job.saved_sae() for job in self.jobs]
+
+    def _train(self, jobs: list[TrainingJob]) -> None:
+        """Train and export ``jobs`` from one pass over their hooks' streams. The config is
+        recorded only once every SAE is built, so a run refused at that point (k > d_sae,
+        say) leaves nothing behind."""
         from tqdm.auto import tqdm
 
         from sae_vlm_plugin.training.scaling import mean_squared_norm, paper_scaling_factor
 
         parallel, first = self.parallel, self.configs[0]
-        for job in self.jobs:
-            job.check_run_dir()
-        resume_step = parallel.broadcast(self._resume_step() if parallel.is_main else None)
+        hooks = {job.cfg.hook_name for job in jobs}
+        resume_step = parallel.broadcast(self._resume_step(jobs) if parallel.is_main else None)
         scaling: dict[str, float] = {}
         if resume_step is None:
-            for hook, source in self.sources.items():
-                if any(cfg.scale_inputs for cfg in self.configs if cfg.hook_name == hook):
-                    stream = source.make_batches(first.seed + SCALING_SEED_OFFSET)
+            for hook in hooks:
+                if any(job.cfg.scale_inputs for job in jobs if job.cfg.hook_name == hook):
+                    stream = self.sources[hook].make_batches(first.seed + SCALING_SEED_OFFSET)
                     local = mean_squared_norm(stream, first.n_batches_for_scaling)
                     scaling[hook] = paper_scaling_factor(parallel.mean(local))
-        for job in self.jobs:
+        for job in jobs:
             factor = scaling.get(job.cfg.hook_name) if job.cfg.scale_inputs else None
             job.start(factor, resume_step)
-        streams = {hook: source.make_batches(first.seed) for hook, source in self.sources.items()}
+        for job in jobs:
+            job.record_config()
+        streams = {hook: self.sources[hook].make_batches(first.seed) for hook in hooks}
         start = resume_step or 0
         for stream in streams.values():
             for _ in range(start):
                 next(stream)  # replay the stream to the checkpoint's position
-        wandb_run = self._start_wandb() if parallel.is_main else None
-        description = "train SAE" if len(self.jobs) == 1 else f"train {len(self.jobs)} SAEs"
+        wandb_run = self._start_wandb(jobs) if parallel.is_main else None
+        description = "train SAE" if len(jobs) == 1 else f"train {len(jobs)} SAEs"
         bar = tqdm(
             total=first.training_steps,
             initial=start,
@@ -134,9 +152,7 @@ class VisionSAESweepRunner:
         try:
             for step in range(start, first.training_steps):
                 batches = {hook: _next_batch(stream, step) for hook, stream in streams.items()}
-                losses = [
-                    job.train_step(batches[job.cfg.hook_name], wandb_run) for job in self.jobs
-                ]
+                losses = [job.train_step(batches[job.cfg.hook_name], wandb_run) for job in jobs]
                 if (step + 1) % first.log_every_steps == 0:
                     bar.set_postfix(loss=" ".join(f"{loss.item():.4g}" for loss in losses))
                 bar.update(1)
@@ -144,11 +160,13 @@ class VisionSAESweepRunner:
             bar.close()
             if wandb_run is not None:
                 wandb_run.finish()
-        return [job.export() for job in self.jobs]
+        for job in jobs:
+            job.export()
 
-    def _resume_step(self) -> int | None:
-        """The latest step every SAE has a complete checkpoint of (None: start afresh)."""
-        steps = {job.name or str(job.run_dir): set(job.checkpoint_steps()) for job in self.jobs}
+    def _resume_step(self, jobs: list[TrainingJob]) -> int | None:
+        """The latest step every SAE of ``jobs`` has a complete checkpoint of (None: start
+        afresh)."""
+        steps = {job.name or str(job.run_dir): set(job.checkpoint_steps()) for job in jobs}
         if not any(steps.values()):
             return None
         common = set.intersection(*steps.values())
@@ -185,7 +203,7 @@ class VisionSAESweepRunner:
             )
         return self._ms_evaluators[key]
 
-    def _start_wandb(self) -> Any:
+    def _start_wandb(self, jobs: list[TrainingJob]) -> Any:
         first = self.configs[0]
         if not first.log_to_wandb:
             return None
@@ -194,7 +212,7 @@ class VisionSAESweepRunner:
         config = (
             first.to_dict()
             if len(self.configs) == 1
-            else {job.name: job.cfg.to_dict() for job in self.jobs}
+            else {job.name: job.cfg.to_dict() for job in jobs}
         )
         return wandb.init(project=first.wandb_project, config=config, dir=str(first.run_dir))
 
