@@ -318,3 +318,21 @@ def test_a_text_tower_by_relative_path_is_named_as_its_vision_model(tmp_path, mo
     assert tower.name == VisionModel("models/clip").model_name == str(tmp_path / "models" / "clip")
     with pytest.raises(FileNotFoundError, match=r"^no such directory: models/clip2$"):
         load_text_tower("models/clip2")
+
+
+def test_verify_checks_the_image_table_and_the_recorded_row_counts(tmp_path, model):
+    from sae_vlm_plugin.cache import verify_cache
+
+    out = tmp_path / "c"
+    extract_to_cache(model, tm.pixel_batch(7), BLOCK, out, **OPTIONS)
+    assert verify_cache(out).ok
+    manifest = json.loads((out / "cache.json").read_text())
+    manifest["shard_rows"][BLOCK].append(6)
+    (out / "cache.json").write_text(json.dumps(manifest))
+    (out / "images.json").write_text('{"ids": ["a"], "labels": null}')
+    assert verify_cache(out).problems == [
+        f"{out / 'images.json'}: 1 image ids, the manifest says 7",
+        "the manifest records rows of 4 shards, not 3",
+    ]
+    (out / "images.json").unlink()
+    assert "images.json: unreadable (FileNotFoundError" in verify_cache(out).problems[0]

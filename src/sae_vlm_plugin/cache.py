@@ -489,6 +489,9 @@ class ActivationCache:
             for path in strays
         ]
         rows = self.manifest.get("shard_rows", {}).get(name) or [None] * len(expected)
+        if len(rows) != len(expected):
+            problems.append(f"the manifest records rows of {len(rows)} shards, not {len(expected)}")
+            rows = [None] * len(expected)
         cache_id = CacheSettings.from_manifest(self.manifest).digest()
         for path, n_rows in zip(expected, rows, strict=True):
             if path.exists():
@@ -642,6 +645,7 @@ def verify_cache(path: str | os.PathLike) -> CacheReport:
     unfinished extraction is a problem too. See ``ActivationCache.shard_problems``."""
     cache = ActivationCache(path)
     problems = [] if cache.complete else [f"{cache.path}: the extraction did not finish"]
+    problems += _image_table_problems(cache)
     summaries = []
     for hook in cache.hooks:
         problems += cache.shard_problems(hook)
@@ -656,6 +660,17 @@ def verify_cache(path: str | os.PathLike) -> CacheReport:
             )
         )
     return CacheReport(cache.path, cache.complete, summaries, problems)
+
+
+def _image_table_problems(cache: ActivationCache) -> list[str]:
+    """What is wrong with ``images.json``: unreadable, or not one id per image of the run."""
+    path = cache.path / "images.json"
+    try:
+        n_ids = len(cache.image_ids)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        return [f"{path}: unreadable ({type(error).__name__}: {error})"]
+    n_images = cache.settings["n_images"]
+    return [] if n_ids == n_images else [f"{path}: {n_ids} image ids, the manifest says {n_images}"]
 
 
 def _header_rows(path: Path) -> int:
