@@ -230,6 +230,59 @@ def test_paper_checkpoint_loads_with_what_it_needs_to_attach(tmp_path, sandbox):
         )
 
 
+def minimal_release(repo_id: str, path: str, model: str, conversion_func: str, **metadata) -> dict:
+    """A user's one-SAE entry giving only what a checkpoint cannot tell (#18 item 23)."""
+    entry = {
+        "repo_id": repo_id,
+        "model": model,
+        "conversion_func": conversion_func,
+        "saes": [{"id": "sae", "path": path}],
+    }
+    return {"minimal": {**entry, "metadata": metadata} if metadata else entry}
+
+
+def test_a_minimal_user_entry_is_completed_from_the_checkpoint_and_the_model(tmp_path, sandbox):
+    """#18 item 23: hook, layer, k and architecture come from the dictionary_learning
+    config.json and weights, the family from the model's config; tokens must be given."""
+    model = tiny_models.save_clip_checkpoint(tiny_models.clip_vision_model(), tmp_path / "clip")
+    state = matryoshka_state(32, 64)
+    config = {**trainer_config(state), "layer": 1}
+    write_checkpoint(tmp_path / "mirror" / "trainer_0", state, config)
+    path = "trainer_0/checkpoints/ae_100000.pt"
+    kind = "sae_vlm_dictionary_learning"
+    register_releases(
+        minimal_release(str(tmp_path / "mirror"), path, str(model), kind, tokens="random_2")
+    )
+
+    loaded = load_sae("minimal", "sae")
+
+    assert (loaded.hook_name, loaded.tokens) == (HOOK, TokenSelection("random_k", k=2))
+    meta = loaded.metadata
+    assert (meta.family, meta.layer, meta.k) == ("clip", 1, int(state["k"]))
+    assert meta.training_architecture == "paper_matryoshka_batchtopk"
+    assert not loaded.verified
+    assert loaded.check_attachable(VisionModel(str(model))).name == HOOK
+
+    register_releases(
+        minimal_release(str(tmp_path / "mirror"), path, str(model), kind), overwrite=True
+    )
+    with pytest.raises(ValueError, match=r"checkpoint says tokens; add metadata.tokens"):
+        load_sae("minimal", "sae")
+
+
+def test_a_minimal_entry_for_a_sae_lens_export_takes_its_cfg_metadata(tmp_path, sandbox):
+    model = tiny_models.save_clip_checkpoint(tiny_models.clip_vision_model(), tmp_path / "clip")
+    sae = saelens_sae()
+    sae.cfg.metadata.tokens = "cls"
+    sae.save_model(tmp_path / "saes" / "layer_1")
+    register_releases(
+        minimal_release(str(tmp_path / "saes"), "layer_1", str(model), "sae_vlm_sae_lens")
+    )
+    meta = load_sae("minimal", "sae").metadata
+    assert (meta.family, meta.hook_name, meta.tokens, meta.layer) == ("clip", HOOK, "cls", 1)
+    assert meta.training_architecture == "jumprelu"
+
+
 def test_registry_and_checkpoint_must_agree(tmp_path, sandbox):
     data, _ = paper_release(tmp_path)
     data["tiny-paper"]["metadata"]["k"] = 32

@@ -196,7 +196,13 @@ def test_apply_overrides_keeps_every_piece_of_metadata():
         "dataset_path": "imagenet",  # a SAELens metadata key: into metadata
         "metadata": {"extra": True},
         converters.VISION_METADATA_KEY: {
-            "sae/a": {"hook_name": "h", "family": "clip", "expansion_factor": 4},
+            "sae/a": {
+                "hook_name": "h",
+                "family": "clip",
+                "tokens": "cls",
+                "training_architecture": "jumprelu",
+                "expansion_factor": 4,
+            },
             "sae/b": {"hook_name": "other"},
         },
     }
@@ -208,6 +214,8 @@ def test_apply_overrides_keeps_every_piece_of_metadata():
         "dataset_path": "imagenet",
         "extra": True,
         "family": "clip",
+        "tokens": "cls",
+        "training_architecture": "jumprelu",
         "expansion_factor": 4,
         "sae_lens_version": merged["metadata"]["sae_lens_version"],
     }

@@ -114,8 +114,6 @@ def test_a_valid_file_parses_into_merged_metadata():
         # missing keys
         (lambda r: r.pop("model"), r"missing key 'model'"),
         (lambda r: r["saes"][0].pop("path"), r"saes\[0\]: missing key 'path'"),
-        (lambda r: r["metadata"].pop("tokens"), r"metadata: missing key 'tokens'"),
-        (lambda r: r["metadata"].pop("k"), r"missing key 'k' \(required for batchtopk\)"),
         # wrong types
         (lambda r: r["metadata"].update(k="twenty"), r"key 'k' must be an integer, got str"),
         (lambda r: r["metadata"].update(k=True), r"key 'k' must be an integer, got bool"),
@@ -142,6 +140,42 @@ def test_a_valid_file_parses_into_merged_metadata():
 def test_malformed_release_is_refused_naming_the_key(edit, message):
     with pytest.raises(SchemaError, match=message):
         parse_releases(edited(edit), "user.yaml")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda r: r.pop("verified"), r"missing key 'verified' \(required in shipped files\)"),
+        (lambda r: r["metadata"].pop("tokens"), r"metadata: missing key 'tokens' \(required in"),
+        (lambda r: r["metadata"].pop("family"), r"metadata: missing key 'family'"),
+        (lambda r: r["metadata"].pop("training_data"), r"missing key 'training_data'"),
+        (lambda r: r["metadata"].pop("k"), r"missing key 'k' \(required for batchtopk\)"),
+    ],
+)
+def test_a_shipped_file_states_every_sae_fully(edit, message):
+    with pytest.raises(SchemaError, match=message):
+        parse_releases(edited(edit), "shipped.yaml", shipped=True)
+
+
+def test_a_user_file_needs_only_what_the_checkpoint_cannot_tell():
+    """#18 item 23: family, hook, tokens, architecture, k and training data may be left to the
+    checkpoint and the model's config (completed when the SAE loads); verified defaults to
+    false, without a note."""
+    minimal = {
+        "mine": {
+            "repo_id": "someone/vision-saes",
+            "model": "openai/clip-vit-base-patch32",
+            "conversion_func": "sae_vlm_sae_lens",
+            "saes": [{"id": "layer_10", "path": "layer_10"}],
+        }
+    }
+    release = parse_releases(minimal, "user.yaml")["mine"]
+    assert not release.verified
+    assert release.sae("layer_10").metadata.to_dict() == {}
+    # What is given is still checked.
+    minimal["mine"]["metadata"] = {"tokens": "cls_only"}
+    with pytest.raises(SchemaError, match="tokens: unknown token selection"):
+        parse_releases(minimal, "user.yaml")
 
 
 def test_matryoshka_group_fractions_must_sum_to_one():

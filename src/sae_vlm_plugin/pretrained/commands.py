@@ -63,9 +63,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     for sae in release.saes:
         meta = sae.metadata
         width = f"x{meta.expansion_factor:g}" if meta.expansion_factor is not None else "-"
-        print(
-            f"  {sae.id}  {meta.hook_name}  tokens={meta.tokens}  "
-            f"{meta.training_architecture} k={meta.k}  {width}"
+        print(  # "?": left to the checkpoint, derived when the SAE loads
+            f"  {sae.id}  {meta.hook_name or '?'}  tokens={meta.tokens or '?'}  "
+            f"{meta.training_architecture or '?'} k={meta.k or '?'}  {width}"
         )
     return 0
 

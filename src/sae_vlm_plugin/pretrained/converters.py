@@ -63,6 +63,15 @@ DICT_CLASSES = {
 }
 """dictionary_learning ``dict_class`` names this converter reads, with their state-dict keys."""
 
+TRAINING_ARCHITECTURE_OF_DICT_CLASS = {
+    "BatchTopKSAE": "paper_batchtopk",
+    "MatroyshkaBatchTopKSAE": "paper_matryoshka_batchtopk",
+    "MatryoshkaBatchTopKSAE": "paper_matryoshka_batchtopk",
+}
+
+NEEDED_METADATA = ("family", "hook_name", "tokens", "training_architecture")
+"""What an SAE must carry to attach to a model, from its registry entry or derived."""
+
 
 # -- the one place where registry metadata meets a checkpoint's config ----------------------
 
@@ -74,10 +83,11 @@ def apply_overrides(
 
     Precedence, lowest first: the checkpoint's own metadata, the release's
     ``config_overrides.metadata`` and SAELens metadata keys (``neuronpedia_id``, ...), the
-    release's vision metadata for ``folder_name``. SAEConfig fields (``device``, ``dtype``,
-    ``normalize_activations``, ...) go to the top level. Raises ValueError if the checkpoint
-    records a different ``hook_name`` or ``k`` than the registry, or if ``expansion_factor``
-    disagrees with ``d_sae / d_in``.
+    release's vision metadata for ``folder_name``, completed by ``complete_vision_metadata``.
+    SAEConfig fields (``device``, ``dtype``, ``normalize_activations``, ...) go to the top level.
+    Raises ValueError if the checkpoint records a different ``hook_name`` or ``k`` than the
+    registry, if ``expansion_factor`` disagrees with ``d_sae / d_in``, or if the SAE's family,
+    hook, tokens or training architecture is still unknown.
     """
     overrides = dict(cfg_overrides or {})
     vision = dict(overrides.pop(VISION_METADATA_KEY, {}).get(folder_name, {}))
@@ -97,6 +107,8 @@ def apply_overrides(
                 "wrong thing"
             )
     metadata.update(vision)
+    if vision:  # a registry entry's SAE (a direct call without one converts only)
+        complete_vision_metadata(metadata, cfg_dict, folder_name)
     # Marks the dict as SAELens >= 6 format, which it now is, so that SAE.from_pretrained's own
     # handle_config_defaulting leaves it alone (SAEMetadata defaults to the same value).
     metadata.setdefault("sae_lens_version", sae_lens.__version__)
@@ -108,6 +120,54 @@ def apply_overrides(
             f"d_sae={cfg_dict['d_sae']} for d_in={cfg_dict['d_in']}"
         )
     return cfg_dict
+
+
+def complete_vision_metadata(
+    metadata: dict[str, Any], cfg_dict: dict[str, Any], folder_name: str
+) -> None:
+    """Fill in, in place, the vision metadata a user's registry entry left out, from what the
+    checkpoint and the model say; raise ValueError naming what is still unknown.
+
+    - ``hook_name``: a dictionary_learning ``config.json``'s integer ``layer`` gives
+      ``blocks.{layer}.hook_resid_post`` (a SAELens ``cfg.json`` already carries it);
+      ``layer`` then follows from a block hook name.
+    - ``training_architecture``: from the dictionary_learning ``dict_class``, else the SAELens
+      ``architecture`` it loads as; ``k`` from the weights or ``cfg.json``.
+    - ``family``: from the model's own config (``families.family_for_model``).
+    """
+    from sae_vlm_plugin.hooks import block_hook_name, parse_block_hook
+
+    trainer = metadata.get("dictionary_learning_config") or {}
+    layer = trainer.get("layer")
+    if not metadata.get("hook_name") and isinstance(layer, int) and not isinstance(layer, bool):
+        metadata["hook_name"] = block_hook_name(layer)
+    parsed = parse_block_hook(metadata.get("hook_name") or "")
+    if parsed is not None:
+        metadata.setdefault("layer", parsed[1])
+    if not metadata.get("training_architecture"):
+        dict_class = str(metadata.get("dict_class"))
+        metadata["training_architecture"] = TRAINING_ARCHITECTURE_OF_DICT_CLASS.get(
+            dict_class, cfg_dict.get("architecture")
+        )
+    if metadata.get("k") is None and cfg_dict.get("k") is not None:
+        metadata["k"] = cfg_dict["k"]
+    if not metadata.get("family") and metadata.get("model_name"):
+        from sae_vlm_plugin.families.registry import family_for_model
+
+        try:
+            metadata["family"] = family_for_model(metadata["model_name"]).name
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"{folder_name}: the registry entry gives no family, and it could not be derived "
+                f"from the model {metadata['model_name']!r} ({error}); add metadata.family"
+            ) from error
+    missing = [key for key in NEEDED_METADATA if not metadata.get(key)]
+    if missing:
+        raise ValueError(
+            f"{folder_name}: neither the registry entry nor the checkpoint says {', '.join(missing)}"
+            f"; add {', '.join(f'metadata.{key}' for key in missing)} to the entry (tokens: cls, "
+            "patches, all, mean or random_N; hook_name: e.g. blocks.22.hook_resid_post)"
+        )
 
 
 # -- the paper's checkpoints (dictionary_learning) ------------------------------------------

@@ -104,7 +104,7 @@ def _load_shipped() -> None:
     for file in sorted(files("sae_vlm_plugin").joinpath(SHIPPED_DIR).iterdir(), key=str):
         if file.name.endswith((".yaml", ".yml")):
             where = f"sae_vlm_plugin/{SHIPPED_DIR}/{file.name}"
-            releases = parse_releases(load_yaml_text(file.read_text(), where), where)
+            releases = parse_releases(load_yaml_text(file.read_text(), where), where, shipped=True)
             repeated = sorted(set(releases) & set(_RELEASES))
             if repeated:
                 raise ValueError(f"{where}: releases defined in another shipped file: {repeated}")

@@ -8,7 +8,7 @@ plus the vision metadata a user needs to attach an SAE, and a provenance flag::
       model: openai/clip-vit-large-patch14-336
       conversion_func: sae_vlm_dictionary_learning   # or sae_vlm_sae_lens
       verified: false                         # were the files checked against this entry?
-      note: why not / what was inferred       # required when verified is false
+      note: why not / what was inferred       # required when verified is false (and given)
       links: {paper: https://...}             # optional, as in SAELens
       config_overrides: {normalize_activations: none}  # optional, SAELens cfg keys (see below)
       metadata:                               # vision metadata shared by every SAE below
@@ -25,11 +25,18 @@ plus the vision metadata a user needs to attach an SAE, and a provenance flag::
           metadata: {hook_name: blocks.22.hook_resid_post, expansion_factor: 8}
           verified: true                      # optional per-SAE override (+ note)
 
-Vision metadata (``metadata`` of the release, overridden key by key by the SAE's own) must end
-up with ``family``, ``hook_name``, ``tokens``, ``training_architecture`` and ``training_data``;
-``layer`` is derived from a block hook name (and, if given, must agree with it). It reaches
-``sae.cfg.metadata`` together with ``model_name`` (the release's ``model``), where SAELens tools
-find ``model_name`` / ``hook_name`` under their usual names.
+Vision metadata (``metadata`` of the release, overridden key by key by the SAE's own): the
+plugin's shipped files give ``family``, ``hook_name``, ``tokens``, ``training_architecture``,
+``training_data`` and ``verified`` for every SAE. A user's file needs only what the files cannot
+tell: when the SAE loads, the converter derives ``hook_name``, ``k`` and
+``training_architecture`` from the checkpoint (a SAELens ``cfg.json``'s metadata; a
+dictionary_learning ``config.json``'s integer ``layer`` and its ``dict_class``) and ``family``
+from the model's config (``converters.complete_vision_metadata``), and refuses to load an SAE
+whose family, hook, tokens or architecture is still unknown. ``verified`` defaults to false and
+``training_data`` to unknown. ``layer`` is derived from a block hook name (and, if given, must
+agree with it). The metadata reaches ``sae.cfg.metadata`` together with ``model_name`` (the
+release's ``model``), where SAELens tools find ``model_name`` / ``hook_name`` under their usual
+names.
 
 Relative local ``repo_id`` paths (``./`` or ``../``) are resolved against the YAML file's folder.
 """
@@ -109,7 +116,7 @@ RELEASE_FIELDS: dict[str, _Field] = {
     "repo_id": _Field(_STR, required=True),
     "model": _Field(_STR, required=True),
     "conversion_func": _Field(_STR, required=True),
-    "verified": _Field(_BOOL, required=True),
+    "verified": _Field(_BOOL),
     "note": _Field(_STR),
     "links": _Field(_MAPPING),
     "config_overrides": _Field(_MAPPING),
@@ -130,11 +137,11 @@ SAE_FIELDS: dict[str, _Field] = {
 }
 
 METADATA_FIELDS: dict[str, _Field] = {
-    "family": _Field(_STR, required=True),
-    "hook_name": _Field(_STR, required=True),
-    "tokens": _Field(_STR, required=True),
-    "training_architecture": _Field(_STR, required=True),
-    "training_data": _Field(_STR, required=True),
+    "family": _Field(_STR),
+    "hook_name": _Field(_STR),
+    "tokens": _Field(_STR),
+    "training_architecture": _Field(_STR),
+    "training_data": _Field(_STR),
     "layer": _Field(_INT),
     "k": _Field(_INT),
     "expansion_factor": _Field(_NUMBER),
@@ -152,6 +159,10 @@ CONFIG_OVERRIDE_FIELDS: dict[str, _Field] = {
 }
 """SAELens config keys a release may override; vision keys belong in ``metadata`` instead."""
 
+SHIPPED_REQUIRED = ("family", "hook_name", "tokens", "training_architecture", "training_data")
+"""Vision metadata every SAE of a shipped file states (a user's file may leave them to the
+checkpoint and the model's config)."""
+
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 _TYPE_NAMES |= {dict: "a mapping", list: "a list"}
 
@@ -160,15 +171,15 @@ _TYPE_NAMES |= {dict: "a mapping", list: "a list"}
 class VisionMetadata:
     """What a user needs to attach an SAE to a vision model (merged release + SAE metadata)."""
 
-    family: str
+    family: str | None = None
     """Model family (``sae_vlm_plugin.list_families()``), e.g. ``clip``."""
-    hook_name: str
+    hook_name: str | None = None
     """Canonical hook the SAE reads and writes, e.g. ``blocks.22.hook_resid_post``."""
-    tokens: str
+    tokens: str | None = None
     """Token selection it was trained on: ``cls``, ``patches``, ``all``, ``mean``, ``random_N``."""
-    training_architecture: str
+    training_architecture: str | None = None
     """How it was trained: one of ``TRAINING_ARCHITECTURES``."""
-    training_data: str
+    training_data: str | None = None
     """What it was trained on, in words."""
     layer: int | None = None
     """Block index of a block hook (derived from ``hook_name``); None for other hooks."""
@@ -253,11 +264,15 @@ def load_yaml_text(text: str, source: str) -> Any:
         raise SchemaError(f"{source}: {error}") from None
 
 
-def parse_releases(data: Any, source: str, base_dir: Path | None = None) -> dict[str, Release]:
+def parse_releases(
+    data: Any, source: str, base_dir: Path | None = None, *, shipped: bool = False
+) -> dict[str, Release]:
     """Validate a parsed registry file (``{release_name: release}``) into ``Release`` objects.
 
     ``source`` names the file in error messages; ``base_dir`` resolves relative local repo_ids
-    (default: the current directory).
+    (default: the current directory). ``shipped`` files (the plugin's own) must also give
+    ``verified`` and ``SHIPPED_REQUIRED`` (and ``k`` where the architecture needs one) for every
+    SAE; a user's file may leave them to the checkpoint (see the module docstring).
     """
     if not isinstance(data, dict) or not data:
         raise SchemaError(
@@ -268,13 +283,15 @@ def parse_releases(data: Any, source: str, base_dir: Path | None = None) -> dict
     for name, value in data.items():
         if not isinstance(name, str) or not name:
             raise SchemaError(f"{source}: release names must be non-empty strings, got {name!r}")
-        releases[name] = _parse_release(name, value, source, base_dir or Path.cwd())
+        releases[name] = _parse_release(name, value, source, base_dir or Path.cwd(), shipped)
     return releases
 
 
-def _parse_release(name: str, value: Any, source: str, base_dir: Path) -> Release:
+def _parse_release(name: str, value: Any, source: str, base_dir: Path, shipped: bool) -> Release:
     where = f"{source}: release {name!r}"
     raw = _check_mapping(value, RELEASE_FIELDS, where)
+    if shipped and "verified" not in raw:
+        raise SchemaError(f"{where}: missing key 'verified' (required in shipped files)")
     if raw["conversion_func"] not in CONVERSION_FUNCS:
         raise SchemaError(
             f"{where}: conversion_func {raw['conversion_func']!r} is not one of the plugin's: "
@@ -292,7 +309,7 @@ def _parse_release(name: str, value: Any, source: str, base_dir: Path) -> Releas
     if not raw["saes"]:
         raise SchemaError(f"{where}: saes is empty")
     saes = tuple(
-        _parse_sae(item, defaults, raw["verified"], f"{where}: saes[{i}]")
+        _parse_sae(item, defaults, raw.get("verified", False), f"{where}: saes[{i}]", shipped)
         for i, item in enumerate(raw["saes"])
     )
     for attribute in ("id", "path"):
@@ -305,7 +322,7 @@ def _parse_release(name: str, value: Any, source: str, base_dir: Path) -> Releas
         repo_id=_resolve_repo_id(raw["repo_id"], base_dir, where),
         model=raw["model"],
         conversion_func=raw["conversion_func"],
-        verified=raw["verified"],
+        verified=raw.get("verified", False),
         note=raw.get("note"),
         links=dict(links),
         config_overrides=overrides,
@@ -314,7 +331,9 @@ def _parse_release(name: str, value: Any, source: str, base_dir: Path) -> Releas
     )
 
 
-def _parse_sae(value: Any, defaults: dict[str, Any], verified: bool, where: str) -> SAEEntry:
+def _parse_sae(
+    value: Any, defaults: dict[str, Any], verified: bool, where: str, shipped: bool
+) -> SAEEntry:
     raw = _check_mapping(value, SAE_FIELDS, where)
     where = f"{where} (id {raw['id']!r})"
     _check_note(raw, where)
@@ -327,10 +346,16 @@ def _parse_sae(value: Any, defaults: dict[str, Any], verified: bool, where: str)
         raw.get("metadata", {}), METADATA_FIELDS, f"{where}: metadata", check_required=False
     )
     merged = _check_mapping({**defaults, **own}, METADATA_FIELDS, f"{where}: metadata")
+    missing = [key for key in SHIPPED_REQUIRED if key not in merged]
+    if shipped and missing:
+        raise SchemaError(
+            f"{where}: metadata: missing key {missing[0]!r} (required in shipped files: "
+            f"{list(SHIPPED_REQUIRED)})"
+        )
     return SAEEntry(
         id=raw["id"],
         path=raw["path"],
-        metadata=_vision_metadata(merged, f"{where}: metadata"),
+        metadata=_vision_metadata(merged, f"{where}: metadata", shipped),
         verified=raw.get("verified", verified),
         note=raw.get("note"),
         l0=raw.get("l0"),
@@ -354,35 +379,40 @@ def path_escape(path: str) -> str | None:
     return None
 
 
-def _vision_metadata(raw: dict[str, Any], where: str) -> VisionMetadata:
-    """Cross-field checks of merged vision metadata."""
+def _vision_metadata(raw: dict[str, Any], where: str, shipped: bool = True) -> VisionMetadata:
+    """Cross-field checks of merged vision metadata (of the keys it has)."""
     from sae_vlm_plugin.tokens import TokenSelection  # imports torch: only when validating
 
-    hook = raw["hook_name"]
-    if not HOOK_NAME.match(hook):
-        raise SchemaError(
-            f"{where}: hook_name {hook!r} is not a canonical hook name "
-            "(blocks.{l}.hook_resid_post, vision.blocks.{l}.hook_resid_post or hook_*)"
-        )
-    parsed = parse_block_hook(hook)
-    layer = parsed[1] if parsed is not None else None
-    if "layer" in raw and raw["layer"] != layer:
-        raise SchemaError(
-            f"{where}: layer {raw['layer']} disagrees with hook_name {hook!r} "
-            f"(which means layer {layer})"
-        )
-    try:
-        TokenSelection.parse(raw["tokens"])
-    except ValueError as error:
-        raise SchemaError(f"{where}: tokens: {error} (or random_N for N random tokens)") from None
-    architecture = raw["training_architecture"]
-    if architecture not in TRAINING_ARCHITECTURES:
+    hook = raw.get("hook_name")
+    layer = raw.get("layer")
+    if hook is not None:
+        if not HOOK_NAME.match(hook):
+            raise SchemaError(
+                f"{where}: hook_name {hook!r} is not a canonical hook name "
+                "(blocks.{l}.hook_resid_post, vision.blocks.{l}.hook_resid_post or hook_*)"
+            )
+        parsed = parse_block_hook(hook)
+        layer = parsed[1] if parsed is not None else None
+        if "layer" in raw and raw["layer"] != layer:
+            raise SchemaError(
+                f"{where}: layer {raw['layer']} disagrees with hook_name {hook!r} "
+                f"(which means layer {layer})"
+            )
+    if "tokens" in raw:
+        try:
+            TokenSelection.parse(raw["tokens"])
+        except ValueError as error:
+            raise SchemaError(
+                f"{where}: tokens: {error} (or random_N for N random tokens)"
+            ) from None
+    architecture = raw.get("training_architecture")
+    if architecture is not None and architecture not in TRAINING_ARCHITECTURES:
         raise SchemaError(
             f"{where}: training_architecture {architecture!r} is not one of "
             + ", ".join(TRAINING_ARCHITECTURES)
         )
     k = raw.get("k")
-    if architecture in NEEDS_K and k is None:
+    if shipped and architecture in NEEDS_K and k is None:
         raise SchemaError(f"{where}: missing key 'k' (required for {architecture})")
     if k is not None and k < 1:
         raise SchemaError(f"{where}: k must be >= 1, got {k}")
@@ -391,7 +421,7 @@ def _vision_metadata(raw: dict[str, Any], where: str) -> VisionMetadata:
         raise SchemaError(f"{where}: expansion_factor must be > 0, got {expansion}")
     fractions = raw.get("group_fractions")
     if fractions is not None:
-        if not architecture.endswith("matryoshka_batchtopk"):
+        if architecture is not None and not architecture.endswith("matryoshka_batchtopk"):
             raise SchemaError(f"{where}: group_fractions only applies to Matryoshka architectures")
         if not all(isinstance(f, int | float) and not isinstance(f, bool) for f in fractions):
             raise SchemaError(f"{where}: group_fractions must be a list of numbers")
@@ -400,11 +430,11 @@ def _vision_metadata(raw: dict[str, Any], where: str) -> VisionMetadata:
                 f"{where}: group_fractions must be positive and sum to 1, got {fractions}"
             )
     return VisionMetadata(
-        family=raw["family"],
+        family=raw.get("family"),
         hook_name=hook,
-        tokens=raw["tokens"],
+        tokens=raw.get("tokens"),
         training_architecture=architecture,
-        training_data=raw["training_data"],
+        training_data=raw.get("training_data"),
         layer=layer,
         k=k,
         expansion_factor=expansion,
