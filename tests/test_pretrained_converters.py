@@ -230,7 +230,7 @@ def test_local_roots(tmp_path):
     assert files.local_root(f"file://{tmp_path}") == tmp_path
     assert files.local_root(str(tmp_path)) == tmp_path
     assert files.local_root("someone/vision-saes") is None
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"has no file missing/cfg\.json"):
         files.fetch(str(tmp_path), "missing/cfg.json")
     assert files.fetch_optional(str(tmp_path), "missing/cfg.json") is None
     (tmp_path / "cfg.json").write_text(json.dumps({}))
@@ -248,3 +248,38 @@ def test_a_file_outside_the_repo_is_never_fetched(tmp_path):
             files.fetch(str(repo), name)
     with pytest.raises(ValueError, match="climbs out"):
         files.fetch("someone/vision-saes", "../../etc/passwd")
+
+
+STEPS_FOLDER = "x64/random_k_2/run/trainer_0/checkpoints"
+
+
+def test_a_missing_step_checkpoint_names_the_steps_the_repo_has(tmp_path, monkeypatch):
+    """#15 item 9: the released steering SAE may be ae_200000.pt, not the registered
+    ae_100000.pt; a missing file says what the folder has instead of a bare 404."""
+    from huggingface_hub.utils import EntryNotFoundError
+
+    folder = tmp_path / STEPS_FOLDER
+    folder.mkdir(parents=True)
+    for step in (150000, 200000):
+        (folder / f"ae_{step}.pt").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"training steps ae_150000.pt, ae_200000.pt"):
+        files.fetch(str(tmp_path), f"{STEPS_FOLDER}/ae_100000.pt")
+
+    def not_on_the_hub(**kwargs):
+        raise EntryNotFoundError("404 Client Error: Entry Not Found")
+
+    listing = [f"{STEPS_FOLDER}/ae_200000.pt", f"{STEPS_FOLDER}/../config.json", "README.md"]
+    monkeypatch.setattr(files, "hf_hub_download", not_on_the_hub)
+    monkeypatch.setattr(files, "list_repo_files", lambda repo_id: listing)
+    with pytest.raises(FileNotFoundError, match=r"has the training steps ae_200000.pt: point"):
+        files.fetch("mateuszpach/sae-for-vlm", f"{STEPS_FOLDER}/ae_100000.pt")
+    with pytest.raises(FileNotFoundError, match=r"did you mean README.md\?"):
+        files.fetch("mateuszpach/sae-for-vlm", "docs/README.md")
+    assert files.fetch_optional("mateuszpach/sae-for-vlm", "config.json") is None
+
+    def unreachable(repo_id):
+        raise OSError("no network")
+
+    monkeypatch.setattr(files, "list_repo_files", unreachable)
+    with pytest.raises(FileNotFoundError, match=r"its file list could not be read"):
+        files.fetch("mateuszpach/sae-for-vlm", f"{STEPS_FOLDER}/ae_100000.pt")

@@ -8,12 +8,14 @@ folder or a ``file://`` URL. Checkpoints are untrusted input: tensors load with 
 
 from __future__ import annotations
 
+import difflib
 import pickle
+import re
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
 import torch
-from huggingface_hub import hf_hub_download
+from huggingface_hub import hf_hub_download, list_repo_files
 from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 from safetensors.torch import load_file
 
@@ -39,7 +41,32 @@ def repo_file(folder: str, name: str) -> str:
 
 def fetch(repo_id: str, filename: str, force_download: bool = False) -> Path:
     """Local path of ``filename`` in ``repo_id`` (downloading it, or from the HF cache).
-    ``filename`` must stay inside the repo (``schema.path_escape``)."""
+    ``filename`` must stay inside the repo (``schema.path_escape``). A file the repo lacks
+    raises FileNotFoundError naming the checkpoints that are there (``missing_file_message``)."""
+    root = local_root(repo_id)
+    try:
+        return _fetch(repo_id, filename, force_download)
+    except EntryNotFoundError as error:  # the hub has the repo but not the file
+        raise FileNotFoundError(
+            missing_file_message(repo_id, filename, _hub_files(repo_id))
+        ) from error
+    except FileNotFoundError:
+        if root is None:
+            raise
+        raise FileNotFoundError(
+            missing_file_message(repo_id, filename, _local_files(root, filename))
+        ) from None
+
+
+def fetch_optional(repo_id: str, filename: str, force_download: bool = False) -> Path | None:
+    """Like ``fetch``, but None for a file that the repo (or the offline cache) does not have."""
+    try:
+        return _fetch(repo_id, filename, force_download)
+    except (FileNotFoundError, EntryNotFoundError):
+        return None
+
+
+def _fetch(repo_id: str, filename: str, force_download: bool) -> Path:
     problem = path_escape(filename)
     if problem is not None:
         raise ValueError(f"{filename!r} {problem} ({repo_id!r})")
@@ -61,12 +88,53 @@ def fetch(repo_id: str, filename: str, force_download: bool = False) -> Path:
         ) from error
 
 
-def fetch_optional(repo_id: str, filename: str, force_download: bool = False) -> Path | None:
-    """Like ``fetch``, but None for a file that the repo (or the offline cache) does not have."""
+STEP_FILE = re.compile(r"^ae_(\d+)\.(?:pt|safetensors)$")
+"""dictionary_learning's per-step checkpoints (``checkpoints/ae_100000.pt``)."""
+
+
+def missing_file_message(repo_id: str, filename: str, available: list[str] | None) -> str:
+    """What to say when ``filename`` is not in ``repo_id``, given the repo's files (None: they
+    could not be listed): the checkpoints in the same folder - for a training step file, the
+    other steps by name - else the files named like it elsewhere, else the closest paths."""
+    message = f"{repo_id} has no file {filename}"
+    if available is None:
+        return message + " (and its file list could not be read)"
+    wanted = PurePosixPath(filename)
+    siblings = sorted(f for f in available if PurePosixPath(f).parent == wanted.parent)
+    steps = sorted(
+        (int(match[1]), f)
+        for f in siblings
+        if (match := STEP_FILE.match(PurePosixPath(f).name)) is not None
+    )
+    if steps and STEP_FILE.match(wanted.name):
+        names = ", ".join(PurePosixPath(f).name for _, f in steps)
+        return f"{message}; {wanted.parent}/ has the training steps {names}: point the entry's path at one"
+    if siblings:
+        return (
+            f"{message}; its folder has: {', '.join(PurePosixPath(f).name for f in siblings[:20])}"
+        )
+    same_name = [f for f in available if PurePosixPath(f).name == wanted.name]
+    close = same_name or difflib.get_close_matches(filename, available, n=5, cutoff=0.5)
+    if close:
+        return f"{message}; did you mean {', '.join(close[:5])}?"
+    return f"{message} (it has {len(available)} files, none like it)"
+
+
+def _hub_files(repo_id: str) -> list[str] | None:
     try:
-        return fetch(repo_id, filename, force_download)
-    except (FileNotFoundError, EntryNotFoundError):
+        return list(list_repo_files(repo_id))
+    except Exception:  # offline, private, rate-limited: the message says the list is unknown
         return None
+
+
+def _local_files(root: Path, filename: str) -> list[str] | None:
+    """Files of the nearest existing folder above ``root / filename``, relative to ``root``."""
+    folder = (root / filename).parent
+    while not folder.is_dir() and folder != root and root in folder.parents:
+        folder = folder.parent
+    if not folder.is_dir():
+        return None
+    return [p.relative_to(root).as_posix() for p in sorted(folder.iterdir()) if p.is_file()]
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
