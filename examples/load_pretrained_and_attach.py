@@ -1,7 +1,7 @@
 """Load a vision SAE by registry name, check it fits its model, and encode images with it.
 
-    python examples/load_pretrained_and_attach.py --images /data/imagenet/val --out /tmp/codes
-    python examples/load_pretrained_and_attach.py --tiny --out /tmp/pretrained-tiny   # offline
+    python examples/load_pretrained_and_attach.py --images /data/imagenet/val
+    python examples/load_pretrained_and_attach.py --tiny   # offline; --out DIR keeps the SAE there
 
 With real weights this loads the paper's Matryoshka SAE on CLIP ViT-L/14-336 block 22 from the
 Hugging Face hub (``SAE.from_pretrained`` sees the plugin's releases once it is imported). ``--tiny``
@@ -12,6 +12,7 @@ schema as ``pretrained_yaml/``) and loads it back by name, all offline.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import sae_vlm_plugin
@@ -60,11 +61,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--images", help="image folder")
-    parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--out", help="--tiny: where the SAE is saved (default: a temporary directory)"
+    )
     parser.add_argument("--tiny", action="store_true", help="offline: a registered random SAE")
     args = parser.parse_args()
-    out = Path(args.out)
     if args.tiny:
+        out = Path(args.out or tempfile.mkdtemp(prefix="sae-vlm-example-")).resolve()
         release, sae_id, model, images = register_tiny_release(out)
     else:
         if args.images is None:

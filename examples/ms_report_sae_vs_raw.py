@@ -2,7 +2,7 @@
 Figure 5 and Tables A2-A7): ``evaluation.json`` and ``ms_sorted.png``.
 
     python examples/ms_report_sae_vs_raw.py --sae runs/clip-l22/run/final --images /data/imagenet/val --out eval
-    python examples/ms_report_sae_vs_raw.py --tiny --out /tmp/ms-tiny   # offline, ~30 s
+    python examples/ms_report_sae_vs_raw.py --tiny   # offline, ~30 s, into a temporary directory
 
 With real weights the model comes from the SAE's metadata and MS uses DINOv2 ViT-B, as in the
 paper. ``--tiny`` trains a small SAE on the shipped toy CLIP over toy-world images and scores
@@ -12,6 +12,7 @@ with label embeddings (similarity = fraction of shared shape / colour / texture 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from sae_vlm_plugin import VisionModel, evaluate_sae
@@ -50,12 +51,16 @@ def main() -> None:
     )
     parser.add_argument("--sae", help="SAE directory (SAELens format)")
     parser.add_argument("--images", help="image folder")
-    parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--out", help="output directory (default with --tiny: a new temporary directory)"
+    )
     parser.add_argument(
         "--tiny", action="store_true", help="offline: the toy CLIP on toy-world images"
     )
     args = parser.parse_args()
-    out = Path(args.out)
+    if args.out is None and not args.tiny:
+        parser.error("--out is required without --tiny")
+    out = Path(args.out or tempfile.mkdtemp(prefix="sae-vlm-example-")).resolve()
     if args.tiny:
         sae, model, images, scoring = tiny_setup(out)
     else:

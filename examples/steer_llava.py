@@ -1,7 +1,7 @@
 """Steer LLaVA's text by clamping one SAE latent in its vision tower (paper Figure 6).
 
     python examples/steer_llava.py --latent 1234 --values 0,30,40,50 --out /tmp/steer
-    python examples/steer_llava.py --tiny --out /tmp/steer-tiny   # offline, toy LLaVA
+    python examples/steer_llava.py --tiny   # offline, toy LLaVA, into a temporary directory
 
 With real weights: llava-1.5-7b and the paper's steering SAE (CLIP block 22, Matryoshka x64),
 on a white image with the love-poem prompt. ``--tiny`` steers the shipped toy LLaVA (trained on
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 from sae_vlm_plugin import VisionModel, load_sae, steer
@@ -27,9 +28,14 @@ def main() -> None:
     )
     parser.add_argument("--latent", type=int, default=0)
     parser.add_argument("--values", default="0,30,40,50")
-    parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--out", help="output directory (default with --tiny: a new temporary directory)"
+    )
     parser.add_argument("--tiny", action="store_true")
     args = parser.parse_args()
+    if args.out is None and not args.tiny:
+        parser.error("--out is required without --tiny")
+    out = Path(args.out or tempfile.mkdtemp(prefix="sae-vlm-example-")).resolve()
     values = [float(v) for v in args.values.split(",")]
     if args.tiny:
         from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
@@ -59,11 +65,11 @@ def main() -> None:
     )
     for key, text in answers.items():
         print(f"{key:>9}: {text}")
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "steering.json").write_text(
         json.dumps({"latent": args.latent, "answers": answers}, indent=2)
     )
+    print(f"wrote {out / 'steering.json'}")
 
 
 if __name__ == "__main__":

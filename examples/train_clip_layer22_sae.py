@@ -1,7 +1,7 @@
 """Train the paper's Matryoshka-BatchTopK SAE on CLS tokens of CLIP ViT-L/14-336 block 22.
 
     python examples/train_clip_layer22_sae.py --images /data/imagenet/train --out runs/clip-l22
-    python examples/train_clip_layer22_sae.py --tiny --out /tmp/clip-l22-tiny   # offline, ~1 min
+    python examples/train_clip_layer22_sae.py --tiny   # offline, ~1 min, into a temporary directory
 
 Step 1 streams the activations into a resumable cache (re-running resumes it); step 2 trains
 through SAELens' SAETrainer with the paper's settings (``preset clip-l14-336-l22-cls-matryoshka-x8``)
@@ -12,6 +12,7 @@ CLIP and toy-world images, and shrinks the schedule, so the script runs anywhere
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from sae_vlm_plugin import VisionModel, extract_to_cache
@@ -26,11 +27,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--images", help="ImageNet-style image folder")
-    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument(
+        "--out", help="output directory (default with --tiny: a new temporary directory)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tiny", action="store_true", help="the toy CLIP on toy-world images")
     args = parser.parse_args()
-    out = Path(args.out)
+    if args.out is None and not args.tiny:
+        parser.error("--out is required without --tiny")
+    out = Path(args.out or tempfile.mkdtemp(prefix="sae-vlm-example-")).resolve()
 
     if args.tiny:
         from sae_vlm_plugin.toy import world_images
