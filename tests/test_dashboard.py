@@ -143,6 +143,35 @@ def test_chromium_latent_page_images_and_heatmaps(patch_dashboard, tmp_path):
     assert shot.stat().st_size > 1000
 
 
+@pytest.mark.parametrize("hash_", ["#sort=foo", "#sort=ms&dir=sideways", "#sort=&page=x"])
+def test_chromium_unknown_sort_falls_back_to_the_default(patch_dashboard, hash_):
+    """#18 item 26: a stale or mistyped sort key in the URL must not leave "loading..."."""
+    _, _, _, index = patch_dashboard
+    dom = chromium(index.as_uri() + hash_)
+    assert status(dom)["view"] == "index"
+    listed = [int(x) for x in re.findall(r'class="latent-row" data-latent="(\d+)"', dom)]
+    if "dir=sideways" in hash_:  # a known key in an unknown direction: its default direction
+        scores = [round(s, 4) for s in patch_dashboard[1].sae_scores.scores.tolist()]
+        assert listed == sorted(range(D_SAE), key=lambda i: (-scores[i], i))[:50]
+    else:
+        assert listed == list(range(50))
+
+
+def test_chromium_heatmaps_start_hidden(patch_dashboard):
+    """#18 item 26: the heatmap overlay tints the thumbnails, so it is off until toggled on."""
+    _, _, _, index = patch_dashboard
+    dom = chromium(index.as_uri() + "#latent=3")
+    assert status(dom)["heatmaps-shown"] == "0"
+    canvases = re.findall(r'<canvas [^>]*class="heatmap"[^>]*>', dom)
+    assert len(canvases) == 16
+    assert all("display: none" in c for c in canvases)
+    assert 'id="heat-toggle"' in dom
+    assert re.search(r'<input type="checkbox" id="heat-toggle"(?![^>]*checked)', dom)
+    shown = chromium(index.as_uri() + "#latent=3&heat=1")
+    assert status(shown)["heatmaps-shown"] == "1"
+    assert not any("display: none" in c for c in re.findall(r"<canvas [^>]*>", shown))
+
+
 def test_chromium_cls_dashboard_has_no_heatmaps(setup, tmp_path):
     model, images, embeddings, *_ = setup
     sae = random_sae(32, "cls", seed=2, matryoshka=False)
@@ -218,3 +247,48 @@ def test_top_labels_and_search(setup, patch_dashboard):
     expected = [i for i, label in enumerate(data.top_labels) if query in label][:50]
     assert shown == expected
     assert shown
+
+
+def test_min_support_defaults_agree_with_the_readme():
+    """#18 item 26: `evaluate`, `dashboard` and the library functions score latents from 16
+    images on (the README's value), not 2."""
+    import inspect
+
+    from sae_vlm_plugin.cli import build_parser
+    from sae_vlm_plugin.dashboard import collect_dashboard
+
+    parser = build_parser()
+    evaluate = parser.parse_args(["evaluate", "--sae", "s", "--images", "i"])
+    dashboard = parser.parse_args(["dashboard", "--sae", "s", "--images", "i", "--out", "o"])
+    library = [
+        inspect.signature(f).parameters["min_support"].default
+        for f in (evaluate_sae, collect_dashboard)
+    ]
+    assert [evaluate.min_support, dashboard.min_support, *library] == [16] * 4
+
+
+def test_cli_dashboard_title_min_support_and_unreadable_images(tmp_path, image_folder, capsys):
+    """#18 item 26: `dashboard --title --min-support --skip-unreadable`; an unreadable image
+    without --skip-unreadable is one error line that names it and the flag; the SAEDashboard
+    export says that its HTML needs a network."""
+    from sae_vlm_plugin.cli import main
+
+    checkpoint = tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "ckpt")
+    scorer = tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "scorer")
+    random_sae(16, "cls", matryoshka=False).save_model(tmp_path / "sae")
+    (image_folder / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "dash"
+    argv = ["dashboard", "--sae", str(tmp_path / "sae"), "--images", str(image_folder)]
+    argv += ["--out", str(out), "--model", str(checkpoint), "--scoring-encoder", str(scorer)]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert "cannot read image broken.png" in error
+    assert "--skip-unreadable" in error
+    extra = ["--skip-unreadable", "--title", "My <SAE>", "--min-support", "3", "--saedashboard"]
+    assert main([*argv, *extra]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 1 unreadable image(s)" in printed
+    assert "loads d3 and plotly from a CDN" in printed
+    assert "<title>My &lt;SAE&gt;</title>" in (out / "index.html").read_text()
+    page_data = (out / "data" / "index.js").read_text()
+    assert '"min_support": 3' in page_data or '"min_support":3' in page_data

@@ -69,8 +69,9 @@ def test_report_equals_direct_computation(trained, tmp_path):
     embeddings = scorer.capture(scorer.preprocess(images), ["hook_post_norm"])["hook_post_norm"][
         :, 0
     ]
-    expected_sae = monosemanticity_score(codes.mean(1), embeddings)
-    expected_raw = monosemanticity_score(picked.mean(1), embeddings)
+    assert report.setup["min_support"] == 16  # the README's, by default (#18 item 26)
+    expected_sae = monosemanticity_score(codes.mean(1), embeddings, min_support=16)
+    expected_raw = monosemanticity_score(picked.mean(1), embeddings, min_support=16)
     torch.testing.assert_close(
         report.sae_scores.scores, expected_sae.scores, equal_nan=True, atol=1e-6, rtol=0
     )

@@ -3,9 +3,10 @@
 Data is loaded with ``<script src>`` (``fetch`` of ``file://`` URLs is blocked by browsers):
 ``data/index.js`` defines ``window.SAEDASH``; each ``data/latents/c<N>.js`` calls
 ``SAEDASH_CHUNK(N, rows)`` and is loaded on demand when a latent of that chunk is opened.
-The view state lives in the URL hash (``#sort=ms&dir=desc&page=0``, ``#latent=12``), so views
-can be linked and tested. ``#status`` reports what the latent view loaded (images, broken
-images, heatmaps) in ``data-*`` attributes.
+The view state lives in the URL hash (``#sort=ms&dir=desc&page=0``, ``#latent=12``; ``&heat=1``
+shows the patch heatmaps, hidden by default), so views can be linked and tested; an unknown sort
+key falls back to the default order. ``#status`` reports what the latent view loaded (images,
+broken images, heatmaps, whether they are shown) in ``data-*`` attributes.
 """
 
 CSS = r"""
@@ -90,7 +91,9 @@ JS = r"""
   }
   function num(s, d) { var v = parseFloat(s); return isNaN(v) ? d : v; }
   function renderIndex(s) {
-    var key = s.sort || "latent", dir = s.dir || (key === "latent" ? "asc" : "desc");
+    // An unknown sort key or direction (a stale or mistyped link) falls back to the default.
+    var key = COLS.some(function (c) { return c[0] === s.sort; }) ? s.sort : "latent";
+    var dir = s.dir === "asc" || s.dir === "desc" ? s.dir : (key === "latent" ? "asc" : "desc");
     var pageSize = 50, page = parseInt(s.page || "0", 10) || 0;
     var msMin = num(s.ms_min, -Infinity), msMax = num(s.ms_max, Infinity);
     var dMin = num(s.density_min, -Infinity), dMax = num(s.density_max, Infinity);
@@ -232,11 +235,15 @@ JS = r"""
         right.appendChild(ul);
       }
       left.appendChild(el("h3", {}, "Top " + L.top.length + " images"));
+      // Heatmaps tint the thumbnails, so they start hidden (``#latent=N&heat=1`` shows them).
+      var showHeat = parseHash().heat === "1";
+      status.setAttribute("data-heatmaps-shown", showHeat ? "1" : "0");
       if (L.heat) {
         var lab = el("label", {}, " show patch heatmap (cyan = activation)"), box = el("input", {type: "checkbox", id: "heat-toggle"});
-        box.checked = true; lab.insertBefore(box, lab.firstChild);
+        box.checked = showHeat; lab.insertBefore(box, lab.firstChild);
         box.addEventListener("change", function () {
-          Array.prototype.forEach.call(document.querySelectorAll("canvas.heatmap"), function (c) { c.style.display = box.checked ? "" : "none"; });
+          showHeat = box.checked; status.setAttribute("data-heatmaps-shown", showHeat ? "1" : "0");
+          Array.prototype.forEach.call(document.querySelectorAll("canvas.heatmap"), function (c) { c.style.display = showHeat ? "" : "none"; });
         });
         left.appendChild(lab);
       }
@@ -254,7 +261,8 @@ JS = r"""
         frame.appendChild(im);
         if (L.heat && L.heat[j]) {
           var cv = el("canvas", {width: D.meta.heatmap_side, height: D.meta.heatmap_side, "class": "heatmap"});
-          drawHeat(cv, L.heat[j], D.meta.heatmap_side); frame.appendChild(cv); heats++;
+          drawHeat(cv, L.heat[j], D.meta.heatmap_side); cv.style.display = showHeat ? "" : "none";
+          frame.appendChild(cv); heats++;
         }
         cell.appendChild(frame);
         cell.appendChild(el("div", {"class": "act"}, fmt(t[1], 3) + " \u00B7 " + D.imageIds[t[0]]));

@@ -19,6 +19,7 @@ from sae_vlm_plugin.dashboard.heatmaps import patch_heatmaps
 from sae_vlm_plugin.dashboard.html import plot_ms_distribution, write_dashboard
 from sae_vlm_plugin.dashboard.thumbnails import write_thumbnails
 from sae_vlm_plugin.images import ImageSource, open_image_source
+from sae_vlm_plugin.metrics.evaluation import MIN_SUPPORT
 
 
 @dataclass
@@ -56,8 +57,13 @@ def build_dashboard(
         out_dir,
         positions=found.positions,
         thumbnail_size=thumbnail_size,
-        title=title or f"SAE latents: {found.data.meta['model']} {found.data.meta['hook']}",
+        title=title or default_title(found.data),
     )
+
+
+def default_title(data: DashboardData) -> str:
+    """The page title when none is given: the model and hook the latents read."""
+    return f"SAE latents: {data.meta['model']} {data.meta['hook']}"
 
 
 def collect_dashboard(
@@ -80,6 +86,8 @@ def collect_dashboard(
     batch_size: int = 64,
     progress: bool = False,
     force: bool = False,
+    min_support: int = MIN_SUPPORT,
+    skip_unreadable: bool = False,
 ) -> CollectedDashboard:
     """The dashboard data of ``sae`` (a SAELens SAE) on ``images`` seen by ``model``.
 
@@ -96,6 +104,8 @@ def collect_dashboard(
     ``naming.LatentLabels`` or its file / directory, from ``name_latents`` / ``sae-vlm name``)
     adds each latent's concept labels: a sortable, searchable column and a list on its page.
     ``force`` uses an SAE whose metadata names another model (``check_attachable``).
+    ``min_support`` (16, as ``evaluate_sae``) and ``skip_unreadable`` go to ``evaluate_sae``
+    when no ``report`` is given.
 
     Raises:
         ValueError: latents out of range, recorded image ids missing from ``images``, or an SAE
@@ -123,6 +133,8 @@ def collect_dashboard(
             batch_size=batch_size,
             progress=progress,
             force=force,
+            skip_unreadable=skip_unreadable,
+            min_support=min_support,
         )
     if int(report.image_codes.shape[1]) != d_sae:
         raise ValueError(
@@ -153,6 +165,7 @@ def collect_dashboard(
             "tokens": str(tokens),
             "d_in": int(sae.cfg.d_in),
             "min_support": int(report.sae_scores.min_support),
+            "n_unreadable": int(report.setup.get("n_unreadable", 0)),
         },
     )
     if concept_labels is not None:

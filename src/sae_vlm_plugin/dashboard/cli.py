@@ -38,6 +38,16 @@ def add_dashboard_command(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--n-top", type=int, default=16, help="top images per latent")
     parser.add_argument(
+        "--min-support",
+        type=int,
+        default=16,
+        help="latents firing on fewer images get no MS (default: 16, as `evaluate`)",
+    )
+    parser.add_argument(
+        "--skip-unreadable", action="store_true", help="leave out corrupt images (counted)"
+    )
+    parser.add_argument("--title", help="page title (default: the model and hook)")
+    parser.add_argument(
         "--latents", help="latents to show, e.g. 0-99,512 (default: all)", type=parse_latents
     )
     parser.add_argument(
@@ -77,8 +87,12 @@ def parse_latents(text: str) -> list[int]:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from sae_vlm_plugin.dashboard.build import collect_dashboard, write_from_data
-    from sae_vlm_plugin.dashboard.exports import export_neuronpedia, export_saedashboard
+    from sae_vlm_plugin.dashboard.build import collect_dashboard, default_title, write_from_data
+    from sae_vlm_plugin.dashboard.exports import (
+        CDN_NOTE,
+        export_neuronpedia,
+        export_saedashboard,
+    )
     from sae_vlm_plugin.model import VisionModel
     from sae_vlm_plugin.naming.labels import labels_beside
     from sae_vlm_plugin.pretrained.sae_argument import load_sae_argument, model_name_argument
@@ -101,10 +115,20 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=True,
         force=args.force,
+        min_support=args.min_support,
+        skip_unreadable=args.skip_unreadable,
     )
     out = Path(args.out)
-    index = write_from_data(found.data, found.source, out, positions=found.positions)
+    index = write_from_data(
+        found.data,
+        found.source,
+        out,
+        positions=found.positions,
+        title=args.title or default_title(found.data),
+    )
     print(f"dashboard: {index}")
+    if found.data.meta["n_unreadable"]:
+        print(f"skipped {found.data.meta['n_unreadable']} unreadable image(s)")
     hook = found.data.meta["hook"]
     if args.neuronpedia:
         layer = int(hook.split(".")[1]) if hook.startswith("blocks.") else 0
@@ -127,6 +151,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
             positions=found.positions,
         )
         print(f"saedashboard: {written['json']}")
+        print(f"note: {CDN_NOTE}")
     if args.serve:
         serve_dashboard(out, port=args.port, seconds=args.serve_seconds)
     return 0

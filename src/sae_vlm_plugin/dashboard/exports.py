@@ -24,6 +24,12 @@ from sae_vlm_plugin.dashboard.thumbnails import write_thumbnails
 from sae_vlm_plugin.images import ImageSource
 
 TOP_GROUP_TITLE = "TOP ACTIVATIONS"
+CDN_NOTE = (
+    "SAEDashboard's saedashboard.html loads d3 and plotly from a CDN: it renders only with a "
+    "network (saedashboard.json and the plugin's own dashboard need none)"
+)
+"""Said wherever ``saedashboard.html`` is written: unlike everything else here it is not
+offline, and a blank page would otherwise look like a bug."""
 
 
 def _bar_values(data: DashboardData, r: int) -> list[float]:

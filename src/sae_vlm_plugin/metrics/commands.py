@@ -23,7 +23,15 @@ def add_metric_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--images", required=True, help="image folder (e.g. ImageNet val)")
     evaluate.add_argument("--model", help="model to run (default: the SAE's metadata)")
     evaluate.add_argument("--scoring-encoder", default="dinov2", help="dinov2 | clip | a hub id")
-    evaluate.add_argument("--min-support", type=int, default=2)
+    evaluate.add_argument(
+        "--min-support",
+        type=int,
+        default=16,
+        help="latents firing on fewer images get no MS (default: 16, evaluate_sae's)",
+    )
+    evaluate.add_argument(
+        "--skip-unreadable", action="store_true", help="leave out corrupt images (counted)"
+    )
     evaluate.add_argument(
         "--taxonomy",
         help="'inat' (class folders named like iNaturalist's) or a taxonomy file: adds the "
@@ -59,6 +67,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         taxonomy=taxonomy_argument(args.taxonomy, args.images),
         out_dir=args.out,
         force=args.force,
+        skip_unreadable=args.skip_unreadable,
     )
     for name, stats in (("SAE latents", report.sae), ("raw neurons", report.raw_neurons)):
         print(
@@ -79,6 +88,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             f"Matryoshka level {row['level']} [{row['start']},{row['stop']}): mean LCA depth "
             f"{row['mean_depth']:.2f}, MS {row['ms_mean']:.3f}"
         )
+    if report.setup["n_unreadable"]:
+        print(f"skipped {report.setup['n_unreadable']} unreadable image(s)")
     print(f"-> {Path(args.out) / 'evaluation.json'}, {Path(args.out) / 'ms_sorted.png'}")
     return 0
 

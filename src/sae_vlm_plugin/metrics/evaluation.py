@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sae_vlm_plugin.images import open_image_source
+from sae_vlm_plugin.images import ImageReadError, ImageSource, open_image_source
 from sae_vlm_plugin.metrics.embeddings import image_embeddings, load_scoring_encoder
 from sae_vlm_plugin.metrics.hierarchy import Taxonomy, hierarchy_by_level, mean_lca_depth
 from sae_vlm_plugin.metrics.monosemanticity import MonosemanticityResult, monosemanticity_score
@@ -37,6 +37,10 @@ from sae_vlm_plugin.metrics.uniqueness import jaccard_uniqueness
 
 MS_THRESHOLDS = (0.5, 0.75, 0.9)
 TOP_IMAGES = 16
+MIN_SUPPORT = TOP_IMAGES
+"""Default ``min_support`` of ``evaluate_sae`` (and ``sae-vlm evaluate`` / ``dashboard``): a
+latent is scored once it fires on as many images as its top set holds; below that its MS rests
+on a handful of images (with 2, the cosine of one pair) and tops the MS-sorted lists."""
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
@@ -115,12 +119,13 @@ def evaluate_sae(
     embeddings: Tensor | None = None,
     hook: str | None = None,
     tokens: str | None = None,
-    min_support: int = 2,
+    min_support: int = MIN_SUPPORT,
     taxonomy: Taxonomy | None = None,
     batch_size: int = 64,
     out_dir: str | Path | None = None,
     progress: bool = True,
     force: bool = False,
+    skip_unreadable: bool = False,
 ) -> EvaluationReport:
     """Evaluate ``sae`` (a SAELens SAE) on ``images`` seen by ``model`` (a ``VisionModel``).
 
@@ -129,7 +134,9 @@ def evaluate_sae(
     (e.g. ``Taxonomy.from_folder_names`` of iNaturalist's class folders) places each image by
     its label (the class folder of an ImageNet-style tree) and adds the Matryoshka hierarchy.
     With ``out_dir``, writes ``evaluation.json`` and ``ms_sorted.png`` there. ``force`` uses an
-    SAE whose metadata names another model (``check_attachable``).
+    SAE whose metadata names another model (``check_attachable``). An unreadable image raises
+    ValueError naming it unless ``skip_unreadable`` (then it is left out and counted in
+    ``setup["n_unreadable"]``).
     """
     from sae_vlm_plugin.pretrained.loading import check_attachable
 
@@ -137,11 +144,15 @@ def evaluate_sae(
     tokens = tokens or sae.cfg.metadata.tokens or "cls"
     point = check_attachable(sae, model, hook, force=force)
     scorer = load_scoring_encoder(scoring_encoder) if embeddings is None else None  # fail first
-    data = hook_rows(model, images, point.name, tokens, batch_size=batch_size, progress=progress)
+    source = open_image_source(images)
+    data = _readable_rows(model, source, point.name, tokens, batch_size, progress, skip_unreadable)
+    readable = _readable_subset(source, data.image_ids)
     if embeddings is None:
-        scored = image_embeddings(images, scorer, batch_size=batch_size, progress=progress)
+        scored = image_embeddings(readable, scorer, batch_size=batch_size, progress=progress)
         keep = {image_id: i for i, image_id in enumerate(scored.image_ids)}
         embeddings = scored.embeddings[[keep[i] for i in data.image_ids]]
+    elif len(embeddings) == len(source) != data.n_images:  # rows of all images: keep readable
+        embeddings = embeddings[_source_positions(source, data.image_ids)]
     if len(embeddings) != data.n_images:
         raise ValueError(f"{len(embeddings)} embeddings for {data.n_images} readable images")
     with torch.no_grad():
@@ -200,6 +211,7 @@ def evaluate_sae(
             "hook": point.name,
             "tokens": tokens,
             "n_images": data.n_images,
+            "n_unreadable": len(source) - data.n_images,
             "d_in": sae.cfg.d_in,
             "d_sae": sae.cfg.d_sae,
             "min_support": min_support,
@@ -217,6 +229,46 @@ def evaluate_sae(
     if out_dir is not None:
         write_report(report, out_dir)
     return report
+
+
+def _readable_rows(
+    model: Any,
+    source: ImageSource,
+    hook: str,
+    tokens: str,
+    batch_size: int,
+    progress: bool,
+    skip_unreadable: bool,
+) -> HookRows:
+    """``hook_rows``; an unreadable image (without ``skip_unreadable``) says how to skip it."""
+    try:
+        return hook_rows(
+            model, source, hook, tokens, batch_size, progress, skip_unreadable=skip_unreadable
+        )
+    except ImageReadError as error:
+        raise ValueError(
+            f"{error} (skip_unreadable=True, or --skip-unreadable, leaves such images out)"
+        ) from error
+
+
+def _source_positions(source: ImageSource, image_ids: list[str]) -> list[int]:
+    """Index in ``source`` of each of ``image_ids``."""
+    where = {image_id: i for i, image_id in enumerate(source.ids)}
+    return [where[image_id] for image_id in image_ids]
+
+
+def _readable_subset(source: ImageSource, image_ids: list[str]) -> ImageSource:
+    """The images of ``source`` that ``image_ids`` name (the readable ones), in that order, so
+    the scoring encoder reads only images that are known to decode."""
+    if len(image_ids) == len(source):
+        return source
+    keep = _source_positions(source, image_ids)
+    return ImageSource(
+        ids=list(image_ids),
+        labels=None if source.labels is None else [source.labels[i] for i in keep],
+        description=f"{source.description} (readable images)",
+        loader=lambda i: source.loader(keep[i]),
+    )
 
 
 def _row_blocks(codes: Tensor, block: int = 4096) -> list[Tensor]:

@@ -39,9 +39,17 @@ class HookRows:
 
 
 def hook_rows(
-    model: Any, images: Any, hook: str, tokens: Any, batch_size: int = 64, progress: bool = True
+    model: Any,
+    images: Any,
+    hook: str,
+    tokens: Any,
+    batch_size: int = 64,
+    progress: bool = True,
+    *,
+    skip_unreadable: bool = True,
 ) -> HookRows:
-    """The rows of ``hook`` under token selection ``tokens`` for every readable image."""
+    """The rows of ``hook`` under token selection ``tokens`` for every readable image (with
+    ``skip_unreadable=False``, an unreadable image raises ``ImageReadError`` naming it)."""
     from tqdm.auto import tqdm
 
     from sae_vlm_plugin.activations import iter_extracted_batches, resolve_hooks
@@ -57,7 +65,13 @@ def hook_rows(
     position: dict[int, int] = {}
     bar = tqdm(total=len(source), desc="activations", unit="img", disable=not progress)
     for batch in iter_extracted_batches(
-        model, source, points, selection, range(len(source)), batch_size, skip_unreadable=True
+        model,
+        source,
+        points,
+        selection,
+        range(len(source)),
+        batch_size,
+        skip_unreadable=skip_unreadable,
     ):
         for index in batch.image_indices:
             position[index] = len(kept)
