@@ -212,7 +212,7 @@ def test_presets_cover_the_paper_and_errors_are_clear(tmp_path, tiny_cache):
     ) == (
         "paper_matryoshka_batchtopk",
         64,
-        "random_k",
+        None,  # a cache records its own token selection, as it does its model
         "blocks.22.hook_resid_post",
     )
     assert steering.model is None

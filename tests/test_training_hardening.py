@@ -271,3 +271,56 @@ def test_a_sweep_trains_only_its_unfinished_saes(tmp_path, tiny_cache, capsys):
     alone = VisionSAETrainingRunner(config("c", "alone", expansion_factor=2), progress=False).run()
     for key, value in alone.state_dict().items():
         assert torch.equal(saes[2].state_dict()[key], value), key
+
+
+# -- item 14b: a token selection that contradicts the cache's is refused -----------------------
+
+
+@pytest.fixture(scope="module")
+def random_2_cache(tmp_path_factory) -> Path:
+    """Two random tokens of each of 64 synthetic images (``random_2@seed0``)."""
+    import tiny_models as tm
+    from sae_vlm_plugin import VisionModel, extract_to_cache
+
+    images, _ = tm.synthetic_images(64)
+    out = tmp_path_factory.mktemp("cache") / "random"
+    model = VisionModel(tm.clip_vision_model())
+    extract_to_cache(model, images, HOOK, out, tokens="random_k", k=2, progress=False)
+    return out
+
+
+def test_tokens_that_contradict_the_cache_are_refused(tmp_path, tiny_cache, capsys):
+    config = _write_config(tmp_path, tiny_cache, training_steps=5)
+    assert cli_main(["train", "--config", str(config), "--set", "tokens=patches"]) == 2
+    error = capsys.readouterr().err
+    assert f"tokens='patches' asks for patches, but the cache at {tiny_cache} holds all" in error
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("tokens", "per_image", "refused"),
+    [("cls", 2, "cls"), ("random_k", 3, "random_3"), ("random_4", 2, "random_4")],
+)
+def test_a_random_k_cache_refuses_another_selection(
+    tmp_path, random_2_cache, tokens, per_image, refused
+):
+    values = _values(tmp_path / "run", random_2_cache, tokens=tokens, tokens_per_image=per_image)
+    with pytest.raises(ValueError, match=f"asks for {refused}, but .* holds random_2@seed0"):
+        VisionSAETrainingRunner(VisionSAERunnerConfig(**values), progress=False)
+
+
+@pytest.mark.parametrize("tokens", [None, "random_k", "random_2"])
+def test_the_cache_selection_or_the_same_one_trains(tmp_path, random_2_cache, tokens):
+    values = _values(tmp_path / "run", random_2_cache, tokens=tokens, training_steps=5)
+    sae = VisionSAETrainingRunner(VisionSAERunnerConfig(**values), progress=False).run()
+    assert sae.cfg.metadata.tokens == "random_2@seed0"
+
+
+def test_a_preset_with_a_cache_takes_the_cache_selection(random_2_cache):
+    from sae_vlm_plugin.training.presets import preset_config
+
+    cfg = preset_config("clip-l14-336-l22-cls-batchtopk-x8", cache_path=str(random_2_cache))
+    assert (cfg.model, cfg.tokens) == (None, None)
+    explicit = preset_config("steering", cache_path="c", tokens="patches")
+    assert explicit.tokens == "patches"
+    assert preset_config("steering", images="i").tokens == "random_k"

@@ -152,6 +152,8 @@ class TrainingJob:
                 f"the activations of {where} have d_in={source.d_in}, but the config asks "
                 f"for an SAE with d_in={cfg.d_in}"
             )
+        if cfg.cache_path is not None and cfg.tokens is not None:
+            _check_cache_tokens(cfg.tokens, cfg.tokens_per_image, cfg.cache_path, source.tokens)
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -415,6 +417,21 @@ class TrainingJob:
 def is_finished(run_dir: str | Path) -> bool:
     """Whether the run in ``run_dir`` has been exported (``final/`` is written last)."""
     return (Path(run_dir) / "final").is_dir()
+
+
+def _check_cache_tokens(tokens: str, per_image: int, cache_path: str, held: str) -> None:
+    """Refuse a token selection (``tokens``, ``per_image`` for random_k) that is not the one
+    the cache at ``cache_path`` holds (``held``, as the cache describes it): the SAE would
+    train on the cache's tokens while its config said otherwise. A cache's random_k seed is
+    its own (the training seed picks no tokens of a cache), so only kind and k count."""
+    from sae_vlm_plugin.tokens import TokenSelection
+
+    wanted = TokenSelection.parse(tokens, k=per_image).describe().partition("@")[0]
+    if wanted != held.partition("@")[0]:
+        raise ValueError(
+            f"tokens={tokens!r} asks for {wanted}, but the cache at {cache_path} holds {held}; "
+            f"leave tokens unset to train on the cache's, or extract a cache of {wanted}"
+        )
 
 
 def _load_trainer_state_weights_only(trainer: Any, checkpoint: Path) -> None:

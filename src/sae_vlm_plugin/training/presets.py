@@ -121,7 +121,8 @@ def list_presets() -> dict[str, str]:
 
 def preset_config(name: str, **overrides: Any) -> VisionSAERunnerConfig:
     """The preset's config with ``overrides`` applied (a data source is required: ``images`` or
-    ``cache_path``; give ``cache_path`` and the preset's model is dropped)."""
+    ``cache_path``). Give ``cache_path`` and the preset's model and token selection are
+    dropped: the cache records its own (a ``tokens`` override is still checked against it)."""
     presets = _presets()
     if name not in presets:
         close = difflib.get_close_matches(name, presets, n=5, cutoff=0.5)
@@ -133,4 +134,7 @@ def preset_config(name: str, **overrides: Any) -> VisionSAERunnerConfig:
     values = {**presets[name], "preset": name, **overrides}
     if values.get("cache_path") is not None:
         values.pop("model", None)
+        for key in ("tokens", "tokens_per_image"):
+            if key not in overrides:
+                values.pop(key, None)
     return VisionSAERunnerConfig.from_dict(values)

@@ -31,8 +31,9 @@ class VisionSAERunnerConfig:
     # -- activations ----------------------------------------------------------------------
     hook_name: str = "blocks.22.hook_resid_post"
     """Canonical hook the SAE reads (``sae_vlm_plugin.hooks``)."""
-    tokens: str = "cls"
-    """Token selection: cls | patches | all | mean | random_k."""
+    tokens: str | None = None
+    """Token selection: cls | patches | all | mean | random_k (or random_N). None: the
+    cache's (training from images: cls); one that contradicts the cache's is refused."""
     tokens_per_image: int = 2
     """k of ``random_k`` (the paper's steering SAE: 2 random tokens per image)."""
     cache_path: str | None = None

@@ -69,7 +69,7 @@ def activation_source(
         assert cfg.model is not None  # the config checks that images come with a model
         model = VisionModel(cfg.model, device=parallel.device_for(cfg.device))
     vision_model = model
-    selection = TokenSelection.parse(cfg.tokens, k=cfg.tokens_per_image, seed=cfg.seed)
+    selection = TokenSelection.parse(cfg.tokens or "cls", k=cfg.tokens_per_image, seed=cfg.seed)
     point = vision_model.hook_point(cfg.hook_name)
     return ActivationSource(
         d_in=point.d_model,
