@@ -718,8 +718,8 @@ def _read_header(path: Path) -> dict[str, Any]:
         length = int.from_bytes(prefix, "little")
         if len(prefix) < 8 or length > min(size - 8, MAX_HEADER_BYTES):
             raise ShardError(
-                f"{path}: not a safetensors file or truncated (its {size} bytes cannot hold the "
-                f"header its first 8 bytes announce)"
+                f"{path}: not a safetensors file or truncated (its {size} bytes cannot hold "
+                + (f"the {length}-byte header it announces)" if len(prefix) == 8 else "a header)")
             )
         raw = file.read(length)
     try:
