@@ -26,9 +26,10 @@ from sae_vlm_plugin.metrics.hierarchy import (
     hierarchy_by_level,
     mean_lca_depth,
     parse_inat_folder_name,
+    reference_lca_depths,
 )
 from sae_vlm_plugin.metrics.monosemanticity import monosemanticity_score
-from sae_vlm_plugin.metrics.top_activations import top_activations
+from sae_vlm_plugin.metrics.top_activations import TopActivations, top_activations
 from sae_vlm_plugin.metrics.uniqueness import jaccard_uniqueness
 
 # torch warns once per process when a test builds a CSR tensor.
@@ -204,6 +205,82 @@ def test_mean_lca_depth_hand_case():
     assert stats[1].mean_depth == pytest.approx(5 / 3)
     assert (stats[1].ms_min, stats[1].ms_max) == (0.2, 0.5)
     assert stats[1].ms_mean == pytest.approx(1.1 / 3)
+
+
+def inat_depth_reference(top, image_classes, taxonomy):
+    """inat_depth.py's rules, re-implemented plainly: neurons whose k-th best activation is 0 are
+    left out; each neuron's mean pair LCA is rounded; the majority vote is Counter's."""
+    from collections import Counter
+
+    rounded, majority = [], []
+    for neuron in range(top.n_neurons):
+        if top.values[neuron, -1] == 0 or math.isnan(top.values[neuron, -1]):
+            rounded.append(math.nan)
+            majority.append(math.nan)
+            continue
+        paths = [taxonomy.paths[image_classes[i]] for i in top.indices[neuron].tolist()]
+        lcas = []
+        for x, y in itertools.combinations(paths, 2):
+            depth = 0
+            for a, b in zip(x, y, strict=False):
+                if a != b:
+                    break
+                depth += 1
+            lcas.append(depth)
+        rounded.append(round(sum(lcas) / len(lcas)))
+        majority.append(Counter(lcas).most_common(1)[0][0])
+    return rounded, majority
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_reference_depths_follow_inat_depth_py(seed):
+    """#15 item 5: Table A8 as the reference computes it (rounded means, majority votes ties
+    included, neurons with a zero 16th activation left out)."""
+    generator = torch.Generator().manual_seed(seed)
+    names = [
+        f"{i:05d}_" + "_".join(f"n{int(v)}" for v in torch.randint(0, 2, (4,), generator=generator))
+        for i in range(12)
+    ]
+    taxonomy = Taxonomy.from_folder_names(names)
+    n_images, k = 60, 5
+    image_classes = torch.randint(0, len(names), (n_images,), generator=generator)
+    codes = torch.rand(n_images, 80, generator=generator)
+    codes[codes < 0.9] = 0.0  # sparse: some neurons fire on fewer than k images
+    top = top_activations(codes, k=k)
+    got = reference_lca_depths(top, image_classes, taxonomy, neuron_chunk_size=7)
+    rounded, majority = inat_depth_reference(top, image_classes.tolist(), taxonomy)
+    torch.testing.assert_close(
+        got.rounded_mean, torch.tensor(rounded, dtype=torch.float64), equal_nan=True
+    )
+    torch.testing.assert_close(
+        got.majority, torch.tensor(majority, dtype=torch.float64), equal_nan=True
+    )
+    assert 0 < int(torch.isnan(got.majority).sum()) < top.n_neurons
+
+
+def test_reference_depth_rounds_half_to_even_and_breaks_ties_by_pair_order():
+    taxonomy = Taxonomy.from_mapping({"a": ["X", "Y"], "b": ["X", "Z"], "c": ["W"]})
+    # images a, b, a: pairs (a,b)=1, (a,a)=2, (b,a)=1 -> mean 4/3 -> 1, majority 1
+    # images a, c, b: pairs (a,c)=0, (a,b)=1, (c,b)=0 -> mean 1/3 -> 0, majority 0
+    indices = torch.tensor([[0, 1, 2], [0, 3, 1], [0, 2, 1]])
+    values = torch.tensor([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0], [3.0, 2.0, 0.0]], dtype=torch.float64)
+    top = TopActivations(values=values, indices=indices, n_images=5)
+    image_classes = torch.tensor([0, 1, 0, 2, 1])
+    got = reference_lca_depths(top, image_classes, taxonomy)
+    assert got.rounded_mean[:2].tolist() == [1.0, 0.0]
+    assert got.majority[:2].tolist() == [1.0, 0.0]
+    assert math.isnan(got.rounded_mean[2])  # its 3rd-best activation is 0: left out
+    # 2.5 rounds to 2 (half to even, as Python's round); a 3-3 tie goes to the value met first
+    deep = Taxonomy.from_mapping({"p": ["A", "B", "C"], "q": ["A", "B", "C"], "r": ["A", "B", "D"]})
+    pair = TopActivations(
+        values=torch.tensor([[2.0, 1.0, 1.0, 1.0]], dtype=torch.float64),
+        indices=torch.tensor([[0, 1, 2, 0]]),
+        n_images=3,
+    )
+    depths = reference_lca_depths(pair, torch.tensor([0, 1, 2]), deep)
+    # pairs: (p,q)=3 (p,r)=2 (p,p)=3 (q,r)=2 (q,p)=3 (r,p)=2 -> mean 2.5 -> 2; majority 3 first
+    assert depths.rounded_mean.tolist() == [2.0]
+    assert depths.majority.tolist() == [3.0]
 
 
 def test_taxonomy_sources_and_uneven_paths(tmp_path):

@@ -140,7 +140,7 @@ def test_evaluation_refuses_a_mismatched_model(trained):
 
 
 def test_report_adds_uniqueness_and_taxonomy_hierarchy(trained, tmp_path):
-    from sae_vlm_plugin.metrics.hierarchy import Taxonomy, mean_lca_depth
+    from sae_vlm_plugin.metrics.hierarchy import Taxonomy, mean_lca_depth, reference_lca_depths
     from sae_vlm_plugin.metrics.top_activations import top_activations
     from sae_vlm_plugin.metrics.uniqueness import jaccard_uniqueness
 
@@ -162,11 +162,15 @@ def test_report_adds_uniqueness_and_taxonomy_hierarchy(trained, tmp_path):
     assert report.uniqueness["mean_jaccard"] == pytest.approx(jaccard_uniqueness(top).mean_jaccard)
     assert [level["level"] for level in report.hierarchy] == [0, 1, 2, 3]
     classes = taxonomy.class_indices([i.split("/")[0] for i in report.image_ids])
-    depths = mean_lca_depth(top, classes, taxonomy)
-    level0 = depths[:8][~torch.isnan(depths[:8])]
-    expected = level0.mean().item() if level0.numel() else float("nan")
-    got = report.hierarchy[0]["mean_depth"]
-    assert (got != got and expected != expected) or got == pytest.approx(expected)
+    for key, depths in (
+        ("unrounded_mean_depth", mean_lca_depth(top, classes, taxonomy)),
+        ("mean_depth", reference_lca_depths(top, classes, taxonomy).rounded_mean),
+        ("majority_depth", reference_lca_depths(top, classes, taxonomy).majority),
+    ):
+        level0 = depths[:8][~torch.isnan(depths[:8])]
+        expected = level0.mean().item() if level0.numel() else float("nan")
+        got = report.hierarchy[0][key]
+        assert (got != got and expected != expected) or got == pytest.approx(expected), key
 
 
 def test_cli_evaluate_writes_the_report(trained, tmp_path, capsys):

@@ -85,8 +85,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
     for row in report.hierarchy:
         print(
-            f"Matryoshka level {row['level']} [{row['start']},{row['stop']}): mean LCA depth "
-            f"{row['mean_depth']:.2f}, MS {row['ms_mean']:.3f}"
+            f"Matryoshka level {row['level']} [{row['start']},{row['stop']}): LCA depth "
+            f"{row['mean_depth']:.2f} (majority {row['majority_depth']:.2f}, unrounded "
+            f"{row['unrounded_mean_depth']:.2f}), MS {row['ms_mean']:.3f}"
         )
     if report.setup["n_unreadable"]:
         print(f"skipped {report.setup['n_unreadable']} unreadable image(s)")

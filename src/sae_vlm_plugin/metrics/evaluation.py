@@ -23,7 +23,7 @@ from torch import Tensor
 
 from sae_vlm_plugin.images import ImageReadError, ImageSource, open_image_source
 from sae_vlm_plugin.metrics.embeddings import image_embeddings, load_scoring_encoder
-from sae_vlm_plugin.metrics.hierarchy import Taxonomy, hierarchy_by_level, mean_lca_depth
+from sae_vlm_plugin.metrics.hierarchy import Taxonomy, table_a8
 from sae_vlm_plugin.metrics.monosemanticity import MonosemanticityResult, monosemanticity_score
 from sae_vlm_plugin.metrics.sae_activations import (
     HookRows,
@@ -32,7 +32,7 @@ from sae_vlm_plugin.metrics.sae_activations import (
     hook_rows,
     pool_codes,
 )
-from sae_vlm_plugin.metrics.top_activations import top_activations
+from sae_vlm_plugin.metrics.top_activations import TopActivations, top_activations
 from sae_vlm_plugin.metrics.uniqueness import jaccard_uniqueness
 
 MS_THRESHOLDS = (0.5, 0.75, 0.9)
@@ -126,6 +126,7 @@ def evaluate_sae(
     progress: bool = True,
     force: bool = False,
     skip_unreadable: bool = False,
+    with_uniqueness: bool = True,
 ) -> EvaluationReport:
     """Evaluate ``sae`` (a SAELens SAE) on ``images`` seen by ``model`` (a ``VisionModel``).
 
@@ -136,7 +137,9 @@ def evaluate_sae(
     With ``out_dir``, writes ``evaluation.json`` and ``ms_sorted.png`` there. ``force`` uses an
     SAE whose metadata names another model (``check_attachable``). An unreadable image raises
     ValueError naming it unless ``skip_unreadable`` (then it is left out and counted in
-    ``setup["n_unreadable"]``).
+    ``setup["n_unreadable"]``). ``with_uniqueness=False`` skips the uniqueness of the top sets
+    (``uniqueness`` is then empty): its cost grows with the square of the latents sharing
+    an image, which a dense SAE on few images makes large.
     """
     from sae_vlm_plugin.pretrained.loading import check_attachable
 
@@ -174,14 +177,7 @@ def evaluate_sae(
         )
         groups.append({"level": level, "latents": [start, stop], **ms_statistics(part)})
     top = top_activations(image_codes, k=TOP_IMAGES)
-    unique = jaccard_uniqueness(top)
-    uniqueness = {
-        "n_latents": float(unique.n_neurons),
-        "mean_jaccard": unique.mean_jaccard,
-        "max_jaccard": unique.max_jaccard,
-        "fraction_unique": unique.fraction_unique,
-        "n_pairs_above_0.5": float(unique.n_above_threshold),
-    }
+    uniqueness = _uniqueness(top) if with_uniqueness else {}
     hierarchy = []
     if taxonomy is not None:
         labels = open_image_source(images).labels
@@ -191,9 +187,8 @@ def evaluate_sae(
             )
         by_id = dict(zip(open_image_source(images).ids, labels, strict=True))
         classes = taxonomy.class_indices([by_id[i] for i in data.image_ids])
-        depths = mean_lca_depth(top, classes, taxonomy)
         widths = [stop for _, stop in _group_bounds(sae)] or [sae.cfg.d_sae]
-        hierarchy = [vars(level) for level in hierarchy_by_level(depths, widths, sae_scores.scores)]
+        hierarchy = table_a8(top, classes, taxonomy, widths, sae_scores.scores)
     report = EvaluationReport(
         sae=ms_statistics(sae_scores),
         raw_neurons=ms_statistics(raw_scores),
@@ -229,6 +224,18 @@ def evaluate_sae(
     if out_dir is not None:
         write_report(report, out_dir)
     return report
+
+
+def _uniqueness(top: TopActivations) -> dict[str, float]:
+    """The report's summary of ``jaccard_uniqueness`` of the top-image sets."""
+    unique = jaccard_uniqueness(top)
+    return {
+        "n_latents": float(unique.n_neurons),
+        "mean_jaccard": unique.mean_jaccard,
+        "max_jaccard": unique.max_jaccard,
+        "fraction_unique": unique.fraction_unique,
+        "n_pairs_above_0.5": float(unique.n_above_threshold),
+    }
 
 
 def _readable_rows(

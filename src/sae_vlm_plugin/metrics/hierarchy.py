@@ -12,6 +12,13 @@ images is the number of leading path components their classes share, so two imag
 same species meet at depth 7 and images of different kingdoms at 0. A neuron of depth 2 thus
 fires for species from several classes of one phylum, as in the paper's example.
 The per-level table averages these depths over the neurons of each Matryoshka group.
+
+The paper's numbers come from its ``inat_depth.py``, which differs in three ways, all followed
+by :func:`reference_lca_depths`: a neuron counts only if its k-th best activation is non-zero;
+its mean is rounded to an integer depth (Python's ``round``, half to even) before averaging over
+the level; and it also reports each neuron's majority-vote depth (the most frequent pair LCA,
+ties to the value met first in ``itertools.combinations`` order). :func:`mean_lca_depth` is the
+unrounded mean over every neuron with at least two top images.
 """
 
 # jaxtyping shape strings such as "n_images k" are not forward references.
@@ -35,10 +42,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LevelStats",
+    "ReferenceDepths",
     "Taxonomy",
     "hierarchy_by_level",
     "mean_lca_depth",
     "parse_inat_folder_name",
+    "reference_lca_depths",
+    "table_a8",
 ]
 
 
@@ -158,30 +168,15 @@ def mean_lca_depth(
         raise ValueError("top must be TopActivations or a 2-D integer (n_neurons, k) tensor")
     if isinstance(min_images, bool) or min_images < 2:
         raise ValueError(f"min_images must be >= 2 (a depth needs a pair), got {min_images!r}")
-    classes = torch.as_tensor(image_classes, dtype=torch.long)
-    codes, lengths = taxonomy.codes()
-    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= len(lengths)):
-        raise ValueError(
-            f"image_classes must lie in [0, {len(lengths)}), found "
-            f"{int(classes.min())}..{int(classes.max())}"
-        )
     indices = indices.to(device="cpu", dtype=torch.long)
-    if indices.numel() and int(indices.max()) >= classes.numel():
-        raise ValueError(
-            f"top image index {int(indices.max())} is out of range for {classes.numel()} "
-            "image classes"
-        )
+    classes, codes, lengths = _check_indices(indices, image_classes, taxonomy)
     n_neurons, k = (int(s) for s in indices.shape)
     pair_mask = torch.ones(k, k, dtype=torch.bool).triu(diagonal=1)
     depths = []
     for start in range(0, n_neurons, neuron_chunk_size):
         block = indices[start : start + neuron_chunk_size]
         valid = block >= 0
-        cls = classes[block.clamp(min=0)]  # (c, k)
-        paths, length = codes[cls], lengths[cls]  # (c, k, D), (c, k)
-        agree = paths[:, :, None, :] == paths[:, None, :, :]  # (c, k, k, D)
-        prefix = agree.long().cumprod(dim=-1).sum(dim=-1)
-        lca = torch.minimum(prefix, torch.minimum(length[:, :, None], length[:, None, :]))
+        lca = _pair_lca_depths(block, classes, codes, lengths)
         pairs = valid[:, :, None] & valid[:, None, :] & pair_mask
         n_pairs = pairs.sum(dim=(1, 2))
         total = (lca * pairs).sum(dim=(1, 2)).to(torch.float64)
@@ -191,6 +186,87 @@ def mean_lca_depth(
     if not depths:
         return torch.empty(0, dtype=torch.float64)
     return torch.cat(depths)
+
+
+def _check_indices(
+    indices: Tensor, image_classes: Tensor | Sequence[int], taxonomy: Taxonomy
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(classes, codes, lengths)`` after checking ``indices`` against them."""
+    classes = torch.as_tensor(image_classes, dtype=torch.long)
+    codes, lengths = taxonomy.codes()
+    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= len(lengths)):
+        raise ValueError(
+            f"image_classes must lie in [0, {len(lengths)}), found "
+            f"{int(classes.min())}..{int(classes.max())}"
+        )
+    if indices.numel() and int(indices.max()) >= classes.numel():
+        raise ValueError(
+            f"top image index {int(indices.max())} is out of range for {classes.numel()} "
+            "image classes"
+        )
+    return classes, codes, lengths
+
+
+def _pair_lca_depths(block: Tensor, classes: Tensor, codes: Tensor, lengths: Tensor) -> Tensor:
+    """``(c, k, k)`` LCA depth of every pair of each neuron's top images (padding: class 0)."""
+    cls = classes[block.clamp(min=0)]  # (c, k)
+    paths, length = codes[cls], lengths[cls]  # (c, k, D), (c, k)
+    agree = paths[:, :, None, :] == paths[:, None, :, :]  # (c, k, k, D)
+    prefix = agree.long().cumprod(dim=-1).sum(dim=-1)
+    return torch.minimum(prefix, torch.minimum(length[:, :, None], length[:, None, :]))
+
+
+@dataclass(frozen=True)
+class ReferenceDepths:
+    """Per-neuron depths as the paper's ``inat_depth.py`` computes them (NaN: excluded)."""
+
+    rounded_mean: Float[Tensor, " n_neurons"]
+    """``round(mean over pairs of LCA depth)``, half to even."""
+    majority: Float[Tensor, " n_neurons"]
+    """The most frequent pair LCA depth (ties: the value met first in pair order)."""
+
+
+def reference_lca_depths(
+    top: TopActivations,
+    image_classes: Int[Tensor, " n_images"] | Sequence[int],
+    taxonomy: Taxonomy,
+    *,
+    neuron_chunk_size: int = 4096,
+) -> ReferenceDepths:
+    """The reference's two per-neuron depths over all ``k (k - 1) / 2`` pairs of each neuron's
+    top-k images, for neurons whose k-th best activation is non-zero (others NaN).
+
+    Pairs go in ``itertools.combinations`` order, ``(0, 1), (0, 2), ..., (k-2, k-1)``, the
+    row-major upper triangle, which is what breaks majority ties.
+    """
+    if not isinstance(top, TopActivations):
+        raise ValueError("reference_lca_depths needs TopActivations (it reads the k-th value)")
+    indices = top.indices.to(device="cpu", dtype=torch.long)
+    classes, codes, lengths = _check_indices(indices, image_classes, taxonomy)
+    worst = top.values[:, -1].to("cpu") if top.k else torch.zeros(top.n_neurons)
+    counted = ~torch.isnan(worst) & (worst != 0) & (top.k >= 2)
+    rows, cols = torch.triu_indices(top.k, top.k, offset=1)
+    n_values = int(lengths.max()) + 1
+    rounded, majority = [], []
+    for start in range(0, top.n_neurons, neuron_chunk_size):
+        block = indices[start : start + neuron_chunk_size]
+        lca = _pair_lca_depths(block, classes, codes, lengths)[:, rows, cols]  # (c, pairs)
+        mean = lca.sum(dim=1).to(torch.float64) / max(lca.shape[1], 1)
+        rounded.append(torch.round(mean))
+        counts = torch.nn.functional.one_hot(lca, n_values).sum(dim=1)  # (c, n_values)
+        order = torch.arange(lca.shape[1]).expand_as(lca)
+        first = torch.full(counts.shape, lca.shape[1], dtype=torch.long)
+        first = first.scatter_reduce(1, lca, order, reduce="amin")
+        most = counts == counts.max(dim=1, keepdim=True).values
+        first = torch.where(most, first, torch.full_like(first, lca.shape[1] + 1))
+        majority.append(first.argmin(dim=1).to(torch.float64))
+    nan = torch.full((top.n_neurons,), torch.nan, dtype=torch.float64)
+    if not rounded:
+        return ReferenceDepths(nan, nan.clone())
+    return ReferenceDepths(
+        torch.where(counted, torch.cat(rounded), nan),
+        torch.where(counted, torch.cat(majority), nan),
+    )
 
 
 @dataclass(frozen=True)
@@ -256,3 +332,39 @@ def hierarchy_by_level(
             )
         )
     return levels
+
+
+def table_a8(
+    top: TopActivations,
+    image_classes: Int[Tensor, " n_images"] | Sequence[int],
+    taxonomy: Taxonomy,
+    matryoshka_widths: Sequence[int],
+    scores: Float[Tensor, " n_neurons"] | None = None,
+) -> list[dict[str, float | int]]:
+    """One row per Matryoshka level with the paper's depths and the exact one.
+
+    ``mean_depth`` / ``n_with_depth`` and ``majority_depth`` are ``inat_depth.py``'s (rounded
+    per-neuron means and majority votes over neurons whose k-th activation is non-zero): the
+    numbers of Table A8. ``unrounded_mean_depth`` / ``n_with_unrounded_depth`` average
+    :func:`mean_lca_depth` over every neuron with two top images. MS columns as in
+    :func:`hierarchy_by_level`.
+    """
+    reference = reference_lca_depths(top, image_classes, taxonomy)
+    majority = hierarchy_by_level(reference.majority, matryoshka_widths)
+    exact = hierarchy_by_level(mean_lca_depth(top, image_classes, taxonomy), matryoshka_widths)
+    rows = []
+    for level, vote, plain in zip(
+        hierarchy_by_level(reference.rounded_mean, matryoshka_widths, scores),
+        majority,
+        exact,
+        strict=True,
+    ):
+        rows.append(
+            {
+                **vars(level),
+                "majority_depth": vote.mean_depth,
+                "unrounded_mean_depth": plain.mean_depth,
+                "n_with_unrounded_depth": plain.n_with_depth,
+            }
+        )
+    return rows
