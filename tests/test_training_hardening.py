@@ -324,3 +324,18 @@ def test_a_preset_with_a_cache_takes_the_cache_selection(random_2_cache):
     explicit = preset_config("steering", cache_path="c", tokens="patches")
     assert explicit.tokens == "patches"
     assert preset_config("steering", images="i").tokens == "random_k"
+
+
+def test_sweep_settings_are_checked_per_sae_and_name_it(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("run_dir: r\nshared: {cache_path: c}\nsaes:\n  wide: {k: abc}\n")
+    with pytest.raises(ValueError, match=r"sweep\.yaml: SAE 'wide': k: expected int, got 'abc'"):
+        sweep_from_file(path)
+    path.write_text("run_dir: r\nshared: {cache_path: c}\nsaes:\n  wide: 5\n")
+    with pytest.raises(ValueError, match=r"SAE 'wide' must map config keys to values, got int 5"):
+        sweep_from_file(path)
+    path.write_text("run_dir: r\nshared: [1]\nsaes:\n  wide: {}\n")
+    with pytest.raises(ValueError, match=r"shared must map config keys to values, got list"):
+        sweep_from_file(path)
+    path.write_text("run_dir: r\nshared: {cache_path: c, lr: 3e-4}\nsaes:\n  wide:\n")
+    assert [c.lr for c in sweep_from_file(path)] == [3e-4]

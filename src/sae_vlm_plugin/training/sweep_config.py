@@ -61,17 +61,36 @@ def sweep_from_file(
     root = run_dir or spec.get("run_dir")
     if root is None:
         raise ValueError(f"{path}: give run_dir in the file or on the command line")
-    shared = spec.get("shared") or {}
+    shared = _settings(path, "shared", spec.get("shared"))
     configs = []
     for name, own in saes.items():
         _check_sae_name(path, name)
-        values = {**shared, **(own or {}), **overrides, "run_dir": str(Path(root) / name)}
-        preset = values.pop("preset", None)
-        if preset is not None:
-            configs.append(preset_config(preset, **values))
-        else:
-            configs.append(VisionSAERunnerConfig.from_dict(values))
+        own = _settings(path, f"SAE {name!r}", own)
+        values = {**shared, **own, **overrides, "run_dir": str(Path(root) / name)}
+        try:
+            configs.append(_sae_config(values))
+        except ValueError as error:
+            raise ValueError(f"{path}: SAE {name!r}: {error}") from error
     return configs
+
+
+def _settings(path: str | Path, where: str, value: Any) -> dict[str, Any]:
+    """The settings mapping at ``where`` in a sweep file (empty if left blank)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"{path}: {where} must map config keys to values, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _sae_config(values: dict[str, Any]) -> VisionSAERunnerConfig:
+    """One SAE's config: its ``preset`` (if named) with the other values applied."""
+    preset = values.pop("preset", None)
+    if preset is not None:
+        return preset_config(preset, **values)
+    return VisionSAERunnerConfig.from_dict(values)
 
 
 def _check_sae_name(path: str | Path, name: Any) -> None:
