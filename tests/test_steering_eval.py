@@ -51,14 +51,30 @@ def test_prompts_are_the_papers():
         assert prompt in text
 
 
+def test_steering_score_is_the_references_rule():
+    """#15 item 6: steering_score.py averages the top images' embeddings, then takes one cosine
+    with the label's text embedding (F.cosine_similarity on the raw vectors)."""
+    generator = torch.Generator().manual_seed(0)
+    top = torch.randn(16, 12, generator=generator) * torch.rand(16, 1, generator=generator) * 5
+    label = torch.randn(1, 12, generator=generator)
+    reference = torch.nn.functional.cosine_similarity(top.mean(dim=0, keepdim=True), label)
+    assert steering_score("x", top, lambda texts: label) == pytest.approx(float(reference))
+
+
 def test_scores_by_hand():
     def embed_text(texts):
         assert texts == ["pencil"]
         return torch.tensor([[1.0, 0.0]])
 
     images = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    # steering_score.py: the cosine with the mean raw embedding (1, 4/3) -> 1 / (5/3)
+    assert steering_score("pencil", images, embed_text) == pytest.approx(0.6)
     expected = (1.0 + 0.0 + 2**-0.5) / 3
-    assert steering_score("pencil", images, embed_text) == pytest.approx(expected)
+    assert steering_score("pencil", images, embed_text, average="cosines") == pytest.approx(
+        expected
+    )
+    with pytest.raises(ValueError, match="'embeddings' or 'cosines'"):
+        steering_score("pencil", images, embed_text, average="median")
 
     image_embeds = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     classes = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])

@@ -7,8 +7,8 @@
 - ``run_insertion`` / ``run_suppression``: the Table 2 protocol's generations, each output passed
   to a pluggable judge ``(prompt, output) -> verdict``. The paper's judge is GPT-4.1-mini with
   prompts it does not print; none is shipped here (no network by default).
-- ``steering_score``: mean CLIP cosine between the one-word answer and the latent's top-16
-  images (Table 3); ``reference_bounds``: the paper's lower / upper reference similarities
+- ``steering_score``: CLIP cosine between the one-word answer and the mean embedding of the
+  latent's top-16 images (Table 3, as ``steering_score.py``); ``reference_bounds``: the paper's lower / upper reference similarities
   (random image-class pairs / each image with its own class name), computed from the caller's
   embeddings; ``relative_gain``: the steering gain as a fraction of that range. The paper's
   bound values are not in the reference text we hold (its math was lost in extraction), so they
@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -220,11 +220,22 @@ def steering_score(
     answer: str,
     top_image_embeds: torch.Tensor,
     embed_text: Callable[[list[str]], torch.Tensor],
+    *,
+    average: Literal["embeddings", "cosines"] = "embeddings",
 ) -> float:
-    """Table 3 score: mean cosine between the answer's text embedding and the latent's top
-    images' embeddings ``(n_images, d)`` (the paper: CLIP, top-16)."""
+    """Table 3 score of one answer: how close its text embedding is to the latent's top images'
+    embeddings ``(n_images, d)`` (the paper: CLIP ``image_embeds``, top-16).
+
+    ``average="embeddings"`` is ``steering_score.py``'s rule,
+    ``cos(mean_i e_i, t)`` with the raw (unnormalised) image embeddings ``e_i`` averaged first;
+    ``"cosines"`` is ``mean_i cos(e_i, t)``, which weighs every image alike.
+    """
     text = _unit(embed_text([answer]).reshape(1, -1))
-    return float((_unit(top_image_embeds) @ text.T).mean())
+    if average == "embeddings":
+        return float(_unit(top_image_embeds.float().mean(dim=0, keepdim=True)) @ text.T)
+    if average == "cosines":
+        return float((_unit(top_image_embeds) @ text.T).mean())
+    raise ValueError(f"average must be 'embeddings' or 'cosines', got {average!r}")
 
 
 def reference_bounds(
