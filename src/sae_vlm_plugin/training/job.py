@@ -5,13 +5,17 @@ A ``TrainingJob`` drives ``SAETrainer`` through its public seams (``step``,
 ``load_trainer_state``, ``set_final_sae_metadata``), as SAELens' ``MultiSAETrainer`` does, and
 adds what a vision run needs around them:
 
+- ``run_dir/config.json``, written once training starts (a run refused before that leaves
+  nothing): the same command resumes, other settings or a folder of other files are refused,
+  and a finished run is not trained again;
 - a JSON-lines log (``run_dir/log.jsonl``) of every logged step and evaluation;
 - checkpoints ``run_dir/checkpoints/step_N`` (the full training SAE state, SAELens' trainer
   state, and the step), written atomically;
 - the export: ``run_dir/final`` holds a SAELens inference SAE (``cfg.json`` +
   ``sae_weights.safetensors``, input scaling folded in) whose metadata records model, family,
   hook, tokens, dataset, preset and library versions; plain ``sae_lens.SAE.load_from_disk``
-  loads it.
+  loads it. It is written to a temporary folder and renamed, so ``final/`` marks a finished run;
+- a non-finite loss stops the run (``TrainingDivergedError``) before anything is saved from it.
 
 Under data parallelism every rank runs the job on its share of each batch; rank 0 writes.
 """
@@ -312,7 +316,8 @@ class TrainingJob:
         lr = self.trainer.cfg.lr
         raise TrainingDivergedError(
             f"{self.run_dir}: training diverged: {what}; stopped without saving this state "
-            f"({last}). Lower the learning rate (lr={lr:g}) or check the activations"
+            f"({last}). Lower the learning rate (lr={lr:g}) or check the activations, and "
+            "train into a new run_dir (or delete this one)"
         )
 
     # -- checkpoints ----------------------------------------------------------------------
