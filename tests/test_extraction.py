@@ -90,6 +90,32 @@ def test_random_k_takes_distinct_tokens_seeded_per_image_id():
     torch.testing.assert_close(rows, _all_tokens(model, pixels)[0, positions])
 
 
+def test_random_k_with_replacement_follows_the_reference_rule():
+    """#15 item 8: save_activations.py draws torch.randint(0, n_tokens, (k,)) per image: uniform
+    over every token (CLS included), a token may repeat, any k works."""
+    selection = TokenSelection.parse("random_3+replacement", seed=1)
+    assert (selection.kind, selection.k, selection.replacement) == ("random_k", 3, True)
+    assert selection.describe() == "random_3+replacement@seed1"
+    assert TokenSelection.parse(selection.describe().partition("@")[0], seed=1) == selection
+    draws = torch.stack([selection.token_indices(f"img_{i}", 5, 1) for i in range(4000)])
+    counts = torch.bincount(draws.flatten(), minlength=5).double()
+    assert counts.min() > 0.9 * counts.mean()  # uniform, token 0 (CLS) included
+    repeats = sum(len(set(row.tolist())) < 3 for row in draws)
+    assert abs(repeats / 4000 - (1 - 4 * 3 / 25)) < 0.03  # P(repeat) = 1 - (5*4*3)/5^3
+    assert len(TokenSelection.parse("random_100+replacement").token_indices("a", 17, 1)) == 100
+    assert torch.equal(draws[7], selection.token_indices("img_7", 5, 1))
+    model = _clip_model()
+    pixels = tm.pixel_batch(2)
+    rows = extract_activations(model, pixels, BLOCK, tokens=selection, progress=False)[BLOCK]
+    positions = [selection.token_indices(str(i), 17, 1) for i in range(2)]
+    expected = torch.cat([_all_tokens(model, pixels)[i, p] for i, p in enumerate(positions)])
+    torch.testing.assert_close(rows, expected)
+    with pytest.raises(ValueError, match=r"unknown token draw '\+twice'"):
+        TokenSelection.parse("random_2+twice")
+    with pytest.raises(ValueError, match="only random_k draws with replacement"):
+        TokenSelection("cls", replacement=True)
+
+
 def test_random_k_with_more_tokens_than_the_hook_has_is_refused():
     # It used to take every token silently while recording random_100 in the metadata.
     selection = TokenSelection("random_k", k=100)

@@ -480,7 +480,10 @@ def test_command_line_lists_validates_and_exports(tmp_path, sandbox, capsys):
 
     assert "pach2025-clip-vit-l14-336-steering  openai/clip" in run("pretrained", "list")
     listing = run("pretrained", "list", "pach2025-clip-vit-l14-336-steering")
-    assert "blocks.22.hook_resid_post/x64  blocks.22.hook_resid_post  tokens=random_2" in listing
+    assert (
+        "blocks.22.hook_resid_post/x64  blocks.22.hook_resid_post  tokens=random_2+replacement"
+        in (listing)
+    )
     data, _ = paper_release(tmp_path)
     registry_file = tmp_path / "registry.yaml"
     registry_file.write_text(yaml.safe_dump(data))

@@ -82,7 +82,7 @@ def test_paper_release_entries_match_the_reference_layout():
     assert last.metadata.layer is None
     assert "_-1_post_projection_" in last.path
     steering = releases["pach2025-clip-vit-l14-336-steering"].sae("blocks.22.hook_resid_post/x64")
-    assert steering.metadata.tokens == "random_2"
+    assert steering.metadata.tokens == "random_2+replacement"
     assert "/random_k_2/" in steering.path
     assert all(not release.verified for release in releases.values())
 

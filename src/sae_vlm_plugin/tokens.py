@@ -7,10 +7,15 @@
 | ``all`` | n_tokens | every token |
 | ``mean`` | 1 | mean over the patch tokens (prefix excluded) |
 | ``random_k`` | k | k distinct tokens drawn from all tokens, seeded per image |
+| ``random_k+replacement`` | k | k tokens drawn with replacement (a token may repeat) |
 
 ``random_k`` draws from a generator seeded by ``(seed, image_id)`` alone, so an image gets the
 same tokens whatever batch it lands in and whatever its position (the paper's steering SAE uses
-2 random tokens per image from all 577 tokens of CLIP's block 22).
+2 random tokens per image from all 577 tokens of CLIP's block 22). The paper's
+``save_activations.py`` draws with replacement (``torch.randint`` over every token, CLS
+included), so an image sometimes gives the same token twice; ``+replacement`` follows that rule
+(the paper presets use it), with the same per-image seeding. Spelled ``random_N`` /
+``random_N+replacement`` as a string.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ class TokenSelection:
     """Tokens per image for ``random_k``."""
     seed: int = 0
     """Seed of the per-image draw for ``random_k``."""
+    replacement: bool = False
+    """``random_k`` draws with replacement, as the paper's reference code does."""
 
     def __post_init__(self) -> None:
         if self.kind not in TOKEN_KINDS:
@@ -46,21 +53,35 @@ class TokenSelection:
             )
         if self.kind == "random_k" and self.k < 1:
             raise ValueError(f"random_k needs k >= 1, got k={self.k}")
+        if self.replacement and self.kind != "random_k":
+            raise ValueError(f"only random_k draws with replacement, not {self.kind!r}")
 
     @classmethod
     def parse(cls, spec: str | TokenSelection, k: int = 2, seed: int = 0) -> TokenSelection:
         """A selection from a kind (``"cls"``, ``"random_k"`` with ``k``), ``"random_N"``
-        (shorthand for ``random_k`` with k=N) or an instance (returned as is)."""
+        (shorthand for ``random_k`` with k=N), either with ``+replacement``, or an instance
+        (returned as is)."""
         if isinstance(spec, TokenSelection):
             return spec
+        spec, plus, rule = spec.partition("+")
+        if plus and rule != "replacement":
+            raise ValueError(
+                f"unknown token draw '+{rule}'; random_k draws distinct tokens, or "
+                "'+replacement' (e.g. random_2+replacement)"
+            )
+        replacement = bool(plus)
         suffix = spec.removeprefix("random_")
         if spec.startswith("random_") and suffix.isdigit():
-            return cls("random_k", k=int(suffix), seed=seed)
-        return cls(spec, k=k, seed=seed)  # type: ignore[arg-type]
+            return cls("random_k", k=int(suffix), seed=seed, replacement=replacement)
+        return cls(spec, k=k, seed=seed, replacement=replacement)  # type: ignore[arg-type]
 
     def describe(self) -> str:
-        """Short form recorded in metadata: ``cls``, ``random_2@seed0``, ..."""
-        return f"random_{self.k}@seed{self.seed}" if self.kind == "random_k" else self.kind
+        """Short form recorded in metadata: ``cls``, ``random_2@seed0``,
+        ``random_2+replacement@seed0``, ..."""
+        if self.kind != "random_k":
+            return self.kind
+        draw = "+replacement" if self.replacement else ""
+        return f"random_{self.k}{draw}@seed{self.seed}"
 
     def rows_per_image(self, n_tokens: int, n_prefix: int) -> int:
         return {
@@ -68,7 +89,7 @@ class TokenSelection:
             "mean": 1,
             "patches": n_tokens - n_prefix,
             "all": n_tokens,
-            "random_k": min(self.k, n_tokens),
+            "random_k": self.k if self.replacement else min(self.k, n_tokens),
         }[self.kind]
 
     def check_family(self, has_cls: bool, family: str) -> None:
@@ -89,12 +110,14 @@ class TokenSelection:
             return torch.arange(n_prefix, n_tokens)
         if self.kind == "all":
             return torch.arange(n_tokens)
+        generator = torch.Generator().manual_seed(_image_seed(self.seed, image_id))
+        if self.replacement:
+            return torch.randint(0, n_tokens, (self.k,), generator=generator).sort().values
         if self.k > n_tokens:
             raise ValueError(
                 f"random_k asks for k={self.k} tokens per image, but the hook has {n_tokens}; "
-                f"use k <= {n_tokens}, or tokens='all'"
+                f"use k <= {n_tokens}, tokens='all', or draw with replacement"
             )
-        generator = torch.Generator().manual_seed(_image_seed(self.seed, image_id))
         return torch.randperm(n_tokens, generator=generator)[: self.k].sort().values
 
     def select(

@@ -14,7 +14,8 @@ set) or ``cache_path``. Names read ``{model}-{hook}-{tokens}-{architecture}-x{ex
   290 and 1177 latents (the first five levels of the iNaturalist taxonomy).
 
 All share k = 20, batch 4096, 100k steps, lr 2e-4 / sqrt(d_sae / 2^14), 1000 warm-up steps,
-auxk_alpha = 1/32.
+auxk_alpha = 1/32. Random tokens are drawn with replacement (``random_k+replacement``), as the
+reference's ``save_activations.py`` does.
 """
 
 from __future__ import annotations
@@ -60,13 +61,13 @@ ENCODERS = (
             "l21": "blocks.21.hook_resid_post",
             "last": "blocks.26.hook_resid_post",
         },
-        "random_k",
+        "random_k+replacement",
     ),
     _Encoder(
         "aimv2-l14",
         "apple/aimv2-large-patch14-224",
         {"last": "blocks.23.hook_resid_post"},
-        "random_k",
+        "random_k+replacement",
     ),
     _Encoder(
         "webssl-mae300m",
@@ -95,7 +96,7 @@ def _presets() -> dict[str, dict[str, Any]]:
     presets["steering"] = {
         "model": "openai/clip-vit-large-patch14-336",
         "hook_name": "blocks.22.hook_resid_post",
-        "tokens": "random_k",
+        "tokens": "random_k+replacement",
         "tokens_per_image": 2,
         "architecture": "paper_matryoshka_batchtopk",
         "expansion_factor": 64,
