@@ -224,6 +224,9 @@ def test_presets_cover_the_paper_and_errors_are_clear(tmp_path, tiny_cache):
         100_000,
         1000,
     )
+    # #15 item 1: every reference script passes --auxk_alpha 0.03 (not dictionary_learning's 1/32)
+    assert table1.auxk_alpha == steering.auxk_alpha == 0.03
+    assert preset_config("steering", images="x").tokens == "random_k+replacement"
     with pytest.raises(
         ValueError,
         match=r"unknown preset 'clip-l14-336-l22-cls-batchtopk-x9'.*Closest: clip-l14-336-l22-cls-batchtopk-x",

@@ -14,7 +14,7 @@ set) or ``cache_path``. Names read ``{model}-{hook}-{tokens}-{architecture}-x{ex
   290 and 1177 latents (the first five levels of the iNaturalist taxonomy).
 
 All share k = 20, batch 4096, 100k steps, lr 2e-4 / sqrt(d_sae / 2^14), 1000 warm-up steps,
-auxk_alpha = 1/32. Random tokens are drawn with replacement (``random_k+replacement``), as the
+auxk_alpha = 0.03 (the reference scripts' value). Random tokens are drawn with replacement (``random_k+replacement``), as the
 reference's ``save_activations.py`` does.
 """
 

@@ -3,7 +3,7 @@
 It mirrors SAELens' ``LanguageModelSAERunnerConfig``: where the activations come from (a model
 + hook + token selection + image folder, or an activation cache), the SAE architecture, and the
 trainer settings. Defaults are the paper's (Matryoshka-BatchTopK, k = 20, batch 4096, 100k steps,
-lr = 2e-4 / sqrt(d_sae / 2^14) with 1000 warm-up steps, auxk_alpha = 1/32).
+lr = 2e-4 / sqrt(d_sae / 2^14) with 1000 warm-up steps, auxk_alpha = 0.03).
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ class VisionSAERunnerConfig:
     """Active latents per input (BatchTopK keeps k * batch_size entries of each batch)."""
     group_fractions: list[float] | None = None
     """Matryoshka group fractions (None: the paper's 1/16, 1/8, 1/4, 9/16)."""
-    auxk_alpha: float = 1 / 32
+    auxk_alpha: float = 0.03
+    """Weight of the auxiliary dead-latent loss: 0.03, what every reference script passes
+    (``--auxk_alpha 0.03``; dictionary_learning's own default is 1/32)."""
     dead_feature_threshold: int = 10_000_000
     """Paper architectures: a latent is dead after this many inputs without firing."""
     threshold_start_step: int = 1000
