@@ -121,7 +121,9 @@ class VisionSAESweepRunner:
         from sae_vlm_plugin.training.scaling import mean_squared_norm, paper_scaling_factor
 
         parallel, first = self.parallel, self.configs[0]
-        hooks = {job.cfg.hook_name for job in jobs}
+        # In the order of the configs: under data parallelism every rank must run the scaling
+        # estimate's collectives (and read the streams) in the same order.
+        hooks = list(dict.fromkeys(job.cfg.hook_name for job in jobs))
         resume_step = parallel.broadcast(self._resume_step(jobs) if parallel.is_main else None)
         scaling: dict[str, float] = {}
         if resume_step is None:
