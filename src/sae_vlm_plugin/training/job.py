@@ -80,9 +80,10 @@ class NonFiniteLossWatch:
 
     def first(self) -> tuple[int, float] | None:
         """``(step, loss)`` of the first non-finite loss so far, or None."""
-        if self._step is None or self._loss is None or int(self._step.item()) < 0:
+        if self._step is None or self._loss is None:
             return None
-        return int(self._step.item()), float(self._loss.item())
+        step = int(self._step.item())
+        return None if step < 0 else (step, float(self._loss.item()))
 
 
 class JsonlLog:
