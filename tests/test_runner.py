@@ -226,6 +226,8 @@ def test_presets_cover_the_paper_and_errors_are_clear(tmp_path, tiny_cache):
     )
     # #15 item 1: every reference script passes --auxk_alpha 0.03 (not dictionary_learning's 1/32)
     assert table1.auxk_alpha == steering.auxk_alpha == 0.03
+    # #15 item 2: get_norm_factor(data, steps=100) averages batches 0..100
+    assert table1.n_batches_for_scaling == 101
     assert preset_config("steering", images="x").tokens == "random_k+replacement"
     with pytest.raises(
         ValueError,

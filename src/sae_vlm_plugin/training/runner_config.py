@@ -79,7 +79,11 @@ class VisionSAERunnerConfig:
     warmup_steps: int = 1000
     scale_inputs: bool = True
     """Divide activations by sqrt(mean ||x||^2) while training; folded into the saved SAE."""
-    n_batches_for_scaling: int = 100
+    n_batches_for_scaling: int = 101
+    """Batches the input scaling is estimated on: 101, as the reference's
+    ``get_norm_factor(data, steps=100)`` reads batches 0..100 (it breaks on ``step > steps``)
+    of a fresh shuffled pass over the training loader. Here: a pass of the training stream
+    with its own seed (``seed + SCALING_SEED_OFFSET``), the same batches in distribution."""
     seed: int = 0
     device: str = "cpu"
 
