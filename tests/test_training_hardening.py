@@ -299,7 +299,12 @@ def test_tokens_that_contradict_the_cache_are_refused(tmp_path, tiny_cache, caps
 
 @pytest.mark.parametrize(
     ("tokens", "per_image", "refused"),
-    [("cls", 2, "cls"), ("random_k", 3, "random_3"), ("random_4", 2, "random_4")],
+    [
+        ("cls", 2, "cls"),
+        ("random_k", 3, "random_3"),
+        ("random_4", 2, "random_4"),
+        ("random_k+replacement", 2, r"random_2\+replacement"),
+    ],
 )
 def test_a_random_k_cache_refuses_another_selection(
     tmp_path, random_2_cache, tokens, per_image, refused
@@ -323,7 +328,7 @@ def test_a_preset_with_a_cache_takes_the_cache_selection(random_2_cache):
     assert (cfg.model, cfg.tokens) == (None, None)
     explicit = preset_config("steering", cache_path="c", tokens="patches")
     assert explicit.tokens == "patches"
-    assert preset_config("steering", images="i").tokens == "random_k"
+    assert preset_config("steering", images="i").tokens.startswith("random_k")
 
 
 def test_sweep_settings_are_checked_per_sae_and_name_it(tmp_path):
