@@ -346,3 +346,33 @@ def test_trained_sae_round_trips_through_a_registry_entry_and_from_pretrained(tm
         "group_fractions",
     ):
         assert loaded.cfg.metadata[key] == meta[key], key
+
+
+def test_reference_data_order_replays_one_epoch_with_its_short_batch(tmp_path, tiny_cache):
+    """#15 item 3: the reference trains on itertools.cycle(DataLoader(rows, shuffle=True)):
+    every row once per epoch, the short last batch kept, the first epoch's order replayed."""
+    import itertools
+
+    from torch.utils.data import DataLoader
+
+    from sae_vlm_plugin import ActivationCache
+
+    cache = ActivationCache(tiny_cache)
+    rows = cache.load()["activations"]  # 4080 rows: 3 full batches of 1024 and one of 1008
+    permutation = torch.randperm(len(rows), generator=torch.Generator().manual_seed(5))
+    reference = DataLoader(rows, batch_size=1024, sampler=permutation.tolist())
+    expected = list(itertools.islice(itertools.cycle(reference), 9))
+    got = list(itertools.islice(cache.batches(batch_size=1024, seed=5, order="reference"), 9))
+    assert [len(b) for b in got] == [1024, 1024, 1024, 1008] * 2 + [1024]
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="has no equal share for 2 ranks"):
+        next(cache.batches(batch_size=1024, order="reference", rank=0, world_size=2))
+    with pytest.raises(ValueError, match="needs cache_path"):
+        VisionSAERunnerConfig(model="m", images="i", data_order="reference")
+
+    sae = VisionSAETrainingRunner(
+        _config(tmp_path / "run", tiny_cache, batch_size=1000, data_order="reference"),
+        progress=False,
+    ).run()  # 4080 rows: every fifth step is a batch of 80
+    assert torch.isfinite(sae.W_dec).all()

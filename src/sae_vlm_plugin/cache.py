@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from math import prod
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -546,6 +546,7 @@ class ActivationCache:
         device: str | torch.device | None = None,
         rank: int = 0,
         world_size: int = 1,
+        order: Literal["buffered", "reference"] = "buffered",
     ) -> Iterator[torch.Tensor]:
         """``(batch_size, d_in)`` activation batches: a ``DataProvider`` for SAELens' ``SAETrainer``.
 
@@ -553,6 +554,12 @@ class ActivationCache:
         and yields the buffer's rows in a seeded random order; the rows left over at the end
         of a buffer carry into the next. With ``loop`` it cycles forever (epoch ``e`` uses seed
         ``seed + e``), else it stops after one pass, dropping the last partial batch.
+
+        ``order="reference"`` is the order the paper's reference trained in,
+        ``itertools.cycle(DataLoader(rows, batch_size, shuffle=True))``: one seeded permutation
+        of every row of the hook (all held in memory), cut into batches with the short last
+        batch kept, and that same first epoch replayed for as long as training runs. One process
+        only (a short batch has no equal shares).
 
         Data-parallel: with ``world_size`` N > 1 it yields rank ``rank``'s rows
         ``[r * batch_size / N, (r + 1) * batch_size / N)`` of each of those batches (the
@@ -572,18 +579,28 @@ class ActivationCache:
                 f"rank {rank} of world_size {world_size} cannot take an equal share of "
                 f"batch_size {batch_size}: need 0 <= rank < world_size dividing batch_size"
             )
+        if order == "reference":
+            if world_size != 1:
+                raise ValueError(
+                    "order='reference' replays one epoch with its short last batch, which has no "
+                    f"equal share for {world_size} ranks; train it in one process"
+                )
+            yield from self._reference_order_batches(hook, batch_size, seed, loop, dtype, device)
+            return
+        if order != "buffered":
+            raise ValueError(f"order must be 'buffered' or 'reference', got {order!r}")
         share = batch_size // world_size
         first, last = rank * share, (rank + 1) * share
         epoch = 0
         carry: torch.Tensor | None = None  # rows in storage dtype, in stream order
         while True:
             generator = torch.Generator().manual_seed(seed + epoch)
-            order = (
+            shard_order = (
                 torch.randperm(len(paths), generator=generator).tolist()
                 if shuffle
                 else range(len(paths))
             )
-            ordered = [paths[i] for i in order]
+            ordered = [paths[i] for i in shard_order]
             for start in range(0, len(ordered), shards_in_buffer):
                 rows = [
                     _read_shard(p)["activations"] for p in ordered[start : start + shards_in_buffer]
@@ -600,6 +617,25 @@ class ActivationCache:
                     yield batch.to(device) if device is not None else batch
                 carry = buffer[stream[n_full:]]
             epoch += 1
+            if not loop:
+                return
+
+    def _reference_order_batches(
+        self,
+        hook: str | None,
+        batch_size: int,
+        seed: int,
+        loop: bool,
+        dtype: torch.dtype,
+        device: str | torch.device | None,
+    ) -> Iterator[torch.Tensor]:
+        """``batches(order="reference")``: the first epoch's batches, replayed."""
+        rows = self.load(hook, dtype=dtype)["activations"]
+        permutation = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
+        while True:
+            for start in range(0, len(rows), batch_size):
+                batch = rows[permutation[start : start + batch_size]]
+                yield batch.to(device) if device is not None else batch
             if not loop:
                 return
 

@@ -50,6 +50,10 @@ class VisionSAERunnerConfig:
     """Images per forward pass when training from images."""
     mixing_buffer_batches: int = 16
     """Training from images: batches of rows held and shuffled together before training on them."""
+    data_order: Literal["buffered", "reference"] = "buffered"
+    """Training from a cache: ``buffered`` shuffles shards and rows through a buffer, anew each
+    epoch; ``reference`` replays the paper's order (one permutation of all rows, in memory,
+    short last batch kept, the first epoch repeated: ``ActivationCache.batches``), one process."""
 
     # -- SAE ------------------------------------------------------------------------------
     d_in: int | None = None
@@ -116,6 +120,11 @@ class VisionSAERunnerConfig:
             )
         if from_images and (self.model is None or self.images is None):
             raise ValueError("training from images needs both model and images")
+        if from_images and self.data_order == "reference":
+            raise ValueError(
+                "data_order='reference' replays a cache's rows as the reference's DataLoader "
+                "did; it needs cache_path (sae-vlm extract first)"
+            )
         positive = {
             "batch_size": self.batch_size,
             "training_steps": self.training_steps,

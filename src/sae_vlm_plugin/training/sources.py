@@ -59,6 +59,7 @@ def activation_source(
                 seed=seed,
                 rank=parallel.rank,
                 world_size=parallel.world_size,
+                order=cfg.data_order,
             ),
         )
     from sae_vlm_plugin.model import VisionModel

@@ -36,6 +36,7 @@ SHARED_SETTINGS = (
     "tokens_per_image",
     "extraction_batch_size",
     "mixing_buffer_batches",
+    "data_order",
     "batch_size",
     "training_steps",
     "seed",
