@@ -258,7 +258,7 @@ def test_rerunning_a_finished_train_says_so_and_trains_nothing(tmp_path, tiny_ca
     assert "holds a run with different settings (k)" in capsys.readouterr().err
 
 
-def test_a_sweep_trains_only_its_unfinished_saes(tmp_path, tiny_cache, capsys):
+def test_a_sweep_trains_only_its_unfinished_saes(tmp_path, tiny_cache):
     def config(name: str, root: str = "sweep", **own) -> VisionSAERunnerConfig:
         return VisionSAERunnerConfig(**_values(tmp_path / root / name, tiny_cache, **own))
 
