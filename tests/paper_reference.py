@@ -132,9 +132,8 @@ class ReferencePaperTrainer:
             self.optimizer, lambda s: s / warmup_steps if s < warmup_steps else 1.0
         )
 
-    def update(self, step: int, x: torch.Tensor) -> ReferenceStep:
-        if step == 0:
-            self.b_dec.data = reference_geometric_median(x)
+    def _count(self, step: int, x: torch.Tensor) -> None:
+        """The state ``loss()`` changes: the threshold EMA and the inputs-since-fired counts."""
         with torch.no_grad():
             pre = torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
             flat = pre.flatten()
@@ -151,7 +150,17 @@ class ReferencePaperTrainer:
                     )
             self.tokens_since_fired += x.shape[0]
             self.tokens_since_fired[f.sum(dim=0) > 0] = 0
-            dead = self.tokens_since_fired >= self.dead_feature_threshold
+
+    def log_stats(self, step: int, x: torch.Tensor) -> None:
+        """The reference's ``log_stats``, which calls ``trainer.loss(x, step, logging=True)``
+        before ``update`` at every logged step: its only lasting effect is ``_count``."""
+        self._count(step, x)
+
+    def update(self, step: int, x: torch.Tensor) -> ReferenceStep:
+        if step == 0:
+            self.b_dec.data = reference_geometric_median(x)
+        self._count(step, x)
+        dead = self.tokens_since_fired >= self.dead_feature_threshold
 
         loss, mse_loss, level_mse, aux, _ = dense_paper_loss(
             x,

@@ -37,10 +37,26 @@ def close(actual: float, expected: float, what: str, step: int) -> None:
     assert actual == pytest.approx(expected, rel=1e-8, abs=1e-12), f"{what} at step {step}"
 
 
-@pytest.mark.parametrize("architecture", ["paper_batchtopk", "paper_matryoshka_batchtopk"])
-def test_saetrainer_fit_matches_reference_step_by_step(architecture, tmp_path):
+@pytest.mark.parametrize(
+    ("architecture", "log_every"),
+    [
+        ("paper_batchtopk", None),
+        ("paper_matryoshka_batchtopk", None),
+        # #15 item 4: the reference's logging side effects, replayed on request
+        ("paper_matryoshka_batchtopk", 7),
+    ],
+)
+def test_saetrainer_fit_matches_reference_step_by_step(architecture, log_every, tmp_path):
     torch.manual_seed(0)
-    sae = paper_sae(architecture, d_in=D_IN, d_sae=D_SAE, k=K, dtype="float64", **SCHEDULE)
+    sae = paper_sae(
+        architecture,
+        d_in=D_IN,
+        d_sae=D_SAE,
+        k=K,
+        dtype="float64",
+        reference_logging_every=log_every,
+        **SCHEDULE,
+    )
     group_sizes = sae.cfg.level_sizes()
     reference = ReferencePaperTrainer(
         sae.W_enc.detach(),
@@ -84,6 +100,8 @@ def test_saetrainer_fit_matches_reference_step_by_step(architecture, tmp_path):
                 atol=1e-12,
                 msg=lambda m, n=name, s=step: f"{n} before step {s}: {m}",
             )
+        if log_every is not None and step % log_every == 0:
+            reference.log_stats(step, batch / norm_factor)
         expected = reference.update(step, batch / norm_factor)
         close(output.loss.item(), expected.loss, "loss", step)
         close(output.losses["mse_loss"].item(), expected.mse_loss, "mse loss", step)

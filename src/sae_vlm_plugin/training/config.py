@@ -68,6 +68,15 @@ class PaperBatchTopKTrainingSAEConfig(TrainingSAEConfig):
     first update sets it to the batch's minimum positive top-k activation, later ones take the
     EMA."""
 
+    reference_logging_every: int | None = None
+    """Opt-in: replay what the reference's logging does to its training state, for bit-level
+    reproduction of the released checkpoints. With ``log_steps`` N (10000 in the paper's
+    scripts; ``use_wandb`` is always on in ``sae_train.py``), ``log_stats`` runs
+    ``trainer.loss()`` on the batch before ``update()`` at every step ``t`` with ``t % N == 0``,
+    so at those steps the threshold gets a second EMA update (once ``t > threshold_start_step``)
+    and every latent's inputs-since-fired count a second ``+B`` (reset where it fires), at step
+    0 before ``b_dec`` is set. None (default): logging, here and in SAELens, changes nothing."""
+
     decoder_init_norm: float | None = 1.0
     """Norm of the initial decoder rows; the paper keeps rows at unit norm: only 1.0 is valid."""
 
@@ -112,6 +121,10 @@ class PaperBatchTopKTrainingSAEConfig(TrainingSAEConfig):
             raise ValueError(f"threshold_beta must be in [0, 1], got {self.threshold_beta}")
         if self.threshold_start_step < 0:
             raise ValueError(f"threshold_start_step must be >= 0, got {self.threshold_start_step}")
+        if self.reference_logging_every is not None and self.reference_logging_every < 1:
+            raise ValueError(
+                f"reference_logging_every must be >= 1 or None, got {self.reference_logging_every}"
+            )
         if self.decoder_init_norm != 1.0:
             raise ValueError(
                 "decoder_init_norm must be 1.0: the paper keeps every decoder row at unit norm, "

@@ -159,6 +159,9 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
         n_rows_global = n_rows * self._batch.world_size
         self._apply_pending_decoder_renorm()
         with torch.no_grad():
+            every = self.cfg.reference_logging_every
+            if every is not None and step % every == 0:
+                self._replay_reference_logging(x, step, n_rows_global)
             if step == 0:
                 self.b_dec.copy_(self._batch.geometric_median(x))
             x_centered = x - self.b_dec
@@ -166,12 +169,7 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
             kept, kept_values, smallest_kept = self._batch.topk(
                 pre.view(-1), self.cfg.k * n_rows_global, d_sae
             )
-            if step > self.cfg.threshold_start_step:
-                self._update_threshold(smallest_kept)
-            fired = torch.zeros(d_sae, dtype=torch.bool, device=x.device)
-            fired[kept % d_sae] = True
-            self.n_tokens_since_fired += n_rows_global
-            self.n_tokens_since_fired[self._batch.fired(fired)] = 0
+            self._track(kept, smallest_kept, step, n_rows_global)
             dead = self.n_tokens_since_fired >= self.cfg.dead_feature_threshold
             n_dead = int(dead.sum())
             if n_dead > 0:
@@ -295,6 +293,29 @@ class PaperBatchTopKTrainingSAE(TrainingSAE[PaperBatchTopKTrainingSAEConfig]):
                 f"(after casting to {self.cfg.dtype}); the SAE was not updated"
             )
         return x
+
+    def _track(
+        self, kept: torch.Tensor, smallest_kept: torch.Tensor, step: int, n_rows_global: int
+    ) -> None:
+        """Steps 3 and 4 of the module docstring: the threshold EMA and the dead-latent counts,
+        from the kept entries (flat indices into the ``(B, d_sae)`` batch) of one batch."""
+        d_sae = self.cfg.d_sae
+        if step > self.cfg.threshold_start_step:
+            self._update_threshold(smallest_kept)
+        fired = torch.zeros(d_sae, dtype=torch.bool, device=kept.device)
+        fired[kept % d_sae] = True
+        self.n_tokens_since_fired += n_rows_global
+        self.n_tokens_since_fired[self._batch.fired(fired)] = 0
+
+    def _replay_reference_logging(self, x: torch.Tensor, step: int, n_rows_global: int) -> None:
+        """What the reference's ``log_stats`` -> ``trainer.loss()`` does to the training state
+        before this step's update (``cfg.reference_logging_every``): the same batch-top-k on
+        the current weights, then ``_track``. Nothing else it computes is kept."""
+        pre = torch.addmm(self.b_enc, x - self.b_dec, self.W_enc)
+        kept, _, smallest_kept = self._batch.topk(
+            pre.view(-1), self.cfg.k * n_rows_global, self.cfg.d_sae
+        )
+        self._track(kept, smallest_kept, step, n_rows_global)
 
     def _update_threshold(self, smallest: torch.Tensor) -> None:
         """``smallest``: the smallest kept (positive) BatchTopK activation, 0 if none."""

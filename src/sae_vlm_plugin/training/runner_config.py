@@ -74,6 +74,10 @@ class VisionSAERunnerConfig:
     """Paper architectures: a latent is dead after this many inputs without firing."""
     threshold_start_step: int = 1000
     """Paper architectures: the inference threshold's EMA starts after this step."""
+    reference_logging_every: int | None = None
+    """Paper architectures, opt-in: replay the state changes of the reference's logging every
+    N steps (its scripts log every 10000) to reproduce its checkpoints bit for bit (see
+    ``PaperBatchTopKTrainingSAEConfig.reference_logging_every``); None: logging changes nothing."""
 
     # -- trainer --------------------------------------------------------------------------
     batch_size: int = 4096

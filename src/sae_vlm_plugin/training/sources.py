@@ -117,6 +117,7 @@ def build_training_sae(cfg: VisionSAERunnerConfig, d_in: int) -> Any:
         "auxk_alpha": cfg.auxk_alpha,
         "dead_feature_threshold": cfg.dead_feature_threshold,
         "threshold_start_step": cfg.threshold_start_step,
+        "reference_logging_every": cfg.reference_logging_every,
     }
     fractions = cfg.group_fractions or list(PAPER_GROUP_FRACTIONS)
     if cfg.architecture == "paper_batchtopk":
