@@ -147,6 +147,31 @@ def test_uniqueness_matches_brute_force_for_any_chunk():
     )
 
 
+def test_uniqueness_bounds_the_pairs_expanded_at_once(monkeypatch):
+    """#18 item 27: a dense SAE on few images puts thousands of neurons on every image; the
+    pairs expanded at once are bounded by ``max_block_pairs``, not by a neuron count."""
+    codes = torch.rand(40, 600, generator=torch.Generator().manual_seed(2)).to_sparse()
+    top = top_activations(codes, k=8)  # each image in ~120 top sets
+    expected = jaccard_uniqueness(top)
+    sizes: list[int] = []
+    unique = torch.unique
+
+    def recording_unique(values, *args, **kwargs):
+        sizes.append(int(values.numel()))
+        return unique(values, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "unique", recording_unique)
+    bounded = jaccard_uniqueness(top, max_block_pairs=5000)
+    assert sizes
+    assert max(sizes) <= 5000 < 600 * 8 * 120 // 2
+    for field in ("n_overlapping", "n_above_threshold", "mean_jaccard", "max_jaccard"):
+        assert getattr(bounded, field) == pytest.approx(getattr(expected, field)), field
+    assert torch.equal(bounded.max_jaccard_per_neuron, expected.max_jaccard_per_neuron)
+    with pytest.raises(ValueError, match="max_block_pairs must be a positive int"):
+        jaccard_uniqueness(top, max_block_pairs=0)
+    assert jaccard_uniqueness(torch.tensor([[0, -1]])).n_neurons == 0  # no full set: no blocks
+
+
 def test_uniqueness_accepts_top_activations_and_rejects_bad_sets():
     top = top_activations(HAND, k=2)
     assert jaccard_uniqueness(top).n_neurons == 3

@@ -292,3 +292,58 @@ def test_cli_dashboard_title_min_support_and_unreadable_images(tmp_path, image_f
     assert "<title>My &lt;SAE&gt;</title>" in (out / "index.html").read_text()
     page_data = (out / "data" / "index.js").read_text()
     assert '"min_support": 3' in page_data or '"min_support":3' in page_data
+
+
+# -- memory and the server (#18 item 27) ------------------------------------------------------
+
+
+def test_the_dashboard_skips_the_quadratic_uniqueness(setup, tmp_path, monkeypatch):
+    """A dense 65,536-latent SAE on 300 images took the dashboard to 22 GB in the uniqueness of
+    the top sets, which the dashboard never shows."""
+    import sae_vlm_plugin.metrics.evaluation as evaluation
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the dashboard computed the uniqueness of the top sets")
+
+    monkeypatch.setattr(evaluation, "jaccard_uniqueness", refuse)
+    model, images, embeddings, _ = setup
+    sae = random_sae(32, "cls", seed=4, matryoshka=False)
+    assert build_dashboard(sae, model, images, tmp_path, embeddings=embeddings).is_file()
+
+
+def test_serve_on_a_busy_port_fails_before_the_build(tmp_path, capsys):
+    import socket
+
+    from sae_vlm_plugin.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        argv = ["dashboard", "--sae", str(tmp_path / "no-sae"), "--images", str(tmp_path)]
+        code = main([*argv, "--out", str(tmp_path / "dash"), "--serve", "--port", str(port)])
+    error = capsys.readouterr().err
+    assert code == 2
+    assert f"port {port} on 127.0.0.1 is in use" in error  # not the later "no such SAE"
+    assert "no such SAE directory" not in error
+
+
+def test_a_request_with_a_nul_byte_is_a_400_not_a_crash(tmp_path, capfd):
+    import urllib.error
+    import urllib.request
+
+    from sae_vlm_plugin.dashboard.cli import start_server
+
+    (tmp_path / "index.html").write_text("<p>hello</p>")
+    server = start_server(tmp_path, port=0)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/%00", timeout=10)
+        assert refused.value.code == 400
+        with urllib.request.urlopen(f"{base}/index.html", timeout=10) as reply:
+            assert reply.read() == b"<p>hello</p>"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "Traceback" not in capfd.readouterr().err

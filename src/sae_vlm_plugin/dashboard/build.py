@@ -135,6 +135,7 @@ def collect_dashboard(
             force=force,
             skip_unreadable=skip_unreadable,
             min_support=min_support,
+            with_uniqueness=False,  # not shown; quadratic in latents per image (dense SAEs)
         )
     if int(report.image_codes.shape[1]) != d_sae:
         raise ValueError(

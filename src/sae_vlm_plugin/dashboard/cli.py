@@ -8,11 +8,14 @@ optionally serving it on localhost.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import http.server
 import threading
 import time
+from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
 from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
 
@@ -87,6 +90,21 @@ def parse_latents(text: str) -> list[int]:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
+    # A busy --port fails now, not after the (long) build; serving starts once it is done.
+    server = bind_server(args.out, port=args.port) if args.serve else None
+    try:
+        _build(args)
+    except BaseException:
+        if server is not None:
+            server.server_close()
+        raise
+    if server is not None:
+        serve_dashboard(server, seconds=args.serve_seconds)
+    return 0
+
+
+def _build(args: argparse.Namespace) -> None:
+    """The dashboard and the exports ``args`` ask for."""
     from sae_vlm_plugin.dashboard.build import collect_dashboard, default_title, write_from_data
     from sae_vlm_plugin.dashboard.exports import (
         CDN_NOTE,
@@ -152,9 +170,34 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         )
         print(f"saedashboard: {written['json']}")
         print(f"note: {CDN_NOTE}")
-    if args.serve:
-        serve_dashboard(out, port=args.port, seconds=args.serve_seconds)
-    return 0
+
+
+class DashboardRequestHandler(http.server.SimpleHTTPRequestHandler):
+    """``SimpleHTTPRequestHandler`` that answers 400 to a path no file can have (``/%00``: the
+    standard handler lets ``os.stat``'s ValueError drop the connection with a traceback)."""
+
+    def send_head(self) -> Any:
+        try:
+            return super().send_head()
+        except ValueError:
+            self.send_error(HTTPStatus.BAD_REQUEST, "invalid path")
+            return None
+
+
+def bind_server(
+    directory: str | Path, *, host: str = "127.0.0.1", port: int = 8000
+) -> http.server.ThreadingHTTPServer:
+    """A server for ``directory`` bound to ``host:port`` (port 0: any free port), not serving
+    yet (``serve_dashboard`` or ``start_server``). A port in use raises OSError saying so."""
+    handler = functools.partial(DashboardRequestHandler, directory=str(directory))
+    try:
+        return http.server.ThreadingHTTPServer((host, port), handler)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        raise OSError(
+            error.errno, f"port {port} on {host} is in use; pass another --port (0: any free one)"
+        ) from None
 
 
 def start_server(
@@ -162,22 +205,19 @@ def start_server(
 ) -> http.server.ThreadingHTTPServer:
     """Serve ``directory`` read-only on ``host:port`` (port 0: any free port) in a daemon
     thread; call ``shutdown()`` and ``server_close()`` on the result to stop."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
-    server = http.server.ThreadingHTTPServer((host, port), handler)
+    server = bind_server(directory, host=host, port=port)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
 
 def serve_dashboard(
-    directory: str | Path,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    seconds: float | None = None,
+    server: http.server.ThreadingHTTPServer, *, seconds: float | None = None
 ) -> None:
-    """Serve ``directory`` on ``host:port`` until Ctrl-C or for ``seconds``."""
-    server = start_server(directory, host=host, port=port)
-    print(f"serving {directory} on http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
+    """Serve with ``server`` (from ``bind_server``) until Ctrl-C or for ``seconds``."""
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host, port = server.server_address[:2]
+    host = host.decode() if isinstance(host, bytes) else host
+    print(f"serving on http://{host}:{port}/ (Ctrl-C stops)")
     try:
         if seconds is None:
             while True:

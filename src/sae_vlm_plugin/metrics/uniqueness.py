@@ -15,6 +15,7 @@ computed block by block over neurons, never a loop over all ``n_neurons^2 / 2`` 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -61,6 +62,7 @@ def jaccard_uniqueness(
     threshold: float = 0.5,
     require_full: bool = True,
     neuron_chunk_size: int = 4096,
+    max_block_pairs: int = 1 << 23,
 ) -> UniquenessResult:
     """Jaccard index between the top-k image sets of all pairs of neurons.
 
@@ -70,8 +72,11 @@ def jaccard_uniqueness(
         threshold: also count the pairs with ``J > threshold`` (0.5 in the paper).
         require_full: leave out neurons with fewer than ``k`` top images, as the paper does.
             Otherwise sets of any non-zero size take part.
-        neuron_chunk_size: neurons whose pairs are expanded at once (bounds memory by the
-            number of (neuron, neighbour) incidences in a block).
+        neuron_chunk_size: at most this many neurons have their pairs expanded at once.
+        max_block_pairs: and at most this many (neuron, neighbour) incidences (about 64 bytes
+            each: the default bounds a block to ~0.5 GB), however many neurons share an image:
+            a dense SAE of 65,536 latents on 300 images has ~3,500 per image, and 4,096 such
+            neurons would expand to 229 million incidences (~15 GB).
 
     Raises:
         ValueError: a malformed index tensor or a non-positive ``neuron_chunk_size``.
@@ -84,6 +89,8 @@ def jaccard_uniqueness(
         )
     if isinstance(neuron_chunk_size, bool) or neuron_chunk_size < 1:
         raise ValueError(f"neuron_chunk_size must be a positive int, got {neuron_chunk_size!r}")
+    if isinstance(max_block_pairs, bool) or max_block_pairs < 1:
+        raise ValueError(f"max_block_pairs must be a positive int, got {max_block_pairs!r}")
     indices = indices.to(device="cpu", dtype=torch.long)
     n_total, k = (int(s) for s in indices.shape)
     sizes = (indices >= 0).sum(dim=1)
@@ -112,8 +119,9 @@ def jaccard_uniqueness(
     jaccard_max = 0.0
     # Incidences are processed in blocks of consecutive neuron positions; each incidence of
     # neuron p pairs with the other neurons q > p that hold the same image.
-    for lo in range(0, n, neuron_chunk_size):
-        hi = min(lo + neuron_chunk_size, n)
+    expansion = torch.zeros(n, dtype=torch.long).index_add_(0, position_sorted, size_of)
+    ends = _block_ends(expansion, neuron_chunk_size, max_block_pairs)
+    for lo, hi in itertools.pairwise([0, *ends]):
         mine = ((position_sorted >= lo) & (position_sorted < hi)).nonzero().squeeze(1)
         if mine.numel() == 0:
             continue
@@ -151,6 +159,21 @@ def jaccard_uniqueness(
         fraction_unique=float((best < 1).sum()) / n if n else float("nan"),
         max_jaccard_per_neuron=per_neuron,
     )
+
+
+def _block_ends(expansion: Tensor, max_neurons: int, max_pairs: int) -> list[int]:
+    """Ends of consecutive blocks of neuron positions, each of at most ``max_neurons`` neurons
+    whose ``expansion`` (incidences each expands to) sums to at most ``max_pairs`` - or of one
+    neuron, when that neuron alone expands to more."""
+    total = expansion.cumsum(0)
+    ends: list[int] = []
+    lo, n = 0, int(expansion.numel())
+    while lo < n:
+        before = int(total[lo - 1]) if lo else 0
+        fits = int(torch.searchsorted(total, before + max_pairs, right=True))
+        lo = min(max(fits, lo + 1), lo + max_neurons, n)
+        ends.append(lo)
+    return ends
 
 
 def _check_sets(indices: Tensor) -> None:
