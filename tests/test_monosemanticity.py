@@ -334,7 +334,7 @@ def test_non_finite_values():
 def test_zero_norm_embedding():
     embeddings = torch.rand(4, 2)
     embeddings[1] = 0.0
-    with pytest.raises(ValueError, match=r"embedding row 1 has zero norm"):
+    with pytest.raises(ValueError, match=r"embedding row 1 \(image 1\) has zero norm"):
         monosemanticity_score(torch.rand(4, 3), embeddings)
 
 

@@ -458,7 +458,9 @@ def _unit_embeddings(embeddings: Tensor | np.ndarray, device: torch.device | str
     if bool(zero.any()):
         row = int(zero.nonzero()[0, 0])
         raise ValueError(
-            f"embedding row {row} has zero norm, so its cosine similarity is undefined"
+            f"embedding row {row} (image {row}) has zero norm, so its cosine similarity is "
+            "undefined; a zero embedding means a blank or broken input to the scoring encoder "
+            "(the reference's metric.py would score it as cosine 0 with every image)"
         )
     if unit is embeddings:
         return unit / norms[:, None]
