@@ -83,6 +83,8 @@ def test_load_sae_reads_a_directory(tmp_path):
     assert loaded.verified is False
     with pytest.raises(FileNotFoundError, match=r"no such SAE directory: .*missing"):
         load_sae(tmp_path / "missing")
+    with pytest.raises(ValueError, match=r"is a release, not a directory: pass sae_id, one of"):
+        load_sae("pach2025-clip-vit-l14-336-steering")
     (tmp_path / "run" / "final").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"has no cfg.json .* did you mean .*final"):
         load_sae(tmp_path / "run")

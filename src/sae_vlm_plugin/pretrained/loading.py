@@ -75,6 +75,11 @@ def load_sae(
     local folders, ``file://`` URLs and the Hugging Face cache (``HF_HUB_OFFLINE=1``).
     """
     if sae_id is None:
+        if not Path(release).expanduser().exists() and str(release) in registry.list_releases():
+            ids = registry.get_release(str(release)).sae_ids
+            raise ValueError(
+                f"{release!r} is a release, not a directory: pass sae_id, one of {ids}"
+            )
         return _load_directory(Path(release).expanduser(), device=device, dtype=dtype)
     release = str(release)
     spec = registry.get_release(release)
