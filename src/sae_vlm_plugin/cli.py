@@ -212,7 +212,9 @@ def _add_extract(commands: argparse._SubParsersAction) -> None:
         help="canonical hook name, e.g. blocks.22.hook_resid_post (repeatable)",
     )
     extract.add_argument(
-        "--tokens", default="cls", help="cls | patches | all | mean | random_k | random_k+replacement (default: cls)"
+        "--tokens",
+        default="cls",
+        help="cls | patches | all | mean | random_k | random_k+replacement (default: cls)",
     )
     extract.add_argument(
         "--k", type=int, default=2, help="tokens per image for random_k (default: 2)"
