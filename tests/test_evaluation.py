@@ -52,7 +52,13 @@ def test_report_equals_direct_computation(trained, tmp_path):
     model, images, sae, _ = trained
     scorer = VisionModel(tm.webssl_dino_model())
     report = evaluate_sae(
-        sae, model, images, scoring_encoder=scorer, out_dir=tmp_path, progress=False
+        sae,
+        model,
+        images,
+        scoring_encoder=scorer,
+        tokens="random_2",
+        out_dir=tmp_path,
+        progress=False,
     )
 
     # Independent path: dense rows, dense codes, explicit per-image means.
@@ -87,6 +93,19 @@ def test_report_equals_direct_computation(trained, tmp_path):
     assert report.reconstruction["dead_fraction"] == pytest.approx(1 - fired.float().mean().item())
     assert [g["latents"] for g in report.groups] == [[0, 8], [8, 24], [24, 56], [56, 128]]
 
+    # By default an SAE trained on random tokens is read on every token, its codes averaged
+    # per image, as the reference's save_activations.py --mean_pool does (#15 item 7).
+    pooled = evaluate_sae(sae, model, images, embeddings=embeddings, progress=False)
+    assert pooled.setup["tokens"] == "all"
+    assert "--mean_pool" in pooled.setup["image_activation"]
+    every = sae.encode(rows.reshape(-1, tm.WIDTH)).detach().reshape(len(images), 17, -1)
+    torch.testing.assert_close(pooled.image_codes.to_dense(), every.mean(1), atol=1e-6, rtol=0)
+    expected_pooled = monosemanticity_score(every.mean(1), embeddings, min_support=16)
+    torch.testing.assert_close(
+        pooled.sae_scores.scores, expected_pooled.scores, equal_nan=True, atol=1e-6, rtol=0
+    )
+    assert pooled.reconstruction["n_rows"] == 17 * len(images)
+
     def refuse(constant: str) -> None:
         raise AssertionError(f"evaluation.json holds {constant}, which is not JSON")
 
@@ -101,7 +120,7 @@ def test_report_equals_direct_computation(trained, tmp_path):
         (tmp_path / "with-nan" / "evaluation.json").read_text(), parse_constant=refuse
     )
     assert strict["sae"]["worst"] is None
-    assert written["setup"]["tokens"] == "random_2@seed0"
+    assert written["setup"]["tokens"] == "random_2"  # as asked
     assert (tmp_path / "ms_sorted.png").stat().st_size > 1000
 
 

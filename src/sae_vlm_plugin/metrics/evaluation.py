@@ -27,9 +27,10 @@ from sae_vlm_plugin.metrics.hierarchy import Taxonomy, table_a8
 from sae_vlm_plugin.metrics.monosemanticity import MonosemanticityResult, monosemanticity_score
 from sae_vlm_plugin.metrics.sae_activations import (
     HookRows,
+    ImageActivations,
     encode_rows,
-    explained_variance,
     hook_rows,
+    image_activations,
     pool_codes,
 )
 from sae_vlm_plugin.metrics.top_activations import TopActivations, top_activations
@@ -144,11 +145,13 @@ def evaluate_sae(
     from sae_vlm_plugin.pretrained.loading import check_attachable
 
     hook = hook or sae.cfg.metadata.hook_name
-    tokens = tokens or sae.cfg.metadata.tokens or "cls"
+    tokens, image_activation = _evaluation_tokens(tokens, sae.cfg.metadata.tokens)
     point = check_attachable(sae, model, hook, force=force)
     scorer = load_scoring_encoder(scoring_encoder) if embeddings is None else None  # fail first
     source = open_image_source(images)
-    data = _readable_rows(model, source, point.name, tokens, batch_size, progress, skip_unreadable)
+    data = _readable_activations(
+        sae, model, source, point.name, tokens, batch_size, progress, skip_unreadable
+    )
     readable = _readable_subset(source, data.image_ids)
     if embeddings is None:
         scored = image_embeddings(readable, scorer, batch_size=batch_size, progress=progress)
@@ -158,15 +161,9 @@ def evaluate_sae(
         embeddings = embeddings[_source_positions(source, data.image_ids)]
     if len(embeddings) != data.n_images:
         raise ValueError(f"{len(embeddings)} embeddings for {data.n_images} readable images")
-    with torch.no_grad():
-        codes = encode_rows(sae.encode, data.rows.to(sae.W_enc.dtype))
-        reconstruction = torch.cat([sae.decode(c.to_dense()) for c in _row_blocks(codes)])
-    image_codes = pool_codes(codes, data.image_index, data.n_images)
-    image_raw = data.image_means()
+    image_codes, image_raw = data.image_codes, data.image_raw
     sae_scores = monosemanticity_score(image_codes, embeddings, min_support=min_support)
     raw_scores = monosemanticity_score(image_raw, embeddings, min_support=min_support)
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
-    fired[codes.indices()[1]] = True
     groups = []
     for level, (start, stop) in enumerate(_group_bounds(sae)):
         part = MonosemanticityResult(
@@ -196,10 +193,10 @@ def evaluate_sae(
         uniqueness=uniqueness,
         hierarchy=hierarchy,
         reconstruction={
-            "explained_variance": explained_variance(data.rows, reconstruction.float()),
-            "l0": codes.indices().shape[1] / len(data.rows),
-            "dead_fraction": float(1 - fired.float().mean()),
-            "n_rows": float(len(data.rows)),
+            "explained_variance": data.explained_variance,
+            "l0": data.n_active / data.n_rows,
+            "dead_fraction": float(1 - data.fired.float().mean()),
+            "n_rows": float(data.n_rows),
         },
         setup={
             "model": model.model_name,
@@ -213,7 +210,7 @@ def evaluate_sae(
             "scoring_encoder": "given embeddings"
             if scorer is None
             else f"{scorer.model.model_name} ({scorer.hook}, {scorer.tokens})",
-            "image_activation": "mean of the SAE's token rows per image",
+            "image_activation": image_activation,
         },
         sae_scores=sae_scores,
         raw_scores=raw_scores,
@@ -238,7 +235,25 @@ def _uniqueness(top: TopActivations) -> dict[str, float]:
     }
 
 
-def _readable_rows(
+def _evaluation_tokens(given: str | None, trained_on: str | None) -> tuple[str, str]:
+    """The token selection ``evaluate_sae`` reads, and how it makes one activation per image.
+
+    Given tokens are used as given; otherwise the SAE's own (``cfg.metadata.tokens``), except
+    for an SAE trained on random tokens: as the reference does for its steering SAE
+    (``save_activations.py --mean_pool``), its codes on every token are averaged per image."""
+    if given is not None:
+        return given, "mean of the SAE's codes over the token rows per image"
+    trained = trained_on or "cls"
+    if trained.startswith("random_"):
+        return "all", (
+            f"mean of the SAE's codes over every token per image (trained on {trained}; the "
+            "reference's --mean_pool)"
+        )
+    return trained, "mean of the SAE's codes over the token rows per image"
+
+
+def _readable_activations(
+    sae: Any,
     model: Any,
     source: ImageSource,
     hook: str,
@@ -246,11 +261,21 @@ def _readable_rows(
     batch_size: int,
     progress: bool,
     skip_unreadable: bool,
-) -> HookRows:
-    """``hook_rows``; an unreadable image (without ``skip_unreadable``) says how to skip it."""
+) -> ImageActivations:
+    """``image_activations`` of ``sae``; an unreadable image (without ``skip_unreadable``) says
+    how to skip it."""
+    parameter = sae.W_enc
     try:
-        return hook_rows(
-            model, source, hook, tokens, batch_size, progress, skip_unreadable=skip_unreadable
+        return image_activations(
+            model,
+            source,
+            hook,
+            tokens,
+            lambda rows: sae.encode(rows.to(device=parameter.device, dtype=parameter.dtype)),
+            sae.decode,
+            batch_size=batch_size,
+            progress=progress,
+            skip_unreadable=skip_unreadable,
         )
     except ImageReadError as error:
         raise ValueError(
@@ -276,13 +301,6 @@ def _readable_subset(source: ImageSource, image_ids: list[str]) -> ImageSource:
         description=f"{source.description} (readable images)",
         loader=lambda i: source.loader(keep[i]),
     )
-
-
-def _row_blocks(codes: Tensor, block: int = 4096) -> list[Tensor]:
-    return [
-        codes.index_select(0, torch.arange(s, min(s + block, codes.shape[0])))
-        for s in range(0, codes.shape[0], block)
-    ]
 
 
 def write_report(report: EvaluationReport, out_dir: str | Path) -> Path:

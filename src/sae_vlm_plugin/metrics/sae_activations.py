@@ -87,6 +87,123 @@ def hook_rows(
     return HookRows(torch.cat(rows), torch.cat(image_index), kept)
 
 
+@dataclass(frozen=True)
+class ImageActivations:
+    """An SAE on a set of images, reduced while streaming: per-image means and run totals."""
+
+    image_ids: list[str]
+    """The readable images, in source order."""
+    image_codes: Tensor
+    """Sparse ``(n_images, d_sae)``: the mean of each image's code rows."""
+    image_raw: Tensor
+    """``(n_images, d_in)`` float32: the mean of each image's hook rows."""
+    n_rows: int
+    n_active: int
+    """Non-zero codes over every row (``L0 = n_active / n_rows``)."""
+    fired: Tensor
+    """``(d_sae,)`` bool: latents active on some row."""
+    explained_variance: float
+    """``R^2 = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` over every row (SAELens'
+    definition)."""
+
+    @property
+    def n_images(self) -> int:
+        return len(self.image_ids)
+
+
+def image_activations(
+    model: Any,
+    images: Any,
+    hook: str,
+    tokens: Any,
+    encode: Encoder,
+    decode: Callable[[Tensor], Tensor],
+    *,
+    batch_size: int = 64,
+    row_block: int = 4096,
+    progress: bool = True,
+    skip_unreadable: bool = True,
+) -> ImageActivations:
+    """The SAE (``encode`` / ``decode``) on ``hook``'s rows under ``tokens``, one image batch at
+    a time: no more than ``batch_size`` images' rows (encoded ``row_block`` rows at a time) are
+    held, so every token of 50,000 images (577 each for CLIP-L/336) fits in memory.
+
+    ``R^2 = 1 - sum ||x - x_hat||^2 / sum_d (sum x_d^2 - (sum x_d)^2 / n)``, accumulated in
+    float64 (the denominator is ``sum ||x - mean(x)||^2`` written with running sums).
+    """
+    from tqdm.auto import tqdm
+
+    from sae_vlm_plugin.activations import iter_extracted_batches, resolve_hooks
+    from sae_vlm_plugin.images import open_image_source
+    from sae_vlm_plugin.tokens import TokenSelection
+
+    selection = TokenSelection.parse(tokens.split("@")[0]) if isinstance(tokens, str) else tokens
+    source = open_image_source(images)
+    points = resolve_hooks(model, [hook], selection)
+    kept: list[str] = []
+    pooled: list[Tensor] = []
+    raw: list[Tensor] = []
+    n_rows = n_active = 0
+    fired: Tensor | None = None
+    residual = 0.0
+    sums: Tensor | None = None
+    squares = 0.0
+    bar = tqdm(total=len(source), desc="activations", unit="img", disable=not progress)
+    for batch in iter_extracted_batches(
+        model,
+        source,
+        points,
+        selection,
+        range(len(source)),
+        batch_size,
+        skip_unreadable=skip_unreadable,
+    ):
+        bar.update(len(batch.image_indices) + len(batch.skipped))
+        if not batch.hooks:
+            continue
+        part = batch.hooks[hook]
+        rows = part.activations.float()
+        local = {int(index): i for i, index in enumerate(batch.image_indices)}
+        image = torch.tensor([local[int(i)] for i in part.image_index], device=rows.device)
+        n_batch = len(batch.image_indices)
+        kept.extend(source.ids[i] for i in batch.image_indices)
+        code_sums: Tensor | None = None
+        with torch.no_grad():
+            for start in range(0, len(rows), row_block):
+                block = rows[start : start + row_block]
+                codes = encode(block)
+                reconstruction = decode(codes).to(device=block.device, dtype=torch.float32)
+                residual += float((block - reconstruction).double().pow(2).sum())
+                n_active += int((codes != 0).sum())
+                active = (codes != 0).any(dim=0).cpu()
+                fired = active if fired is None else fired | active
+                block_sums = torch.zeros(n_batch, codes.shape[1], dtype=torch.float32)
+                block_sums.index_add_(
+                    0, image[start : start + row_block].cpu(), codes.float().cpu()
+                )
+                code_sums = block_sums if code_sums is None else code_sums + block_sums
+        assert code_sums is not None
+        counts = torch.bincount(image.cpu(), minlength=n_batch).clamp(min=1).float()
+        pooled.append((code_sums / counts[:, None]).to_sparse())
+        raw.append(_mean_by_image(rows.cpu(), image.cpu(), n_batch))
+        sums = rows.double().sum(0) if sums is None else sums + rows.double().sum(0)
+        squares += float(rows.double().pow(2).sum())
+        n_rows += len(rows)
+    bar.close()
+    if sums is None or fired is None:
+        raise ValueError(f"no readable images in {source.description}")
+    total = squares - float(sums.pow(2).sum()) / n_rows
+    return ImageActivations(
+        image_ids=kept,
+        image_codes=torch.cat(pooled).coalesce(),
+        image_raw=torch.cat(raw),
+        n_rows=n_rows,
+        n_active=n_active,
+        fired=fired,
+        explained_variance=1 - residual / total,
+    )
+
+
 def encode_rows(encode: Encoder, rows: Tensor, batch_size: int = 4096) -> Tensor:
     """Codes of ``rows`` as a sparse COO ``(n_rows, d_sae)`` tensor, encoded ``batch_size`` at a time."""
     indices, values, d_sae = [], [], 0
@@ -117,10 +234,3 @@ def _mean_by_image(rows: Tensor, image_index: Tensor, n_images: int) -> Tensor:
     sums = torch.zeros(n_images, rows.shape[1], dtype=rows.dtype).index_add_(0, image_index, rows)
     counts = torch.bincount(image_index, minlength=n_images).clamp(min=1).to(rows.dtype)
     return sums / counts.unsqueeze(1)
-
-
-def explained_variance(rows: Tensor, reconstruction: Tensor) -> float:
-    """``R^2 = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2`` over rows (SAELens' definition)."""
-    residual = (rows - reconstruction).double().pow(2).sum()
-    total = (rows - rows.mean(0)).double().pow(2).sum()
-    return float(1 - residual / total)
