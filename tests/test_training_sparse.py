@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sae_lens.saes.sae import TrainStepInput
 
@@ -47,8 +47,12 @@ def step_cases(draw):
 
 @settings(max_examples=60, deadline=None)
 @given(step_cases())
+# One row, one latent kept, d_in 2: removing the gradient's component along that decoder row
+# leaves a small difference of float32 numbers (cancellation), ~100 ulp apart in both paths.
+@example((1, 2, 10, 1, [10], [1.0], torch.float32, 0))
 def test_sparse_training_step_equals_dense(case):
     batch, d_in, d_sae, k, sizes, weights, dtype, seed = case
+    tolerance = 1e-4 if dtype == torch.float32 else 1e-9
     generator = torch.Generator().manual_seed(seed)
     dead_after = 2 * batch
     cfg = PaperMatryoshkaBatchTopKTrainingSAEConfig(
@@ -114,11 +118,12 @@ def test_sparse_training_step_equals_dense(case):
         (output.losses["mse_loss"], mse_loss),
         (output.metrics["auxk_loss_unweighted"], aux),
     ):
-        assert relative_error(actual.detach(), expected.detach()) <= 1e-5
+        assert relative_error(actual.detach(), expected.detach()) <= tolerance
     if len(sizes) > 1:
         for level, expected in enumerate(level_mse):
             assert (
-                relative_error(output.metrics[f"level_{level}_mse_loss"], expected.detach()) <= 1e-5
+                relative_error(output.metrics[f"level_{level}_mse_loss"], expected.detach())
+                <= tolerance
             )
     torch.testing.assert_close(output.feature_acts.to_dense(), f, rtol=1e-5, atol=1e-6)
     expected_grads = {name: p.grad for name, p in reference.items()}
@@ -126,7 +131,7 @@ def test_sparse_training_step_equals_dense(case):
         reference["W_dec"].detach(), expected_grads["W_dec"]
     )
     for name, p in sae.named_parameters():
-        assert relative_error(p.grad, expected_grads[name]) <= 1e-5, name
+        assert relative_error(p.grad, expected_grads[name]) <= tolerance, name
 
 
 def test_batch_topk_selection_is_exact_on_the_sampled_path():
