@@ -166,6 +166,21 @@ def test_a_cache_of_a_different_run_is_refused(tmp_path, model):
         extract_to_cache(model, pixels, BLOCK, tmp_path / "d", dtype="fp8", progress=False)
 
 
+def test_a_run_that_wrote_no_shard_does_not_block_the_corrected_command(tmp_path, model):
+    """A first run that fails at its first image (k too large, a corrupt file) leaves only its
+    manifest; the corrected command, with other settings, then runs instead of being refused."""
+    pixels = tm.pixel_batch(4)
+    with pytest.raises(ValueError, match="k=100 tokens per image"):
+        extract_to_cache(
+            model, pixels, BLOCK, tmp_path / "c", tokens="random_k", k=100, progress=False
+        )
+    assert (tmp_path / "c" / "cache.json").exists()
+    cache = extract_to_cache(model, pixels, BLOCK, tmp_path / "c", tokens="cls", progress=False)
+    assert cache.complete
+    assert cache.settings["tokens"] == "cls"
+    assert cache.n_rows() == 4
+
+
 def test_batches_provider_visits_every_row_once_per_epoch_and_is_seeded(tmp_path, model):
     cache = extract_to_cache(
         model,

@@ -246,6 +246,19 @@ def extract_to_cache(
     return cache
 
 
+def _discard_unstarted(root: Path, manifest: dict[str, Any]) -> None:
+    """Remove what an extraction that wrote no shard left: its manifest, image table and empty
+    hook folders (``_open_manifest``). Anything else in ``root`` stays, and is refused there."""
+    if manifest.get("format") != CACHE_FORMAT:
+        return
+    for hook in manifest.get("hooks", {}):
+        folder = root / hook
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+    for name in ("images.json", "cache.json"):
+        (root / name).unlink(missing_ok=True)
+
+
 def _open_manifest(
     root: Path,
     settings: CacheSettings,
@@ -257,8 +270,11 @@ def _open_manifest(
 ) -> dict[str, Any]:
     """The manifest of the cache at ``root``: checked against ``settings`` and the
     ``weights`` fingerprint if it exists (a different run is refused), else created with the
-    image table."""
+    image table. A cache that never wrote a shard (a run that failed at its first image, say)
+    holds nothing to mix: a run with other settings replaces it."""
     manifest_path = root / "cache.json"
+    if manifest_path.exists() and not any(root.glob("*/shard_*.safetensors")):
+        _discard_unstarted(root, json.loads(manifest_path.read_text()))
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("format") != CACHE_FORMAT:

@@ -170,7 +170,9 @@ class TransformersVisionFamily(VisionFamily):
         )
         model_class = getattr(transformers, class_name)
         module = model_class.from_pretrained(name, **kwargs).eval()
-        processor = transformers.AutoImageProcessor.from_pretrained(name)
+        # The PIL-based processor the checkpoint was saved with (and the reference used); saying
+        # so also silences transformers' notice that fast processors become the default.
+        processor = transformers.AutoImageProcessor.from_pretrained(name, use_fast=False)
         return module, ImageProcessorPreprocessor(processor)
 
     def default_preprocessor(self, root: Any) -> Preprocessor:

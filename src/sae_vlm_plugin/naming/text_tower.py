@@ -126,7 +126,8 @@ def _load_transformers(name: str) -> tuple[Any, Any, Any]:
     module = AutoModel.from_pretrained(path)
     if type(module).__name__ != TEXT_MODEL_TYPES[model_type]:
         raise ValueError(f"{name!r} loaded as {type(module).__name__}, not a two-tower model")
-    preprocess = ImageProcessorPreprocessor(AutoImageProcessor.from_pretrained(path))
+    processor = AutoImageProcessor.from_pretrained(path, use_fast=False)  # as VisionModel's
+    preprocess = ImageProcessorPreprocessor(processor)
     return module, preprocess, AutoTokenizer.from_pretrained(path)
 
 
