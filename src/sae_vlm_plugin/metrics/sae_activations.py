@@ -8,7 +8,7 @@ every patch ...). For CLS SAEs that is simply the CLS token.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,29 @@ def hook_rows(
 ) -> HookRows:
     """The rows of ``hook`` under token selection ``tokens`` for every readable image (with
     ``skip_unreadable=False``, an unreadable image raises ``ImageReadError`` naming it)."""
+    rows: list[Tensor] = []
+    image_index: list[Tensor] = []
+    kept: list[str] = []
+    for image_ids, activations, local_index in _image_batches(
+        model, images, hook, tokens, batch_size, progress, skip_unreadable
+    ):
+        rows.append(activations.float().cpu())
+        image_index.append(local_index.cpu() + len(kept))
+        kept.extend(image_ids)
+    return HookRows(torch.cat(rows), torch.cat(image_index), kept)
+
+
+def _image_batches(
+    model: Any,
+    images: Any,
+    hook: str,
+    tokens: Any,
+    batch_size: int,
+    progress: bool,
+    skip_unreadable: bool,
+) -> Iterator[tuple[list[str], Tensor, Tensor]]:
+    """Per batch of readable images: their ids, ``hook``'s rows under ``tokens`` and each row's
+    image as a position in those ids; raises ValueError if no image is readable."""
     from tqdm.auto import tqdm
 
     from sae_vlm_plugin.activations import iter_extracted_batches, resolve_hooks
@@ -59,32 +82,27 @@ def hook_rows(
     selection = TokenSelection.parse(tokens.split("@")[0]) if isinstance(tokens, str) else tokens
     source = open_image_source(images)
     points = resolve_hooks(model, [hook], selection)
-    rows: list[Tensor] = []
-    image_index: list[Tensor] = []
-    kept: list[str] = []
-    position: dict[int, int] = {}
-    bar = tqdm(total=len(source), desc="activations", unit="img", disable=not progress)
-    for batch in iter_extracted_batches(
-        model,
-        source,
-        points,
-        selection,
-        range(len(source)),
-        batch_size,
-        skip_unreadable=skip_unreadable,
-    ):
-        for index in batch.image_indices:
-            position[index] = len(kept)
-            kept.append(source.ids[index])
-        if batch.hooks:
+    any_readable = False
+    with tqdm(total=len(source), desc="activations", unit="img", disable=not progress) as bar:
+        for batch in iter_extracted_batches(
+            model,
+            source,
+            points,
+            selection,
+            range(len(source)),
+            batch_size,
+            skip_unreadable=skip_unreadable,
+        ):
+            bar.update(len(batch.image_indices) + len(batch.skipped))
+            if not batch.hooks:
+                continue
             part = batch.hooks[hook]
-            rows.append(part.activations.float().cpu())
-            image_index.append(torch.tensor([position[int(i)] for i in part.image_index]))
-        bar.update(len(batch.image_indices) + len(batch.skipped))
-    bar.close()
-    if not rows:
+            local = {int(index): i for i, index in enumerate(batch.image_indices)}
+            positions = torch.tensor([local[int(i)] for i in part.image_index])
+            any_readable = True
+            yield [source.ids[i] for i in batch.image_indices], part.activations, positions
+    if not any_readable:
         raise ValueError(f"no readable images in {source.description}")
-    return HookRows(torch.cat(rows), torch.cat(image_index), kept)
 
 
 @dataclass(frozen=True)
@@ -131,15 +149,6 @@ def image_activations(
     ``R^2 = 1 - sum ||x - x_hat||^2 / sum_d (sum x_d^2 - (sum x_d)^2 / n)``, accumulated in
     float64 (the denominator is ``sum ||x - mean(x)||^2`` written with running sums).
     """
-    from tqdm.auto import tqdm
-
-    from sae_vlm_plugin.activations import iter_extracted_batches, resolve_hooks
-    from sae_vlm_plugin.images import open_image_source
-    from sae_vlm_plugin.tokens import TokenSelection
-
-    selection = TokenSelection.parse(tokens.split("@")[0]) if isinstance(tokens, str) else tokens
-    source = open_image_source(images)
-    points = resolve_hooks(model, [hook], selection)
     kept: list[str] = []
     pooled: list[Tensor] = []
     raw: list[Tensor] = []
@@ -148,25 +157,12 @@ def image_activations(
     residual = 0.0
     sums: Tensor | None = None
     squares = 0.0
-    bar = tqdm(total=len(source), desc="activations", unit="img", disable=not progress)
-    for batch in iter_extracted_batches(
-        model,
-        source,
-        points,
-        selection,
-        range(len(source)),
-        batch_size,
-        skip_unreadable=skip_unreadable,
+    for image_ids, activations, image in _image_batches(
+        model, images, hook, tokens, batch_size, progress, skip_unreadable
     ):
-        bar.update(len(batch.image_indices) + len(batch.skipped))
-        if not batch.hooks:
-            continue
-        part = batch.hooks[hook]
-        rows = part.activations.float()
-        local = {int(index): i for i, index in enumerate(batch.image_indices)}
-        image = torch.tensor([local[int(i)] for i in part.image_index], device=rows.device)
-        n_batch = len(batch.image_indices)
-        kept.extend(source.ids[i] for i in batch.image_indices)
+        rows = activations.float()
+        n_batch = len(image_ids)
+        kept.extend(image_ids)
         code_sums: Tensor | None = None
         with torch.no_grad():
             for start in range(0, len(rows), row_block):
@@ -178,20 +174,18 @@ def image_activations(
                 active = (codes != 0).any(dim=0).cpu()
                 fired = active if fired is None else fired | active
                 block_sums = torch.zeros(n_batch, codes.shape[1], dtype=torch.float32)
-                block_sums.index_add_(
-                    0, image[start : start + row_block].cpu(), codes.float().cpu()
-                )
+                block_sums.index_add_(0, image[start : start + row_block], codes.float().cpu())
                 code_sums = block_sums if code_sums is None else code_sums + block_sums
         assert code_sums is not None
-        counts = torch.bincount(image.cpu(), minlength=n_batch).clamp(min=1).float()
+        counts = torch.bincount(image, minlength=n_batch).clamp(min=1).float()
         pooled.append((code_sums / counts[:, None]).to_sparse())
-        raw.append(_mean_by_image(rows.cpu(), image.cpu(), n_batch))
+        raw.append(_mean_by_image(rows.cpu(), image, n_batch))
         sums = rows.double().sum(0) if sums is None else sums + rows.double().sum(0)
         squares += float(rows.double().pow(2).sum())
         n_rows += len(rows)
-    bar.close()
-    if sums is None or fired is None:
-        raise ValueError(f"no readable images in {source.description}")
+    # _image_batches yields at least one batch
+    assert sums is not None
+    assert fired is not None
     total = squares - float(sums.pow(2).sum()) / n_rows
     return ImageActivations(
         image_ids=kept,
