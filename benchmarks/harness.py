@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import gc
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 
@@ -51,3 +54,17 @@ def time_side_by_side(
             fn()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(times) for name, times in samples.items()}
+
+
+@contextmanager
+def busy_process(seconds: float = 120.0) -> Iterator[None]:
+    """Another CPU-bound process on the machine for the duration of the block (a Python busy
+    loop that also ends by itself after ``seconds``, should the benchmark be killed)."""
+    code = f"import time\nend = time.time() + {seconds}\nwhile time.time() < end: pass\n"
+    busy = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(0.5)  # let the scheduler see it
+        yield
+    finally:
+        busy.kill()
+        busy.wait()

@@ -376,3 +376,14 @@ def test_reference_data_order_replays_one_epoch_with_its_short_batch(tmp_path, t
         progress=False,
     ).run()  # 4080 rows: every fifth step is a batch of 80
     assert torch.isfinite(sae.W_dec).all()
+
+
+def test_adaptive_threads_trains_and_leaves_the_callers_thread_count(tmp_path, tiny_cache):
+    """adaptive_threads=True governs each step's CPU threads (sae_vlm_plugin.threads) and hands
+    the caller's count back."""
+    before = torch.get_num_threads()
+    sae = VisionSAETrainingRunner(
+        _config(tmp_path / "run", tiny_cache, adaptive_threads=True), progress=False
+    ).run()
+    assert torch.isfinite(sae.W_dec).all()
+    assert torch.get_num_threads() == before

@@ -38,6 +38,7 @@ from sae_vlm_plugin.metrics.codes import (
     neuron_block,
     to_dense_or_entries,
 )
+from sae_vlm_plugin.threads import ThreadGovernor
 
 if TYPE_CHECKING:
     from jaxtyping import Float, Int
@@ -96,6 +97,11 @@ class MonosemanticityResult:
             "n_dead": float(int((self.support == 0).sum())),
             "n_masked": float(self.n_neurons - scored.numel()),
         }
+
+
+_GOVERNOR = ThreadGovernor()
+"""Thread count of successive CPU calls (``sae_vlm_plugin.threads``): a call on shared cores
+makes the next ones run on fewer threads."""
 
 
 def monosemanticity_score(
@@ -161,6 +167,21 @@ def monosemanticity_score(
     ):
         raise ValueError(f"neuron_chunk_size must be a positive int, got {neuron_chunk_size!r}")
     unit = _unit_embeddings(embeddings, device)
+    with _GOVERNOR.unit(on_cpu=unit.device.type == "cpu"):
+        return _score_neurons(
+            activations, unit, image_ids, embedding_ids, min_support, neuron_chunk_size
+        )
+
+
+def _score_neurons(
+    activations: Activations,
+    unit: Tensor,
+    image_ids: Sequence[object] | Tensor | np.ndarray | None,
+    embedding_ids: Sequence[object] | Tensor | np.ndarray | None,
+    min_support: int,
+    neuron_chunk_size: int | None,
+) -> MonosemanticityResult:
+    """``monosemanticity_score`` on unit-norm embeddings."""
     n_images = int(unit.shape[0])
     _check_ids(image_ids, embedding_ids, n_images)
     e_sum = unit.sum(dim=0)

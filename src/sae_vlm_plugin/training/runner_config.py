@@ -94,6 +94,11 @@ class VisionSAERunnerConfig:
     with its own seed (``seed + SCALING_SEED_OFFSET``), the same batches in distribution."""
     seed: int = 0
     device: str = "cpu"
+    adaptive_threads: bool = False
+    """On the CPU, run each step on fewer threads while other processes share the cores
+    (``sae_vlm_plugin.threads``; on 2 shared cores a step then takes 1.8x its quiet time instead
+    of 2.7x). Off by default: results depend on the thread count in their last bits, so a run
+    would no longer repeat bit for bit on a machine whose load changes."""
 
     # -- run ------------------------------------------------------------------------------
     run_dir: str = "runs/vision-sae"

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from sae_vlm_plugin.distributed import DataParallel
+from sae_vlm_plugin.threads import ThreadGovernor
 from sae_vlm_plugin.training.job import Evaluator, TrainingJob
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 from sae_vlm_plugin.training.sources import ActivationSource, activation_source
@@ -41,6 +42,7 @@ SHARED_SETTINGS = (
     "training_steps",
     "seed",
     "device",
+    "adaptive_threads",
     "checkpoint_every_steps",
     "n_batches_for_scaling",
     "log_to_wandb",
@@ -152,10 +154,13 @@ class VisionSAESweepRunner:
             unit="step",
             disable=not (self.progress and parallel.is_main),
         )
+        governor = ThreadGovernor()  # fewer CPU threads while other work shares the cores
+        governed = first.adaptive_threads and torch.device(jobs[0].device).type == "cpu"
         try:
             for step in range(start, first.training_steps):
                 batches = {hook: _next_batch(stream, step) for hook, stream in streams.items()}
-                losses = [job.train_step(batches[job.cfg.hook_name], wandb_run) for job in jobs]
+                with governor.unit(on_cpu=governed):
+                    losses = [job.train_step(batches[job.cfg.hook_name], wandb_run) for job in jobs]
                 if (step + 1) % first.log_every_steps == 0:
                     bar.set_postfix(loss=" ".join(f"{loss.item():.4g}" for loss in losses))
                 bar.update(1)
