@@ -14,8 +14,9 @@ next units run on ``max(1, floor(u + 0.25))`` threads. Every ``probe_every`` win
 maximum it tries one thread more for a window, and keeps it if that window used it. Each unit
 runs with the chosen count; the caller's count is restored afterwards.
 
-Only CPU work is governed (a CUDA step leaves the CPU idle by design). ``SAE_VLM_ADAPTIVE_THREADS
-=0`` turns the governor off.
+Only CPU work is governed (a CUDA step leaves the CPU idle by design). A thread count can move
+floating-point sums in their last bits, so governed work repeats bit for bit only while the
+load does; ``SAE_VLM_ADAPTIVE_THREADS=0`` turns the governor off.
 """
 
 from __future__ import annotations
