@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -9,9 +10,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import torch
@@ -274,6 +277,78 @@ def _two_process_command(torchrun: str, arguments: list[str], out: Path) -> list
         "--out",
         str(out),
     ]
+
+
+class _ThreadRanks:
+    """Two "ranks" of a data-parallel extraction as threads of this process, for
+    ``DataParallel.current`` in the cache: their barriers meet."""
+
+    def __init__(self) -> None:
+        self.meeting = threading.Barrier(2, timeout=60)
+        self.local = threading.local()
+
+    @property
+    def rank(self) -> int:
+        return self.local.rank
+
+    def current(self) -> Any:
+        return SimpleNamespace(rank=self.rank, world_size=2, barrier=self.meeting.wait)
+
+
+def test_a_second_rank_does_not_replace_the_cache_rank_0_just_started(
+    tmp_path, model, image_folder, monkeypatch
+):
+    # Rank 1 used to take rank 0's new manifest for an unstarted cache and remove it, with the
+    # hook folder rank 0 was about to write into (torchrun extraction failed 3 runs of 8).
+    # The interleaving, made certain: rank 1 opens the manifest once rank 0 has made its hook
+    # folder, and rank 0 writes its first shard after that.
+    one = extract_to_cache(model, image_folder, BLOCK, tmp_path / "one", images_per_shard=4)
+    import sae_vlm_plugin.cache as cache_module
+
+    ranks = _ThreadRanks()
+    opened = threading.Event()
+    open_manifest, write_shard = cache_module._open_manifest, cache_module._write_shard
+
+    def rank_1_opens_late(root: Path, *args: Any, **kwargs: Any) -> Any:
+        if ranks.rank == 1:
+            deadline = time.monotonic() + 10
+            while not (root / BLOCK).is_dir() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        try:
+            return open_manifest(root, *args, **kwargs)
+        finally:
+            if ranks.rank == 1:
+                opened.set()
+
+    def rank_0_writes_late(*args: Any) -> None:
+        opened.wait(timeout=10)
+        write_shard(*args)
+
+    monkeypatch.setattr(cache_module, "DataParallel", SimpleNamespace(current=ranks.current))
+    monkeypatch.setattr(cache_module, "_open_manifest", rank_1_opens_late)
+    monkeypatch.setattr(cache_module, "_write_shard", rank_0_writes_late)
+    errors: list[BaseException] = []
+
+    def extract(rank: int) -> None:
+        ranks.local.rank = rank
+        own_model = VisionModel(copy.deepcopy(model.source_module))  # nnsight: one per thread
+        try:
+            extract_to_cache(
+                own_model, image_folder, BLOCK, tmp_path / "two", images_per_shard=4, progress=False
+            )
+        except BaseException as error:
+            errors.append(error)
+            ranks.meeting.abort()
+
+    threads = [threading.Thread(target=extract, args=(rank,)) for rank in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    two = ActivationCache(tmp_path / "two")
+    assert two.complete
+    torch.testing.assert_close(two.load(), one.load())
 
 
 def test_cli_extract_writes_a_cache(tmp_path, image_folder, capsys):

@@ -169,8 +169,10 @@ def extract_to_cache(
     if rank == 0:
         manifest = _open_manifest(root, settings, weights, selection, points, source, dataset_name)
     parallel.barrier()
-    if rank != 0:
-        manifest = _open_manifest(root, settings, weights, selection, points, source, dataset_name)
+    if rank != 0:  # checks rank 0's manifest; only rank 0 may replace a cache or start one
+        manifest = _open_manifest(
+            root, settings, weights, selection, points, source, dataset_name, main_rank=False
+        )
     for point in points:
         (root / point.name).mkdir(exist_ok=True)
 
@@ -267,13 +269,18 @@ def _open_manifest(
     points: Sequence[Any],
     source: Any,
     dataset_name: str | None,
+    *,
+    main_rank: bool = True,
 ) -> dict[str, Any]:
     """The manifest of the cache at ``root``: checked against ``settings`` and the
     ``weights`` fingerprint if it exists (a different run is refused), else created with the
     image table. A cache that never wrote a shard (a run that failed at its first image, say)
-    holds nothing to mix: a run with other settings replaces it."""
+    holds nothing to mix: a run with other settings replaces it. The other ranks of a
+    data-parallel run (``main_rank=False``) only check the manifest rank 0 opened: to them a
+    cache with no shard yet is rank 0's, just started."""
     manifest_path = root / "cache.json"
-    if manifest_path.exists() and not any(root.glob("*/shard_*.safetensors")):
+    unstarted = main_rank and not any(root.glob("*/shard_*.safetensors"))
+    if unstarted and manifest_path.exists():
         _discard_unstarted(root, json.loads(manifest_path.read_text()))
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
