@@ -170,6 +170,18 @@ def _interrupt(cache: ActivationCache) -> None:
     cache.shard_paths()[-1].unlink()
 
 
+def test_weights_fingerprint_samples_tensors_past_2_to_the_24_values_to_their_last():
+    # Float32 sample positions rounded to the tensor's length (an IndexError on open_clip's
+    # 49,408 x 768 token embedding); the last sample must be the last value.
+    from sae_vlm_plugin.cache import weights_fingerprint
+
+    embedding = torch.nn.Embedding(2**24 + 4, 1)
+    before = weights_fingerprint(embedding)
+    with torch.no_grad():
+        embedding.weight[-1] += 1.0
+    assert weights_fingerprint(embedding) != before
+
+
 def test_weights_fingerprint_tells_random_inits_apart_and_survives_a_reload(tmp_path, model):
     from sae_vlm_plugin.cache import weights_fingerprint
 

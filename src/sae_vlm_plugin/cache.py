@@ -77,10 +77,13 @@ def weights_fingerprint(module: torch.nn.Module) -> str:
     initialised tensor. A change confined to unsampled positions goes unnoticed.
     """
     digest = hashlib.sha256()
+    steps = torch.arange(WEIGHT_SAMPLES_PER_TENSOR)
     for name, tensor in sorted(module.state_dict().items()):
         flat = tensor.detach().reshape(-1)
-        positions = torch.linspace(0, max(flat.numel() - 1, 0), WEIGHT_SAMPLES_PER_TENSOR)
-        sample = flat[positions.long().to(flat.device)] if flat.numel() else flat
+        # Integer positions i * (n - 1) // (S - 1): float32 positions round past the end of
+        # tensors over 2**24 values (open_clip's token embedding, LLaVA's language model).
+        positions = steps * max(flat.numel() - 1, 0) // (WEIGHT_SAMPLES_PER_TENSOR - 1)
+        sample = flat[positions.to(flat.device)] if flat.numel() else flat
         digest.update(f"{name}{list(tensor.shape)}{tensor.dtype}".encode())
         digest.update(sample.to("cpu", torch.float64).numpy().tobytes())
     return digest.hexdigest()[:16]
