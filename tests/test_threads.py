@@ -58,7 +58,7 @@ def test_free_cores_keep_every_thread(clocks):
 
 
 def test_shared_cores_cut_the_threads_after_one_window_and_a_probe_restores_them(clocks):
-    governor = ThreadGovernor(window=0.25, probe_every=2)
+    governor = ThreadGovernor(window=0.25, probe_after=0.5)
     # 4 threads get 2.2 cores: the window (3 units of 0.1 s) shows shared cores -> 2 threads
     assert run_units(governor, clocks, cores=2.2, n=3) == [4, 4, 4]
     assert governor.threads == 2
@@ -67,6 +67,16 @@ def test_shared_cores_cut_the_threads_after_one_window_and_a_probe_restores_them
     assert governor.threads == 2
     # the other process has gone: the next trial window uses its 3 threads and keeps them
     assert run_units(governor, clocks, cores=4.0, n=9) == [2] * 6 + [3] * 3
+    assert governor.threads == 3
+
+
+def test_units_longer_than_a_window_probe_after_seconds_not_after_a_count_of_units(clocks):
+    # Each 0.1 s unit is a window of its own (a paper-scale MS call is one of about a second).
+    governor = ThreadGovernor(window=0.05, probe_after=0.45)
+    assert run_units(governor, clocks, cores=2.2, n=1) == [4]
+    assert governor.threads == 2
+    # 0.5 s of work later the other process has gone: the trial unit keeps its third thread
+    assert run_units(governor, clocks, cores=4.0, n=7) == [2] * 5 + [3] + [3]
     assert governor.threads == 3
 
 

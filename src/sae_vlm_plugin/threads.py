@@ -10,8 +10,10 @@ with 2 threads, 1.8x with 1).
 windows of at least ``window`` seconds: the cores they used, ``u = process CPU time / wall
 time``, which reaches the thread count ``n`` when the cores are free (waiting threads spin, so
 they count) and drops when they are shared. After a window with ``u < SHARED_BELOW * n`` the
-next units run on ``max(1, floor(u + 0.25))`` threads. Every ``probe_every`` windows below the
-maximum it tries one thread more for a window, and keeps it if that window used it. Each unit
+next units run on ``max(1, floor(u + 0.25))`` threads. After every ``probe_after`` seconds of
+work below the maximum it tries one thread more for a window, and keeps it if that window used
+it (seconds, not windows: a unit longer than a window is a window of its own, and a count of
+windows would leave second-long MS calls on fewer threads for minutes after the load ended). Each unit
 runs with the chosen count; the caller's count is restored afterwards.
 
 Only CPU work is governed (a CUDA step leaves the CPU idle by design). A thread count can move
@@ -39,15 +41,15 @@ class ThreadGovernor:
     """Chooses torch's CPU thread count for successive units of work (see the module docstring)."""
 
     def __init__(
-        self, max_threads: int | None = None, window: float = 0.25, probe_every: int = 20
+        self, max_threads: int | None = None, window: float = 0.25, probe_after: float = 5.0
     ) -> None:
         self.max_threads = max_threads
         self.window = window
-        self.probe_every = probe_every
+        self.probe_after = probe_after
         self.threads: int | None = None
         """The count units run with (None: not chosen yet, the caller's)."""
         self._trial: int | None = None
-        self._windows = 0
+        self._seconds_since_change = 0.0
         self._wall = self._cpu = 0.0
 
     @property
@@ -72,11 +74,11 @@ class ThreadGovernor:
             self._cpu += time.process_time() - cpu
             torch.set_num_threads(caller)
             if self._wall >= self.window:
-                self._decide(threads, self._cpu / self._wall, ceiling)
+                self._decide(threads, self._cpu / self._wall, ceiling, self._wall)
                 self._wall = self._cpu = 0.0
 
-    def _decide(self, threads: int, used: float, ceiling: int) -> None:
-        """After a window run on ``threads`` threads that used ``used`` cores."""
+    def _decide(self, threads: int, used: float, ceiling: int, seconds: float) -> None:
+        """After a window of ``seconds`` run on ``threads`` threads that used ``used`` cores."""
         previous, trial = self.threads, self._trial
         if threads > 1 and used < SHARED_BELOW * threads:  # shared cores
             fewer = max(1, min(threads - 1, math.floor(used + 0.25)))
@@ -84,7 +86,8 @@ class ThreadGovernor:
         else:
             self.threads = threads
         self._trial = None
-        self._windows = 0 if trial is not None or self.threads != previous else self._windows + 1
+        changed = trial is not None or self.threads != previous
+        self._seconds_since_change = 0.0 if changed else self._seconds_since_change + seconds
         current = self.threads or ceiling
-        if current < ceiling and self._windows >= self.probe_every:
+        if current < ceiling and self._seconds_since_change >= self.probe_after:
             self._trial = current + 1
