@@ -2,8 +2,9 @@
 on the quiet machine, measured back to back in one run.
 
 - MS at 1,000 images x 4,096 latents (top-k codes, k = 20): many calls, as the training-time
-  evaluator and a sweep of analyses make them; with the thread governor (the default) and
-  without it (``SAE_VLM_ADAPTIVE_THREADS=0``).
+  evaluator and a sweep of analyses make them; and at the paper's scale (50,000 images x
+  65,536 latents); each with the thread governor (the default) and without it
+  (``SAE_VLM_ADAPTIVE_THREADS=0``).
 - the paper's Matryoshka training step, d_in 768, x8, batch 4096, through SAELens'
   ``SAETrainer.step``: with the governor (``adaptive_threads=True``) and without it (the
   default, which repeats bit for bit whatever the machine's load).
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from bench_monosemanticity import NAIVE, NAIVE_QUICK, random_topk_codes
+from bench_monosemanticity import NAIVE, NAIVE_QUICK, SCALE, SCALE_QUICK, random_topk_codes
 from bench_training_step import K, _stepper, _trainer
 from harness import Figure, busy_process
 
@@ -55,7 +56,7 @@ def _quiet_and_loaded(fn: Callable[[], object], repeats: int, settle: float) -> 
     quiet = _median_seconds(fn, repeats, settle)
     with busy_process():
         loaded = _median_seconds(fn, repeats, settle)
-    _median_seconds(fn, 1, settle)  # quiet again: a governor probes back up
+    _median_seconds(fn, 1, settle)  # quiet again: a governor sees the cores free again
     return quiet, loaded
 
 
@@ -70,8 +71,7 @@ def _figure(name: str, quiet: float, loaded: float, goal: bool) -> Figure:
     )
 
 
-def _ms_figures(quick: bool) -> list[Figure]:
-    size = NAIVE_QUICK if quick else NAIVE
+def _ms_figures(size: dict[str, int], repeats: int) -> list[Figure]:
     codes = random_topk_codes(size["n_images"], size["n_neurons"], size["k"])
     embeddings = torch.randn(size["n_images"], size["d_embed"])
 
@@ -79,10 +79,10 @@ def _ms_figures(quick: bool) -> list[Figure]:
         monosemanticity_score(codes, embeddings)
 
     shape = f"{size['n_images']:,} images x {size['n_neurons']:,} latents"
-    governed = _quiet_and_loaded(score, 30, 1.0)
+    governed = _quiet_and_loaded(score, repeats, 1.0)
     os.environ[ENVIRONMENT_SWITCH] = "0"
     try:
-        plain = _quiet_and_loaded(score, 30, 1.0)
+        plain = _quiet_and_loaded(score, repeats, 1.0)
     finally:
         del os.environ[ENVIRONMENT_SWITCH]
     return [
@@ -123,4 +123,8 @@ def _training_figures(quick: bool) -> list[Figure]:
 
 
 def run(quick: bool) -> list[Figure]:
-    return _ms_figures(quick) + _training_figures(quick)
+    return [
+        *_ms_figures(NAIVE_QUICK if quick else NAIVE, repeats=30),
+        *_ms_figures(SCALE_QUICK if quick else SCALE, repeats=3),
+        *_training_figures(quick),
+    ]

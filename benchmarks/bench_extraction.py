@@ -6,6 +6,10 @@
 - early stop: capture at block l against capture at the last block; ideal (l + 1) / L.
 - cache read: rows/s that ``ActivationCache.batches`` yields (fp16 shards, shuffled) against
   rows/s that one SAELens BatchTopK training step consumes (d_in 768, x8 width, batch 4096).
+
+With ``--device cuda`` the model runs in bfloat16 and the training step on the GPU.
+
+    python benchmarks/run.py --only extraction [--quick] [--device cuda]
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from harness import Figure, time_side_by_side
 
 from sae_vlm_plugin import ActivationCache, VisionModel
 from sae_vlm_plugin.activations import HookBatch
-from sae_vlm_plugin.cache import CACHE_FORMAT, CACHE_VERSION, _write_shard
+from sae_vlm_plugin.cache import CACHE_FORMAT, CACHE_VERSION, CacheSettings, _write_shard
+
+DEVICES = ("cpu", "cuda")
 
 
-def _clip(quick: bool) -> torch.nn.Module:
+def _clip(quick: bool, device: str) -> torch.nn.Module:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     if quick:
@@ -44,7 +50,8 @@ def _clip(quick: bool) -> torch.nn.Module:
             patch_size=16,
         )
     torch.manual_seed(0)
-    return CLIPVisionModel(config).eval()
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return CLIPVisionModel(config).eval().to(device=device, dtype=dtype)
 
 
 def _truncated_forward(module: torch.nn.Module, pixels: torch.Tensor, layer: int) -> torch.Tensor:
@@ -56,14 +63,16 @@ def _truncated_forward(module: torch.nn.Module, pixels: torch.Tensor, layer: int
     return hidden
 
 
-def _training_step_seconds(d_in: int, quick: bool) -> tuple[float, int]:
+def _training_step_seconds(d_in: int, quick: bool, device: str) -> tuple[float, int]:
     from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
     from sae_lens.saes.sae import TrainStepInput
 
     batch = 256 if quick else 4096
-    sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=8 * d_in, k=20))
+    sae = BatchTopKTrainingSAE(
+        BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=8 * d_in, k=20, device=device)
+    )
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-4)
-    x = torch.randn(batch, d_in)
+    x = torch.randn(batch, d_in, device=device)
 
     def step() -> None:
         optimizer.zero_grad()
@@ -79,19 +88,20 @@ def _training_step_seconds(d_in: int, quick: bool) -> tuple[float, int]:
         out.loss.backward()
         optimizer.step()
 
-    return time_side_by_side({"step": step}, repeats=3)["step"], batch
+    return time_side_by_side({"step": step}, repeats=3, device=device)["step"], batch
 
 
-def run(quick: bool) -> list[Figure]:
-    module = _clip(quick)
+def run(quick: bool, device: str = "cpu") -> list[Figure]:
+    module = _clip(quick, device)
     model = VisionModel(module)
     n_layers = model.n_layers
     layer = n_layers // 2 - 1
-    pixels = torch.randn(2 if quick else 8, 3, module.config.image_size, module.config.image_size)
+    size = module.config.image_size
+    pixels = torch.randn(2 if quick else 8, 3, size, size).to(device=device, dtype=module.dtype)
     hook = f"blocks.{layer}.hook_resid_post"
     last = f"blocks.{n_layers - 1}.hook_resid_post"
-    assert torch.allclose(
-        model.capture(pixels, [hook])[hook], _truncated_forward(module, pixels, layer), atol=1e-5
+    torch.testing.assert_close(
+        model.capture(pixels, [hook])[hook], _truncated_forward(module, pixels, layer)
     )
     times = time_side_by_side(
         {
@@ -100,8 +110,10 @@ def run(quick: bool) -> list[Figure]:
             "plugin_last": lambda: model.capture(pixels, [last]),
         },
         repeats=3 if quick else 7,
+        device=device,
     )
-    size = "tiny CLIP" if quick else f"CLIP ViT-B/16 224px, batch {len(pixels)}"
+    shape = "tiny CLIP" if quick else f"CLIP ViT-B/16 224px, batch {len(pixels)}"
+    shape += f", {str(module.dtype).removeprefix('torch.')} on {device}"
     figures = [
         Figure(
             "extraction",
@@ -109,7 +121,7 @@ def run(quick: bool) -> list[Figure]:
             times["plugin"] / times["bare"],
             "bare truncated forward",
             goal_max=1.05,
-            detail=size,
+            detail=shape,
         ),
         Figure(
             "extraction",
@@ -134,7 +146,7 @@ def run(quick: bool) -> list[Figure]:
                 next(iterator)
 
         read_seconds = time_side_by_side({"read": read_epoch}, repeats=3)["read"]
-    step_seconds, step_batch = _training_step_seconds(d_in, quick)
+    step_seconds, step_batch = _training_step_seconds(d_in, quick, device)
     read_rate = n_batches * batch / read_seconds
     train_rate = step_batch / step_seconds
     figures.append(
@@ -159,14 +171,6 @@ def _synthetic_cache(directory: str, n_rows: int, d_in: int) -> ActivationCache:
     hook = "blocks.0.hook_resid_post"
     (root / hook).mkdir(parents=True)
     per_shard = 16_384
-    for shard, start in enumerate(range(0, n_rows, per_shard)):
-        count = min(per_shard, n_rows - start)
-        part = HookBatch(
-            torch.randn(count, d_in),
-            torch.arange(start, start + count),
-            torch.zeros(count, dtype=torch.long),
-        )
-        _write_shard(root / hook / f"shard_{shard:06d}.safetensors", [part], d_in, "float16", [])
     settings = {
         "model": "synthetic",
         "family": "none",
@@ -177,6 +181,16 @@ def _synthetic_cache(directory: str, n_rows: int, d_in: int) -> ActivationCache:
         "n_images": n_rows,
         "image_ids_sha256": "",
     }
+    cache_id = CacheSettings.from_manifest({"settings": settings}).digest()
+    for shard, start in enumerate(range(0, n_rows, per_shard)):
+        count = min(per_shard, n_rows - start)
+        part = HookBatch(
+            torch.randn(count, d_in),
+            torch.arange(start, start + count),
+            torch.zeros(count, dtype=torch.long),
+        )
+        path = root / hook / f"shard_{shard:06d}.safetensors"
+        _write_shard(path, [part], d_in, "float16", [], cache_id)
     (root / "cache.json").write_text(
         json.dumps(
             {

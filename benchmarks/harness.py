@@ -11,6 +11,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,14 @@ class Figure:
 
 
 def time_side_by_side(
-    candidates: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
+    candidates: dict[str, Callable[[], object]],
+    repeats: int = 5,
+    warmup: int = 1,
+    device: str = "cpu",
 ) -> dict[str, float]:
-    """Median seconds of each callable, run round-robin ``repeats`` times after ``warmup`` rounds."""
+    """Median seconds of each callable, run round-robin ``repeats`` times after ``warmup`` rounds.
+    On a CUDA ``device`` each run ends when the GPU has finished its work."""
+    finish = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     for _ in range(warmup):
         for fn in candidates.values():
             fn()
@@ -50,10 +58,43 @@ def time_side_by_side(
     for _ in range(repeats):
         for name, fn in candidates.items():
             gc.collect()
+            finish()
             start = time.perf_counter()
             fn()
+            finish()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def proc_status_kib(field: str) -> int:
+    """A field of ``/proc/self/status`` in KiB (``VmRSS``, ``VmHWM``: the peak since a reset)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak_memory(device: str = "cpu") -> None:
+    """Start a new peak: CUDA's peak allocated memory, or this process's peak resident memory
+    (``VmHWM``, reset to the current resident size through ``/proc/self/clear_refs``)."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def current_memory_gib(device: str = "cpu") -> float:
+    """Memory held now: allocated on CUDA, resident on the CPU (GiB)."""
+    if device.startswith("cuda"):
+        return torch.cuda.memory_allocated(device) / 2**30
+    return proc_status_kib("VmRSS") / 2**20
+
+
+def peak_memory_gib(device: str = "cpu") -> float:
+    """Peak since ``reset_peak_memory``: allocated on CUDA, resident on the CPU (GiB)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return proc_status_kib("VmHWM") / 2**20
 
 
 @contextmanager

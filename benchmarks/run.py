@@ -3,8 +3,11 @@
     python benchmarks/run.py            # everything, full sizes
     python benchmarks/run.py --quick    # smaller sizes, a smoke run
     python benchmarks/run.py --only ms  # benchmarks whose module name contains "ms"
+    python benchmarks/run.py --device cuda --only training_step  # on a GPU: those that run there
 
-Each ``benchmarks/bench_*.py`` module exposes ``run(quick: bool) -> list[Figure]``. Figures are
+Each ``benchmarks/bench_*.py`` module exposes ``run(quick: bool) -> list[Figure]``; a module that
+also runs on an accelerator lists the device types in ``DEVICES`` and takes ``run(quick, device)``
+(CUDA: the models in bfloat16 where the work is a model's forward). Figures are
 ratios measured side by side in one run (see ``harness.py``); ``RESULTS.md`` holds the latest.
 """
 
@@ -44,7 +47,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
     parser.add_argument("--only", help="run only benchmarks whose module name contains this")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu (default) or cuda[:N]: on a GPU, the benchmarks that run there (training step, "
+        "MS, real-size extraction and training)",
+    )
     args = parser.parse_args(argv)
+    device_type = args.device.split(":")[0]
+    if device_type not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device!r}: choose cpu or cuda[:N]")
+    if device_type == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
 
     from sae_vlm_plugin.environment import environment_report
 
@@ -54,8 +71,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     figures: list[Figure] = []
     for name in discover(args.only):
+        module = importlib.import_module(name)
+        devices = getattr(module, "DEVICES", ("cpu",))
+        if device_type not in devices:
+            print(f"skipping {name}: it runs on {', '.join(devices)}", file=sys.stderr)
+            continue
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        figures.extend(importlib.import_module(name).run(quick=args.quick))
+        if hasattr(module, "DEVICES"):
+            figures.extend(module.run(quick=args.quick, device=args.device))
+        else:
+            figures.extend(module.run(quick=args.quick))
     print(format_table(figures) if figures else "no benchmark matched")
     return 0
 

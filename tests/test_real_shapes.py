@@ -317,6 +317,9 @@ ENCODERS: dict[str, Published] = {
         params_millions=(303, 305),
         extra_hooks={"hook_post_norm": 1024, "hook_image_embeds": 768},
         token_hooks=("hook_post_norm",),
+        # The whole open_clip model, text tower included: its token embedding has over 2**24
+        # values, which the cache's weight fingerprint once sampled past the end of.
+        extract=(("blocks.22.hook_resid_post", "hook_image_embeds"), "all"),
         transformers=False,
     ),
     "open_clip_ViT-SO400M-14-SigLIP-384": Published(
