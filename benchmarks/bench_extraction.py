@@ -28,7 +28,7 @@ from sae_vlm_plugin.cache import CACHE_FORMAT, CACHE_VERSION, CacheSettings, _wr
 DEVICES = ("cpu", "cuda")
 
 
-def _clip(quick: bool, device: str) -> torch.nn.Module:
+def _clip(quick: bool, device: str = "cpu") -> torch.nn.Module:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     if quick:
