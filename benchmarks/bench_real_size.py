@@ -11,9 +11,9 @@ as ``tests/test_real_shapes.py`` builds them): extraction and the x64 training s
   SAELens' ``SAETrainer.step``: the paper's Matryoshka step against SAELens' built-in
   ``matryoshka_batchtopk`` and against one dense 4096 x 1024 x 65,536 matmul.
 
-Each figure runs in a fresh process, so that its peak memory is its own: resident memory of
-that process (``ru_maxrss``, the weights and torch included) on the CPU, peak allocated memory
-on CUDA, where the models run in bfloat16.
+Each figure runs in a fresh process, so that its peak memory is its own: on the CPU the
+process's peak resident memory during the measured work (``VmHWM``, reset before it; the
+weights and torch included), on CUDA peak allocated memory; there the models run in bfloat16.
 
     python benchmarks/run.py --only real_size [--quick] [--device cuda]
 """
@@ -90,9 +90,9 @@ def _write_jpegs(folder: Path, size: int, n_images: int) -> None:
         Image.fromarray(pixels.numpy()).save(folder / f"{i:03d}.jpg", quality=90)
 
 
-def extraction_figure(
+def extraction_figures(
     name: str, builder: str, size: int, has_cls: bool, n_images: int, repeats: int, device: str
-) -> Figure:
+) -> list[Figure]:
     from PIL import Image
 
     from sae_vlm_plugin import VisionModel, extract_to_cache
@@ -127,7 +127,7 @@ def extraction_figure(
         times = time_side_by_side(
             {"extract": extract, "forward": forward}, repeats=repeats, device=device
         )
-    return Figure(
+    figure = Figure(
         BENCHMARK,
         f"{name}: sae-vlm extract ({hook}, {tokens}) / bare truncated forward",
         times["extract"] / times["forward"],
@@ -137,13 +137,13 @@ def extraction_figure(
         f"({n_images} {size}-px JPEGs a batch, {str(dtype).removeprefix('torch.')} model, fp16 "
         f"cache); peak {peak_memory_gib(device):.1f} GiB",
     )
+    return [figure]
 
 
-def _in_fresh_process(fn: Callable[..., list[Figure] | Figure], *args: object) -> list[Figure]:
+def _in_fresh_process(fn: Callable[..., list[Figure]], *args: object) -> list[Figure]:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        result = pool.submit(fn, *args).result()
-    return result if isinstance(result, list) else [result]
+        return pool.submit(fn, *args).result()
 
 
 def training_figures(quick: bool, device: str) -> list[Figure]:
@@ -156,6 +156,6 @@ def run(quick: bool, device: str = "cpu") -> list[Figure]:
     encoders = [e for e in ENCODERS if e[2] == 224][:1] if quick else ENCODERS  # quick: a 224 px
     for name, builder, size, has_cls in encoders:
         figures += _in_fresh_process(
-            extraction_figure, name, builder, size, has_cls, 2 if quick else 4, 2, device
+            extraction_figures, name, builder, size, has_cls, 2 if quick else 4, 2, device
         )
     return figures

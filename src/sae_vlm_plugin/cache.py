@@ -282,8 +282,7 @@ def _open_manifest(
     data-parallel run (``main_rank=False``) only check the manifest rank 0 opened: to them a
     cache with no shard yet is rank 0's, just started."""
     manifest_path = root / "cache.json"
-    unstarted = main_rank and not any(root.glob("*/shard_*.safetensors"))
-    if unstarted and manifest_path.exists():
+    if main_rank and manifest_path.exists() and not any(root.glob("*/shard_*.safetensors")):
         _discard_unstarted(root, json.loads(manifest_path.read_text()))
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
