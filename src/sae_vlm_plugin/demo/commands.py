@@ -34,6 +34,12 @@ def add_demo_command(commands: argparse._SubParsersAction) -> None:
     )
     demo.add_argument("--layer", type=int, help="block to read (default: second to last)")
     demo.add_argument(
+        "--seeds",
+        type=int,
+        default=5,
+        help="SAE seeds every trained-world finding is measured over (default: 5)",
+    )
+    demo.add_argument(
         "--scoring-encoder",
         help="image encoder MS scores with, with --model/--images/--random: dinov2 | clip | a hub "
         "id | a local model (default: dinov2 for --images, label embeddings for generated images)",
@@ -54,6 +60,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             seed=args.seed,
             layer=args.layer,
             training_steps=args.steps,
+            seeds=args.seeds,
             scoring_encoder=args.scoring_encoder,
         )
     )

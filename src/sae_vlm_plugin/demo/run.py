@@ -91,6 +91,8 @@ class DemoConfig:
     training_steps: int | None = None
     """SAE training steps; default ``WORLD_STEPS`` on the trained world, 600 otherwise."""
     batch_size: int = 128
+    seeds: int = 5
+    """SAE seeds each trained-world finding is measured over (0 .. seeds-1)."""
     progress: bool = True
 
 
@@ -133,9 +135,12 @@ def train_demo_sae(
     config: DemoConfig,
     tokens: str,
     default_steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    run_name: str = "run",
 ) -> tuple[Any, Any]:
-    """Cache ``tokens`` of ``hook`` under ``out/cache`` and train the paper's
-    Matryoshka-BatchTopK SAE on them into ``out/run``; returns ``(sae, runner config)``."""
+    """Cache ``tokens`` of ``hook`` under ``out/cache`` (once: a finished cache is reused) and
+    train the paper's Matryoshka-BatchTopK SAE with ``seed`` on them into ``out/run_name``;
+    returns ``(sae, runner config)``."""
     from sae_vlm_plugin.cache import extract_to_cache
     from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
     from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
@@ -150,7 +155,8 @@ def train_demo_sae(
         architecture="paper_matryoshka_batchtopk",
         expansion_factor=config.expansion_factor,
         k=config.k,
-        run_dir=str(out / "run"),
+        run_dir=str(out / run_name),
+        seed=seed,
         training_steps=steps,
         batch_size=config.batch_size,
         warmup_steps=steps // 10,

@@ -1,52 +1,72 @@
-"""Steering the toy LLaVA with one SAE latent: Tables 2-3's and Figure 6's shape, on the toy world.
+"""Steering the toy LLaVA with one SAE latent, measured over seeds against nulls and a control.
 
-- The steering SAE: Matryoshka-BatchTopK on 2 random tokens per image of block ``n-2`` of the
-  toy CLIP, the block the toy LLaVA's projector reads (the paper's steering SAEs: 2 random
-  tokens per image of block 22 of llava-1.5's tower).
-- The concept's latent: on the measuring images (image activation: mean over all tokens), the
-  latent with the largest R-precision for the concept (``CONCEPT``, the colour red): of its R
-  most active images, R being the number of red ones, the most are red.
-- Insertion: the ten appendix-B prompts on a white image, unsteered and with the latent clamped
-  on every token of the block to ``STEERING_MULTIPLES`` of its largest activation on the world's
-  tokens (Figure 6 sweeps 0, 30, 40, 50 in its SAE's units). An answer gains the concept when
-  the word appears in it and not in the unsteered answer.
-- Suppression: "Describe the image." on held-out images that show the concept, with the latent
-  clamped to 0; an answer loses the concept when the unsteered one names it and the steered one
-  does not. A clamp replaces the block's output by the SAE reconstruction, so the control is
-  the same edit with no latent changed: what the reconstruction alone loses.
+The protocol is fixed here, before any measurement, and the same for every seed:
 
-The judge is a word match: the paper's is GPT-4.1-mini, but the toy LLaVA's vocabulary is the
+- Steering SAEs: Matryoshka-BatchTopK on 2 random tokens per image of block ``n-2`` of the toy
+  CLIP (the block the toy LLaVA's projector reads; the paper's steering SAEs take 2 random
+  tokens per image of block 22), one per seed of ``STEERING_SEEDS`` on the same cache.
+- Everything is read on the tokens the language model reads (``LatentActivity``: the toy
+  LLaVA's ``"default"`` strategy drops CLS): a latent's image activation is its mean over those
+  tokens, its unit (``1x``) its largest activation there, and only latents that fire there
+  (``activity.steerable``) can be chosen.
+- (a) The paper's rule on the read tokens: the steerable latent with the largest R-precision for
+  the concept (``CONCEPT``: the colour red) on the measuring images.
+- (b) The census's pick: the latent that adds the concept's word most often in a steerability
+  census (``steering.census``) of every steerable latent, on ``SELECTION_PROMPTS`` and the white
+  image.
+- Evaluation, on base images the selection never saw (grey and black) with appendix B's ten
+  prompts, at ``CENSUS_MULTIPLES``, in one run: (a), (b), ``N_RANDOM_LATENTS`` random steerable
+  latents and ``N_RANDOM_DIRECTIONS`` random directions of matched norm (nulls), and the
+  concept's DiffMean vector on the read tokens (the positive control). A latent *inserts* the
+  concept when at its better multiple at least ``MIN_SCORE`` of the answers gain the word and
+  no more than ``MAX_P`` of the null directions do as well (``UnitSteering.steers`` restricted to
+  the concept's word).
+- Suppression: "Describe the image." on measuring images that show the concept and on which the
+  latent fires on a read token, clamped to 0, against the reconstruction alone; specificity: the
+  same clamp on images of other colours on which the latent fires, where the image's own colour
+  word should stay. It *holds* when at least ``MIN_SCORE`` of the descriptions naming the
+  concept lose it, ``MIN_EFFECT`` more than under the reconstruction alone, and under
+  ``MIN_EFFECT`` of the other colours' descriptions lose their colour.
+
+Each finding is reported as held in N of the seeds (held when in more than half), with the
+rates, the nulls and the control. The judge is a word match: the toy LLaVA's vocabulary is the
 toy world's, so naming the concept is naming its word.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sae_vlm_plugin.demo.findings import Finding
+from sae_vlm_plugin.steering.census import (
+    CENSUS_MULTIPLES,
+    MAX_P,
+    MIN_SCORE,
+    SteerabilityReport,
+    UnitSteering,
+    neutral_images,
+)
+from sae_vlm_plugin.steering.evaluation import INSERTION_PROMPTS, ONE_WORD_PROMPT
 
 CONCEPT = ("colour", "red")
-STEERING_MULTIPLES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+STEERING_SEEDS = (0, 1, 2, 3, 4)
+SELECTION_PROMPTS = (ONE_WORD_PROMPT, INSERTION_PROMPTS[0])
+N_RANDOM_LATENTS = 16
+N_RANDOM_DIRECTIONS = 32
 N_SUPPRESSION_IMAGES = 24
-SUPPRESSION_SEED = 7
+MIN_EFFECT = 0.25
 MAX_NEW_TOKENS = 16
-
-
-def mentions(text: str, word: str) -> bool:
-    """Whether ``word`` is one of the words of ``text`` (case-insensitive)."""
-    return word in re.findall(r"[a-z]+", text.lower())
+BATCH_SIZE = 512
 
 
 def concept_latent(image_codes: torch.Tensor, has_concept: torch.Tensor) -> tuple[int, float]:
     """The latent whose ``R`` most active images (``R``: the number of images with the concept)
     most often have the concept, i.e. the largest R-precision; returns ``(latent, its
-    R-precision)``. Unlike the top-16 fraction, this tells the concept's own latent from one of
-    its specialisations ("red" from "red star": both have 16 red top images)."""
+    R-precision)``."""
     from sae_vlm_plugin.naming.evaluation import r_precisions
 
     if not bool(has_concept.any()):
@@ -56,6 +76,15 @@ def concept_latent(image_codes: torch.Tensor, has_concept: torch.Tensor) -> tupl
     return latent, float(precision[latent])
 
 
+def paper_rule_latent(activity: Any, has_concept: torch.Tensor) -> tuple[int, float]:
+    """(a): the steerable latent with the largest R-precision on the read tokens' image codes
+    (``activity.image_codes``, one row per measuring image)."""
+    codes = activity.image_codes.to_dense() * activity.steerable.float()
+    if not bool(activity.steerable.any()):
+        raise ValueError("no latent of the SAE fires on the tokens the language model reads")
+    return concept_latent(codes.to_sparse(), has_concept)
+
+
 def steering_findings(
     clip: Any,
     train_images: list[Any],
@@ -63,137 +92,294 @@ def steering_findings(
     objects: list[Any],
     out: Path,
     config: Any,
+    seeds: tuple[int, ...] = STEERING_SEEDS,
 ) -> tuple[dict[str, Any], list[Finding]]:
-    """Train the steering SAE on ``clip`` (the toy CLIP ``VisionModel``) over ``train_images``,
-    find the concept's latent on ``images`` (with their ``objects``), and run insertion and
-    suppression on the toy LLaVA; writes ``out/steering.json`` and returns the summary entry
-    and the two findings."""
-    from sae_vlm_plugin.demo.run import WORLD_STEPS, train_demo_sae
-    from sae_vlm_plugin.metrics.sae_activations import encode_rows, hook_rows, pool_codes
-    from sae_vlm_plugin.metrics.top_activations import top_activations
+    """Train one steering SAE per seed on ``clip`` (the toy CLIP ``VisionModel``) over
+    ``train_images``, measure it on ``images`` (with their ``objects``) and the toy LLaVA;
+    writes ``out/steering.json`` and returns the summary entry and the findings."""
     from sae_vlm_plugin.model import VisionModel
-    from sae_vlm_plugin.naming.name import find_latents, name_latents
-    from sae_vlm_plugin.steering.edits import steer
-    from sae_vlm_plugin.steering.evaluation import (
-        DESCRIBE_PROMPT,
-        INSERTION_PROMPTS,
-        generate_text,
-        white_image,
-    )
-    from sae_vlm_plugin.toy import ATTRIBUTES, IMAGE_SIZE, load_toy_llava, world_images
+    from sae_vlm_plugin.steering.edits import diffmean_vector
+    from sae_vlm_plugin.toy import ATTRIBUTE_VALUES, ATTRIBUTES, IMAGE_SIZE, load_toy_llava
 
     attribute, value = CONCEPT
-    layer = clip.n_layers - 2
-    hook = f"blocks.{layer}.hook_resid_post"
-    sae, _ = train_demo_sae(
-        clip, train_images, hook, out, config, tokens="random_2", default_steps=WORLD_STEPS
-    )
-    rows = hook_rows(clip, images, hook, "all", progress=False)
-    with torch.no_grad():
-        codes = encode_rows(sae.encode, rows.rows)
-    image_codes = pool_codes(codes, rows.image_index, rows.n_images)
     index = ATTRIBUTES.index(attribute)
-    order = [int(i) for i in rows.image_ids]
-    has_concept = torch.tensor([objects[i].attributes[index] == value for i in order])
-    latent, r_precision = concept_latent(image_codes, has_concept)
-    top_fraction = float(
-        has_concept[top_activations(image_codes, k=16).indices[latent]].float().mean()
-    )
-    concept_labels = name_latents(sae, clip, images, "toy", tokens="all", progress=False)
-    concept_labels.save(out / "run" / "final")
-    word_match = find_latents(sae, value, labels=concept_labels, top=1)[0]
-    entries = codes.coalesce()
-    max_activation = float(entries.values()[entries.indices()[1] == latent].max())
-
+    hook = f"blocks.{clip.n_layers - 2}.hook_resid_post"
+    steer_hook = f"vision.{hook}"
     module, processor = load_toy_llava()
     llava = VisionModel(module)
-    steer_hook = f"vision.{hook}"
-
-    def answer(prompt: str, image: Any, clamp: dict[int, float] | None) -> str:
-        steering = None if clamp is None else (lambda: steer(llava, sae, clamp, hook=steer_hook))
-        return generate_text(
-            llava, processor, prompt, image, steering, max_new_tokens=MAX_NEW_TOKENS
-        )
-
-    white = white_image(IMAGE_SIZE)
-    insertion: dict[str, Any] = {"values": {}, "answers": {}}
-    baseline = {p: answer(p, white, None) for p in INSERTION_PROMPTS}
-    insertion["answers"]["no steer"] = baseline
-    for multiple in STEERING_MULTIPLES:
-        clamp_value = multiple * max_activation
-        steered = {p: answer(p, white, {latent: clamp_value}) for p in INSERTION_PROMPTS}
-        gained = [mentions(steered[p], value) and not mentions(baseline[p], value) for p in steered]
-        key = f"{multiple:g}x"
-        insertion["answers"][key] = steered
-        insertion["values"][key] = {
-            "clamp": clamp_value,
-            "gained": sum(gained) / len(gained),
-        }
-    best = max(insertion["values"], key=lambda k: insertion["values"][k]["gained"])
-    insertion["best"] = best
-
-    candidates, candidate_objects = world_images(512, seed=SUPPRESSION_SEED)
-    shown = [
-        im
-        for im, o in zip(candidates, candidate_objects, strict=True)
-        if o.attributes[index] == value
-    ]
-    shown = shown[:N_SUPPRESSION_IMAGES]
-    unsteered = [answer(DESCRIBE_PROMPT, im, None) for im in shown]
-    clamped = [answer(DESCRIBE_PROMPT, im, {latent: 0.0}) for im in shown]
-    control = [answer(DESCRIBE_PROMPT, im, {}) for im in shown]
-    named = [mentions(a, value) for a in unsteered]
-    n_named = max(1, sum(named))
-    lost = sum(n and not mentions(c, value) for n, c in zip(named, clamped, strict=True)) / n_named
-    lost_control = (
-        sum(n and not mentions(c, value) for n, c in zip(named, control, strict=True)) / n_named
-    )
-    suppression = {
-        "prompt": DESCRIBE_PROMPT,
-        "n_images": len(shown),
-        "unsteered_names_concept": sum(named) / max(1, len(shown)),
-        "lost": lost,
-        "lost_reconstruction_only": lost_control,
-        "answers": [
-            {"unsteered": u, "clamped_0": c, "reconstruction_only": r}
-            for u, c, r in zip(unsteered, clamped, control, strict=True)
-        ],
-    }
+    has_concept = torch.tensor([o.attributes[index] == value for o in objects])
+    shows = [im for im, h in zip(images, has_concept.tolist(), strict=True) if h]
+    others = [im for im, h in zip(images, has_concept.tolist(), strict=True) if not h]
+    diffmean = diffmean_vector(llava, steer_hook, shows, others, tokens="image")
+    vocabulary = [v for a in ATTRIBUTES for v in ATTRIBUTE_VALUES[a]]
+    white, *held_out = neutral_images(IMAGE_SIZE)
+    context = _Context(llava, processor, steer_hook, vocabulary, value, diffmean, white, held_out)
+    runs = []
+    for seed in seeds:
+        sae = _steering_sae(clip, train_images, hook, out, config, seed)
+        runs.append(_one_seed(context, sae, seed, images, objects, index, has_concept))
     result = {
         "concept": f"{attribute} {value}",
         "hook": steer_hook,
-        "latent": latent,
-        "latent_r_precision": r_precision,
-        "latent_top16_fraction": top_fraction,
-        "latent_max_activation": max_activation,
-        "latent_labels": concept_labels.labels(latent),
-        "word_latent": {
-            "word": value,
-            "latent": word_match.latent,
-            "labels": word_match.labels,
+        "protocol": {
+            "seeds": list(seeds),
+            "selection_prompts": list(SELECTION_PROMPTS),
+            "evaluation_prompts": list(INSERTION_PROMPTS),
+            "multiples": list(CENSUS_MULTIPLES),
+            "n_random_latents": N_RANDOM_LATENTS,
+            "n_random_directions": N_RANDOM_DIRECTIONS,
         },
-        "insertion": insertion,
-        "suppression": suppression,
+        "seeds": runs,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "steering.json").write_text(json.dumps(result, indent=2))
-    best_rate = insertion["values"][best]["gained"]
-    findings = [
-        Finding(
-            "steering_insertion",
-            f"clamping the '{value}' latent on a white image puts '{value}' into the answers",
-            best_rate > 0.5,
-            f"latent {latent} (R-precision {r_precision:.0%}, top-16 {top_fraction:.0%} {value}); "
-            f"answers gaining '{value}' "
-            + ", ".join(f"{k} {v['gained']:.0%}" for k, v in insertion["values"].items())
-            + f" of {len(INSERTION_PROMPTS)} prompts",
-        ),
-        Finding(
-            "steering_suppression",
-            f"clamping the '{value}' latent to 0 removes '{value}' from descriptions of {value} images",
-            lost > 0.5 and lost > lost_control,
-            f"lost in {lost:.0%} of {sum(named)} descriptions naming it (SAE reconstruction "
-            f"alone: {lost_control:.0%})",
-        ),
+    (out / "steering.json").write_text(json.dumps(result, indent=1))
+    return result, _findings(runs, value)
+
+
+class _Context:
+    """What every seed shares: the toy LLaVA, the hook, the concept and its control."""
+
+    def __init__(
+        self,
+        llava: Any,
+        processor: Any,
+        hook: str,
+        vocabulary: list[str],
+        word: str,
+        diffmean: torch.Tensor,
+        selection_image: Any,
+        evaluation_images: list[Any],
+    ) -> None:
+        self.llava, self.processor, self.hook = llava, processor, hook
+        self.vocabulary, self.word, self.diffmean = vocabulary, word, diffmean
+        self.selection_image, self.evaluation_images = selection_image, evaluation_images
+
+
+def _steering_sae(
+    clip: Any, train_images: list[Any], hook: str, out: Path, config: Any, seed: int
+) -> Any:
+    from sae_vlm_plugin.demo.run import WORLD_STEPS, train_demo_sae
+
+    sae, _ = train_demo_sae(
+        clip,
+        train_images,
+        hook,
+        out,
+        config,
+        tokens="random_2",
+        default_steps=WORLD_STEPS,
+        seed=seed,
+        run_name=f"run-seed{seed}",
+    )
+    return sae
+
+
+def _one_seed(
+    context: _Context,
+    sae: Any,
+    seed: int,
+    images: list[Any],
+    objects: list[Any],
+    index: int,
+    has_concept: torch.Tensor,
+) -> dict[str, Any]:
+    from sae_vlm_plugin.steering.activity import latent_activity
+    from sae_vlm_plugin.steering.census import steerability
+
+    word = context.word
+    activity = latent_activity(sae, context.llava, images, context.hook)
+    paper, r_precision = paper_rule_latent(activity, has_concept)
+    options: dict[str, Any] = {
+        "vocabulary": context.vocabulary,
+        "batch_size": BATCH_SIZE,
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "progress": False,
+    }
+    live = torch.nonzero(activity.steerable).flatten().tolist()
+    selection = steerability(
+        context.llava,
+        context.processor,
+        sae,
+        activity,
+        live,
+        base_images=[context.selection_image],
+        prompts=SELECTION_PROMPTS,
+        n_random_directions=0,
+        **options,
+    )
+    best = selection.best_for(word)
+    census = int(best.name) if best is not None else paper
+    generator = torch.Generator().manual_seed(seed)
+    pool = [k for k in live if k not in (paper, census)]
+    random_latents = [
+        pool[i] for i in torch.randperm(len(pool), generator=generator)[:N_RANDOM_LATENTS]
     ]
-    return result, findings
+    evaluation = steerability(
+        context.llava,
+        context.processor,
+        sae,
+        activity,
+        [paper, census, *random_latents],
+        base_images=context.evaluation_images,
+        prompts=INSERTION_PROMPTS,
+        controls={f"DiffMean {word}": context.diffmean},
+        n_random_directions=N_RANDOM_DIRECTIONS,
+        seed=seed,
+        **options,
+    )
+    return {
+        "seed": seed,
+        "n_steerable": len(live),
+        "n_latents": int(sae.cfg.d_sae),
+        "paper_rule": {
+            "latent": paper,
+            "r_precision": r_precision,
+            "where": activity.where(paper),
+            **_insertion(evaluation, evaluation.latent(paper), word),
+            "suppression": _suppression(context, sae, activity, paper, images, objects, index),
+        },
+        "census": {
+            "latent": census,
+            "selection_score": best.word_score(word) if best is not None else 0.0,
+            "where": activity.where(census),
+            **_insertion(evaluation, evaluation.latent(census), word),
+            "suppression": _suppression(context, sae, activity, census, images, objects, index),
+        },
+        "random_latents": [evaluation.latent(k).word_score(word) for k in random_latents],
+        "random_directions": evaluation.null_scores(word),
+        "diffmean": _insertion(evaluation, evaluation.of_kind("control")[0], word),
+        "unsteered": evaluation.unsteered,
+    }
+
+
+def _insertion(report: SteerabilityReport, unit: UnitSteering, word: str) -> dict[str, Any]:
+    """How often ``unit`` adds ``word``, its rank against the random directions, an example."""
+    nulls = report.null_scores(word)
+    score = unit.word_score(word)
+    p = (1 + sum(n >= score for n in nulls)) / (1 + len(nulls))
+    best = max(unit.rates, key=lambda m: unit.rates[m].get(word, 0.0)) if unit.rates else None
+    return {
+        "rates": {m: r.get(word, 0.0) for m, r in unit.rates.items()},
+        "score": score,
+        "p_null": p,
+        "inserts": score >= MIN_SCORE and p <= MAX_P,
+        "degenerate": unit.degenerate,
+        "example": None if best is None else unit.answers[best][0],
+    }
+
+
+def _suppression(
+    context: _Context,
+    sae: Any,
+    activity: Any,
+    latent: int,
+    images: list[Any],
+    objects: list[Any],
+    index: int,
+) -> dict[str, Any]:
+    """Clamp ``latent`` to 0 on images where it fires on a read token (see the docstring)."""
+    from sae_vlm_plugin.steering.answers import mentions
+    from sae_vlm_plugin.steering.batched import RowEdit, generate_rows
+    from sae_vlm_plugin.steering.evaluation import DESCRIBE_PROMPT
+
+    fires = (activity.image_codes.to_dense()[:, latent] > 0).tolist()
+    colour = [o.attributes[index] for o in objects]
+    shown = [i for i, f in enumerate(fires) if f and colour[i] == context.word]
+    other = [i for i, f in enumerate(fires) if f and colour[i] != context.word]
+    chosen = shown[:N_SUPPRESSION_IMAGES] + other[:N_SUPPRESSION_IMAGES]
+    if not shown:
+        return {"n_images": 0, "held": False, "note": "fires on no image of the concept"}
+    picked = [images[i] for i in chosen]
+    edits = [RowEdit(through_sae=False), RowEdit(latent=latent, value=0.0), RowEdit()]
+    rows = [(i, e) for e in edits for i in range(len(picked))]
+    answers = generate_rows(
+        context.llava, context.processor, sae, DESCRIBE_PROMPT, picked, rows, context.hook,
+        batch_size=BATCH_SIZE, max_new_tokens=MAX_NEW_TOKENS,
+    )  # fmt: skip
+    n = len(picked)
+    plain, clamped, recons = answers[:n], answers[n : 2 * n], answers[2 * n :]
+    words = [colour[i] for i in chosen]
+
+    def lost(indices: range, after: list[str]) -> float:
+        named = [i for i in indices if mentions(plain[i], words[i])]
+        return sum(not mentions(after[i], words[i]) for i in named) / max(1, len(named))
+
+    own = range(min(len(shown), N_SUPPRESSION_IMAGES))
+    rest = range(len(own), len(chosen))
+    result: dict[str, Any] = {
+        "n_images": len(own),
+        "n_other_images": len(rest),
+        "lost": lost(own, clamped),
+        "lost_reconstruction_only": lost(own, recons),
+        "other_colours_lost": lost(rest, clamped),
+        "example": {"unsteered": plain[0], "clamped_0": clamped[0]},
+    }
+    result["held"] = (
+        result["lost"] >= MIN_SCORE
+        and result["lost"] - result["lost_reconstruction_only"] >= MIN_EFFECT
+        and result["other_colours_lost"] < MIN_EFFECT
+    )
+    return result
+
+
+def _findings(runs: list[dict[str, Any]], word: str) -> list[Finding]:
+    n = len(runs)
+
+    def count(rule: str, key: str) -> int:
+        return sum(bool(_get(run[rule], key)) for run in runs)
+
+    def rates(rule: str) -> str:
+        return ", ".join(f"{run[rule]['latent']}: {run[rule]['score']:.0%}" for run in runs)
+
+    nulls = [max(run["random_directions"], default=0.0) for run in runs]
+    latents = [sum(s >= MIN_SCORE for s in run["random_latents"]) for run in runs]
+    n_random = len(runs[0]["random_latents"]) if runs else 0
+    control = ", ".join(f"{run['diffmean']['score']:.0%}" for run in runs)
+    null_text = (
+        f"nulls per seed: best random direction {', '.join(f'{x:.0%}' for x in nulls)}; random "
+        f"latents inserting '{word}' {', '.join(map(str, latents))} of {n_random}; DiffMean "
+        f"control {control}"
+    )
+    findings = []
+    for rule, claim in (
+        ("paper_rule", "the paper's rule on the read tokens (best R-precision) picks"),
+        ("census", "the steerability census picks"),
+    ):
+        held = count(rule, "inserts")
+        findings.append(
+            Finding(
+                f"steering_insertion_{rule}",
+                f"{claim} a '{word}' latent whose clamp puts '{word}' into the answers "
+                "(held-out base images, above nulls)",
+                held > n / 2,
+                f"held in {held} of {n} seeds; '{word}' inserted per seed (latent: rate) "
+                f"{rates(rule)}; {null_text}",
+            )
+        )
+        suppressed = count(rule, "suppression.held")
+        figures = "; ".join(_suppression_text(run[rule]["suppression"]) for run in runs)
+        findings.append(
+            Finding(
+                f"steering_suppression_{rule}",
+                f"clamping that latent to 0 removes '{word}' from descriptions of {word} images "
+                "on which it fires, and only that colour",
+                suppressed > n / 2,
+                f"held in {suppressed} of {n} seeds; {figures}",
+            )
+        )
+    return findings
+
+
+def _suppression_text(result: dict[str, Any]) -> str:
+    if not result["n_images"]:
+        return "no image"
+    return (
+        f"lost {result['lost']:.0%} (reconstruction {result['lost_reconstruction_only']:.0%}, "
+        f"other colours {result['other_colours_lost']:.0%}, n={result['n_images']})"
+    )
+
+
+def _get(mapping: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        mapping = mapping[part]
+    return mapping

@@ -150,7 +150,7 @@ def run_world_demo(config: Any) -> dict[str, Any]:
     findings.append(naming)
     summary["outputs"]["labels"] = str(out / "run" / "final")
     steering, steering_finding_list = steering_findings(
-        model, train_images, images, objects, out / "steering", config
+        model, train_images, images, objects, out / "steering", config, tuple(range(config.seeds))
     )
     summary["steering"] = steering
     findings += steering_finding_list
@@ -179,6 +179,35 @@ def _alignment_dict(result: Any) -> dict[str, Any]:
     }
 
 
+def _steering_lines(steering: dict[str, Any]) -> list[str]:
+    """Per seed: the two chosen latents' insertion rates beside the nulls and the control, and
+    one example answer."""
+    lines = [
+        f"Steering the toy LLaVA at {steering['hook']} ({steering['concept']}), read tokens only; "
+        "'red' inserted (best of "
+        + ", ".join(f"{m:g}x" for m in steering["protocol"]["multiples"])
+        + ", held-out grey and black images, 10 prompts):",
+        f"  {'seed':<5}{'paper rule':>18}{'census':>14}{'DiffMean':>10}{'null dir.':>11}"
+        f"{'rand. latents':>15}",
+    ]
+    for run in steering["seeds"]:
+        paper, census = run["paper_rule"], run["census"]
+        n_random = len(run["random_latents"])
+        inserting = sum(s >= 0.5 for s in run["random_latents"])
+        lines.append(
+            f"  {run['seed']:<5}{paper['latent']:>6} ({paper['r_precision']:.0%}) "
+            f"{paper['score']:>4.0%}{census['latent']:>8} {census['score']:>5.0%}"
+            f"{run['diffmean']['score']:>10.0%}{max(run['random_directions'], default=0.0):>11.0%}"
+            f"{inserting:>10} of {n_random}"
+        )
+    first = steering["seeds"][0]
+    lines += [
+        f"  e.g. seed {first['seed']}, no steer: {first['unsteered'][0]!r}; census latent "
+        f"{first['census']['latent']}: {first['census']['example']!r}",
+    ]
+    return lines
+
+
 def format_world_summary(summary: dict[str, Any]) -> str:
     """The trained-world demo's report: the measures side by side, then every finding."""
     from sae_vlm_plugin.demo.run import mean_std
@@ -203,24 +232,8 @@ def format_world_summary(summary: dict[str, Any]) -> str:
             for row in summary["hierarchy"]
         ),
     ]
-    steering = summary["steering"]
-    insertion, suppression = steering["insertion"], steering["suppression"]
-    best = insertion["best"]
-    prompt = next(iter(insertion["answers"]["no steer"]))
+    lines += ["", *_steering_lines(summary["steering"]), ""]
     lines += [
-        "",
-        f"Steering the toy LLaVA: latent {steering['latent']} of the steering SAE on "
-        f"{steering['hook']} ({steering['concept']}: R-precision "
-        f"{steering['latent_r_precision']:.0%})",
-        f"  {prompt!r} on a white image:",
-        f"    {'no steer':>9}: {insertion['answers']['no steer'][prompt]}",
-        f"    {best:>9}: {insertion['answers'][best][prompt]}",
-        f"  describe a {steering['concept'].split()[-1]} image: "
-        f"{suppression['answers'][0]['unsteered']!r} -> clamped to 0: "
-        f"{suppression['answers'][0]['clamped_0']!r}"
-        if suppression["answers"]
-        else "  (no suppression images)",
-        "",
         "Findings (the paper's claims, measured on this world):",
     ]
     for finding in summary["findings"]:

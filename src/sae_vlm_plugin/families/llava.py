@@ -123,6 +123,13 @@ class LlavaFamily(VisionFamily):
             self.language_model_path(root): "language_model",
         }
 
+    def read_tokens(self, root: Any) -> slice:
+        """Token positions of a tower block's output that the projector reads: every token but
+        CLS under the ``"default"`` strategy, every token under ``"full"``."""
+        return (
+            slice(None) if root.config.vision_feature_select_strategy == "full" else slice(1, None)
+        )
+
     def image_token_count(self, root: Any) -> int:
         """Placeholder tokens per image: the tower's patches (+1 if the strategy keeps CLS)."""
         config = root.config.vision_config

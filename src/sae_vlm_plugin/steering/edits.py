@@ -225,6 +225,10 @@ def _llava_read_blocks(model: VisionModel) -> list[int]:
     return list(model.family.vision_feature_layers(model.source_module))  # type: ignore[attr-defined]
 
 
+def _llava_read_tokens(model: VisionModel) -> slice:
+    return model.family.read_tokens(model.source_module)  # type: ignore[attr-defined]
+
+
 def _token_selection(
     model: VisionModel, point: HookPoint, tokens: TokenSpec
 ) -> slice | torch.Tensor | None:
@@ -248,9 +252,9 @@ def _token_selection(
                     "tokens='image' (the tokens LLaVA's projector turns into image tokens) "
                     f"applies to LLaVA only; {model.model_name} is {model.family.name}"
                 )
-            keeps_cls = _llava_config(model).vision_feature_select_strategy == "full"
-            if point.name.startswith("vision.blocks.") and not keeps_cls:
-                return slice(1, None)
+            if point.name.startswith("vision.blocks."):
+                read = _llava_read_tokens(model)
+                return None if read == slice(None) else read
             return None
         raise ValueError(
             f"tokens must be 'all', 'image', 'patches', 'cls' or token indices, got {tokens!r}"
