@@ -11,7 +11,7 @@ import torch
 import tiny_models
 from sae_vlm_plugin.model import VisionModel
 from sae_vlm_plugin.steering import steer
-from sae_vlm_plugin.steering.commands import add_steer_command
+from sae_vlm_plugin.steering.commands import add_steer_commands
 from sae_vlm_plugin.steering.evaluation import (
     INSERTION_PROMPTS,
     ONE_WORD_PROMPT,
@@ -145,7 +145,7 @@ def test_steer_command(tmp_path, capsys):
     _sae().save_model(tmp_path / "sae")
 
     parser = argparse.ArgumentParser()
-    add_steer_command(parser.add_subparsers())
+    add_steer_commands(parser.add_subparsers())
     base = ["steer", "--model", str(tmp_path / "llava"), "--sae", str(tmp_path / "sae")]
     args = parser.parse_args(
         [

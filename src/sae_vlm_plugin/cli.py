@@ -13,7 +13,7 @@ from sae_vlm_plugin.demo.commands import add_demo_command
 from sae_vlm_plugin.metrics.commands import add_metric_commands
 from sae_vlm_plugin.naming.commands import add_naming_commands
 from sae_vlm_plugin.pretrained.commands import add_pretrained_commands
-from sae_vlm_plugin.steering.commands import add_steer_command
+from sae_vlm_plugin.steering.commands import add_steer_commands
 
 
 def _print_table(rows: dict[str, str]) -> None:
@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     add_metric_commands(commands)
     add_dashboard_command(commands)
-    add_steer_command(commands)
+    add_steer_commands(commands)
     add_naming_commands(commands)
     add_pretrained_commands(commands)
     add_demo_command(commands)

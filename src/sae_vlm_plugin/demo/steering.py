@@ -12,8 +12,8 @@ The protocol is fixed here, before any measurement, and the same for every seed:
 - (a) The paper's rule on the read tokens: the steerable latent with the largest R-precision for
   the concept (``CONCEPT``: the colour red) on the measuring images.
 - (b) The census's pick: the latent that adds the concept's word most often in a steerability
-  census (``steering.census``) of every steerable latent, on ``SELECTION_PROMPTS`` and the white
-  image.
+  census (``steering.census``) of every steerable latent, with the census prompts (appendix B's
+  ten and the one-word question) on the white image.
 - Evaluation, on base images the selection never saw (grey and black) with appendix B's ten
   prompts, at ``CENSUS_MULTIPLES``, in one run: (a), (b), ``N_RANDOM_LATENTS`` random steerable
   latents and ``N_RANDOM_DIRECTIONS`` random directions of matched norm (nulls), and the
@@ -44,17 +44,18 @@ import torch
 from sae_vlm_plugin.demo.findings import Finding
 from sae_vlm_plugin.steering.census import (
     CENSUS_MULTIPLES,
+    CENSUS_PROMPTS,
     MAX_P,
     MIN_SCORE,
     SteerabilityReport,
     UnitSteering,
     neutral_images,
 )
-from sae_vlm_plugin.steering.evaluation import INSERTION_PROMPTS, ONE_WORD_PROMPT
+from sae_vlm_plugin.steering.evaluation import INSERTION_PROMPTS
 
 CONCEPT = ("colour", "red")
 STEERING_SEEDS = (0, 1, 2, 3, 4)
-SELECTION_PROMPTS = (ONE_WORD_PROMPT, INSERTION_PROMPTS[0])
+SELECTION_PROMPTS = CENSUS_PROMPTS
 N_RANDOM_LATENTS = 16
 N_RANDOM_DIRECTIONS = 32
 N_SUPPRESSION_IMAGES = 24

@@ -11,6 +11,11 @@ steered hook and on the selected tokens,
 
 through the same nnsight edit mechanism as ``steer`` (one edit for the batch), so row ``r``'s
 answer equals the answer of one ``generate`` under the equivalent single edit.
+
+The rows share a few base images, so the tower runs once per distinct image: the edit fans
+the steered block's output out to one row per edit (``image_index``), and the blocks after it,
+the projector and the language model see the full batch. (Where LLaVA reads several tower
+blocks, one of them maybe before the steered one, every row carries its own image instead.)
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from sae_vlm_plugin.steering.edits import _attach, generate, resolve_site
+from sae_vlm_plugin.steering.edits import _attach, _llava_read_blocks, generate, resolve_site
 from sae_vlm_plugin.steering.evaluation import format_prompt
 
 if TYPE_CHECKING:
@@ -45,18 +50,29 @@ class RowEdit:
 
 
 class RowSteeringModule(torch.nn.Module):
-    """The per-row edits of one batch (see the module docstring); observable at
-    ``hook_sae_acts`` (codes) and ``hook_out``."""
+    """The per-row edits of one batch (see the module docstring) on the ``tokens`` positions;
+    input row ``image_index[r]`` becomes output row ``r``. Observable at ``hook_sae_acts``
+    (codes) and ``hook_out``."""
 
     latents: Tensor
     values: Tensor
     directions: Tensor
     through_sae: Tensor
+    image_index: Tensor
 
-    def __init__(self, sae: SAE, edits: Sequence[RowEdit], d_model: int) -> None:
+    def __init__(
+        self,
+        sae: SAE,
+        edits: Sequence[RowEdit],
+        d_model: int,
+        image_index: Tensor,
+        tokens: slice = slice(None),
+    ) -> None:
         super().__init__()
+        if len(image_index) != len(edits):
+            raise ValueError(f"{len(image_index)} image indices for {len(edits)} row edits")
         self.__dict__["sae"] = sae
-        self.n_rows = len(edits)
+        self.tokens = tokens
         self.register_buffer(
             "latents", torch.tensor([-1 if e.latent is None else e.latent for e in edits])
         )
@@ -67,15 +83,15 @@ class RowSteeringModule(torch.nn.Module):
                 directions[row] = edit.direction.float()
         self.register_buffer("directions", directions)
         self.register_buffer("through_sae", torch.tensor([e.through_sae for e in edits]))
+        self.register_buffer("image_index", image_index.long())
         self.hook_sae_acts = torch.nn.Identity()
         self.hook_out = torch.nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[0] != self.n_rows:
-            raise ValueError(f"a batch of {x.shape[0]} rows for {self.n_rows} row edits")
         sae: Any = self.sae
         param = next(sae.parameters())
-        x_in = x.to(device=param.device, dtype=param.dtype)
+        x = x[self.image_index.to(x.device)]
+        x_in = x[:, self.tokens].to(device=param.device, dtype=param.dtype)
         codes = self.hook_sae_acts(sae.encode(x_in))
         rows = torch.nonzero(self.latents >= 0).flatten()
         if len(rows):
@@ -83,11 +99,11 @@ class RowSteeringModule(torch.nn.Module):
             values = self.values[rows].to(codes.dtype).unsqueeze(1)
             codes[rows, :, self.latents[rows]] = values.expand(-1, codes.shape[1])
         recons = sae.decode(codes)
-        through = self.through_sae.view(-1, *([1] * (x.ndim - 1)))
-        out = torch.where(through, recons, x_in)
-        directions = self.directions.to(out.dtype).view(x.shape[0], *([1] * (x.ndim - 2)), -1)
-        out = self.hook_out(out + directions)
-        return out.to(device=x.device, dtype=x.dtype)
+        through = self.through_sae.view(-1, 1, 1)
+        edited = torch.where(through, recons, x_in) + self.directions.to(recons.dtype)[:, None]
+        out = x.clone()
+        out[:, self.tokens] = self.hook_out(edited).to(device=x.device, dtype=x.dtype)
+        return out
 
 
 def generate_rows(
@@ -98,29 +114,38 @@ def generate_rows(
     images: Sequence[Image.Image],
     rows: Sequence[tuple[int, RowEdit]],
     hook: str,
-    tokens: Any = "image",
     batch_size: int = 256,
     max_new_tokens: int = 16,
 ) -> list[str]:
-    """Greedy answers to ``prompt``, one per ``(image index, RowEdit)`` of ``rows``, generated
-    ``batch_size`` rows at a time; only the new tokens, decoded without special tokens."""
-    site = resolve_site(model, hook, tokens)
+    """Greedy answers to ``prompt``, one per ``(image index, RowEdit)`` of ``rows``, each edit
+    applied to the tokens of ``hook`` the language model reads, ``batch_size`` rows at a time;
+    only the new tokens, decoded without special tokens."""
+    from sae_vlm_plugin.steering.activity import read_tokens_of
+
+    site = resolve_site(model, hook, "all")
+    tokens, _ = read_tokens_of(model, hook)
+    fan_out = model.family.name != "llava" or len(_llava_read_blocks(model)) == 1
     dtype = next(model.source_module.parameters()).dtype
-    first = processor(
-        images=[images[0]], text=[format_prompt(processor, prompt)], return_tensors="pt"
-    )
+    text = [format_prompt(processor, prompt)]
+    first = processor(images=[images[0]], text=text, return_tensors="pt")
     pixels = processor.image_processor(list(images), return_tensors="pt")["pixel_values"].to(dtype)
     answers: list[str] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        n = len(chunk)
+        image_index = torch.tensor([image for image, _ in chunk])
         inputs = {
-            key: value.expand(n, *value.shape[1:])
+            key: value.expand(len(chunk), *value.shape[1:])
             for key, value in first.items()
             if key != "pixel_values"
         }
-        inputs["pixel_values"] = pixels[torch.tensor([image for image, _ in chunk])]
-        module = RowSteeringModule(sae, [edit for _, edit in chunk], site.point.d_model)
+        if fan_out:
+            distinct, image_index = torch.unique(image_index, return_inverse=True)
+            inputs["pixel_values"] = pixels[distinct]
+        else:
+            inputs["pixel_values"] = pixels[image_index]
+            image_index = torch.arange(len(chunk))
+        edits = [edit for _, edit in chunk]
+        module = RowSteeringModule(sae, edits, site.point.d_model, image_index, tokens)
         with _attach(model, site, module, "rows"):
             ids = generate(model, **inputs, max_new_tokens=max_new_tokens, do_sample=False)
         new = ids[:, first["input_ids"].shape[1] :]

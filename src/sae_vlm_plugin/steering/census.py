@@ -7,7 +7,9 @@ model reads, at ``multiples`` of the latent's largest activation on those tokens
 reads the answers (``answers.py``):
 
 - ``rates[m][w]``: the fraction of trials (prompt x base image) whose answer at multiple ``m``
-  gained concept ``w`` (named by the steered answer, not by the unsteered one);
+  gained concept ``w`` (named by the steered answer, not by the unsteered one) and still reads
+  as an answer (does not degenerate into repetition: the paper's judge also asks that the
+  answer follows the prompt);
 - ``score = max_m rates[m][top_word]`` for the concept it adds most (``top_word``) and the
   multiple that does it (``best_multiple``);
 - ``off_target``: at that multiple, the fraction of trials gaining some other concept;
@@ -19,8 +21,7 @@ of matched norm (a random unit vector times the decoder norm of a random steerab
 added to the reconstruction at the same multiples of that latent's unit), and DiffMean
 vectors given by the caller (added to the raw activation at the same multiples of the vector).
 ``p_null = (1 + #{random directions with score(top_word) >= score}) / (1 + n_directions)``; a
-latent *steers* when ``score >= MIN_SCORE``, ``p_null <= MAX_P`` and at most ``MAX_DEGENERATE``
-of its answers at the best multiple degenerate.
+latent *steers* when ``score >= MIN_SCORE`` and ``p_null <= MAX_P``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ CENSUS_PROMPTS: tuple[str, ...] = (*INSERTION_PROMPTS, ONE_WORD_PROMPT)
 CENSUS_MULTIPLES: tuple[float, ...] = (2.0, 8.0)
 MIN_SCORE = 0.5
 MAX_P = 0.05
-MAX_DEGENERATE = 0.5
 FILE_NAME = "steerability.json"
 UnitKind = Literal["latent", "random_direction", "control"]
 
@@ -74,7 +74,7 @@ class UnitSteering:
     """The value of ``1x``: the latent's ``read_max`` (a random direction: its matched latent's;
     a control: 1, its own length)."""
     rates: dict[str, dict[str, float]] = field(default_factory=dict)
-    """``{multiple: {concept: fraction of trials that gained it}}`` (non-zero entries only)."""
+    """``{multiple: {concept: fraction of trials that gained it fluently}}`` (non-zero only)."""
     degenerate: dict[str, float] = field(default_factory=dict)
     changed: dict[str, float] = field(default_factory=dict)
     answers: dict[str, list[str]] = field(default_factory=dict)
@@ -86,7 +86,8 @@ class UnitSteering:
     """At the best multiple, the fraction of trials that gained a concept other than
     ``top_word``."""
     explanation: str | None = None
-    p_null: float = math.nan
+    p_null: float | None = None
+    """Rank against the random directions for ``top_word`` (None: nothing gained)."""
     steers: bool = False
     note: str = ""
     """Why a latent was not steered (not active on the read tokens)."""
@@ -205,8 +206,8 @@ def steerability(
             rows = [(i, RowEdit(through_sae=False)) for i in range(len(base_images))]
             rows += [(i, edit) for edit in edits for i in range(len(base_images))]
             answers = generate_rows(
-                model, processor, sae, prompt, base_images, rows, hook, "image",
-                batch_size, max_new_tokens,
+                model, processor, sae, prompt, base_images, rows, hook, batch_size,
+                max_new_tokens,
             )  # fmt: skip
             n = len(base_images)
             unsteered += answers[:n]
@@ -277,7 +278,8 @@ def _read_answers(
     vocabulary: Sequence[str] | None,
 ) -> None:
     n = len(answers)
-    counts = gained(answers, unsteered, vocabulary)
+    fluent = [(a, b) for a, b in zip(answers, unsteered, strict=True) if not degenerate(a)]
+    counts = gained([a for a, _ in fluent], [b for _, b in fluent], vocabulary)
     unit.answers[key] = answers
     unit.rates[key] = {w: c / n for w, c in sorted(counts.items(), key=lambda x: (-x[1], x[0]))}
     unit.degenerate[key] = sum(map(degenerate, answers)) / n
@@ -313,8 +315,7 @@ def _rank_against_nulls(units: list[UnitSteering]) -> None:
             continue
         exceed = sum(n.word_score(unit.top_word) >= unit.score for n in nulls)
         unit.p_null = (1 + exceed) / (1 + len(nulls))
-        fluent = unit.degenerate.get(unit.best_multiple or "", 1.0) <= MAX_DEGENERATE
-        unit.steers = unit.score >= MIN_SCORE and unit.p_null <= MAX_P and fluent
+        unit.steers = unit.score >= MIN_SCORE and unit.p_null <= MAX_P
 
 
 def _describe(image: Image.Image) -> str:
