@@ -153,11 +153,13 @@ def test_steer_command_refuses_a_cls_only_latent(toy, tmp_path, capsys):
 
 
 def test_answer_reading():
-    assert mentions("A small RED star.", "red") and not mentions("redder", "red")
+    assert mentions("A small RED star.", "red")
+    assert not mentions("redder", "red")
     assert mentions("a golden retriever runs", "golden retriever")
     assert gained(["a red star", "red"], ["a star", "red"]) == {"red": 1}
     assert gained(["a red star"], ["a star"], vocabulary=["star", "red"]) == {"red": 1}
-    assert degenerate("pink pink pink") and degenerate("the star the star the star")
+    assert degenerate("pink pink pink")
+    assert degenerate("the star the star the star")
     assert not degenerate("roses for my love , the red star .")
     assert most_common_answer(["red", "Red.", "blue"], exclude=["blue"]) == "red"
 
