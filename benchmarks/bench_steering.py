@@ -11,6 +11,11 @@ greedy). Three ways to generate, timed round-robin:
 Timed on one thread (see ``run``). Models (random weights, CPU): the tests' tiny LLaVA (CLIP 3
 blocks x 32, Llama 2 x 32) and a small LLaVA built by ``demo.tiny_llava`` (CLIP 6 blocks x
 256 at 112 px / 14 px patches = 64 image tokens, Llama 4 x 512).
+
+The steerability census: its cost per latent (one census over ``n`` latents, divided by ``n``)
+against what the same answers cost as unbatched steered ``generate`` calls (one call's median
+time, times the answers a latent gets: multiples x prompts x base images), on the shipped toy
+LLaVA with a 512-latent SAE (random weights) at the block its projector reads.
 """
 
 from __future__ import annotations
@@ -119,6 +124,76 @@ def _figures(label: str, module: Any, tokenizer: Any, vision: Any, n_new: int, r
     ]
 
 
+def _census_figure(quick: bool) -> Figure:
+    import time
+
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+
+    from sae_vlm_plugin.model import VisionModel
+    from sae_vlm_plugin.steering import steer
+    from sae_vlm_plugin.steering.activity import latent_activity
+    from sae_vlm_plugin.steering.census import (
+        CENSUS_MULTIPLES,
+        CENSUS_PROMPTS,
+        neutral_images,
+        steerability,
+    )
+    from sae_vlm_plugin.steering.evaluation import generate_text
+    from sae_vlm_plugin.toy import load_toy_llava, world_images
+
+    hook = "vision.blocks.2.hook_resid_post"
+    module, processor = load_toy_llava()
+    llava = VisionModel(module)
+    torch.manual_seed(0)
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=128, d_sae=512)).eval()
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.2)
+        sae.W_dec.normal_(0, 0.2)
+    activity = latent_activity(sae, llava, world_images(200, seed=11)[0], hook)
+    n_latents = 32 if quick else 256
+    latents = torch.nonzero(activity.steerable).flatten()[:n_latents].tolist()
+    prompts = CENSUS_PROMPTS[:2] if quick else CENSUS_PROMPTS
+    images = neutral_images(48)[: 1 if quick else 3]
+    per_latent = len(CENSUS_MULTIPLES) * len(prompts) * len(images)
+    latent = latents[0]
+    value = CENSUS_MULTIPLES[-1] * float(activity.read_max[latent])
+
+    def one() -> None:
+        generate_text(
+            llava,
+            processor,
+            prompts[0],
+            images[0],
+            lambda: steer(llava, sae, {latent: value}, tokens="image", hook=hook),
+            max_new_tokens=16,
+        )
+
+    def census() -> None:
+        steerability(
+            llava, processor, sae, activity, latents, base_images=images, prompts=prompts,
+            n_random_directions=0, batch_size=1024, progress=False,
+        )  # fmt: skip
+
+    before = time_side_by_side({"one": one}, repeats=5, warmup=1)["one"]
+    started = time.perf_counter()
+    census()
+    census_seconds = time.perf_counter() - started
+    after = time_side_by_side({"one": one}, repeats=5, warmup=0)["one"]
+    one_seconds = (before + after) / 2
+    batched = census_seconds / len(latents)
+    unbatched = one_seconds * per_latent
+    return Figure(
+        BENCHMARK,
+        "steerability census, cost per latent / unbatched generate",
+        batched / unbatched,
+        f"{per_latent} unbatched steered generate calls a latent",
+        goal_max=0.1,
+        detail=f"{len(latents)} latents x {per_latent} answers in {census_seconds:.1f} s: "
+        f"{batched * 1e3:.0f} ms a latent vs {unbatched * 1e3:.0f} ms "
+        f"({one_seconds * 1e3:.1f} ms a generate)",
+    )
+
+
 def run(quick: bool) -> list[Figure]:
     # One thread: on a shared 2-core machine, two threads per matmul made the medians swing
     # by 2x between neighbouring runs; one thread keeps the side-by-side ratio stable.
@@ -143,6 +218,7 @@ def _run(quick: bool) -> list[Figure]:
         n_new=8 if quick else 32,
         repeats=5 if quick else 21,
     )
+    figures.append(_census_figure(quick))
     if quick:
         return figures
     module, tokenizer, vision = _small_llava()

@@ -347,3 +347,48 @@ def test_a_request_with_a_nul_byte_is_a_400_not_a_crash(tmp_path, capfd):
         server.shutdown()
         server.server_close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+def _census(d_sae: int):
+    """A hand-made steerability report: latent 2 steers towards 'red' (one answer carries
+    markup that must show as text), latent 5 fires only on unread tokens, the rest unmeasured."""
+    from sae_vlm_plugin.steering.census import SteerabilityReport, UnitSteering
+
+    hostile = "<img src=x onerror=alert(1)> red"
+    units = [
+        UnitSteering(
+            "latent", "2", 3.0, rates={"8": {"red": 1.0}}, degenerate={"8": 0.0},
+            changed={"8": 1.0}, answers={"8": [hostile, "a red star"]}, top_word="red",
+            score=1.0, best_multiple="8", explanation="red", p_null=0.03, steers=True,
+        ),
+        UnitSteering("latent", "5", 0.0, note="active on read tokens of 0 of 60 images"),
+        UnitSteering(
+            "latent", "7", 1.0, rates={"8": {}}, degenerate={"8": 0.5}, changed={"8": 0.5},
+            answers={"8": ["a star", "a star star star"]}, best_multiple="8",
+        ),
+    ]  # fmt: skip
+    return SteerabilityReport(
+        hook=HOOK, prompts=["p <b>1</b>"], base_images=["white", "grey"], multiples=[8.0],
+        unsteered=["a star", "a star"], units=units,
+    )  # fmt: skip
+
+
+def test_chromium_steering_column_and_answers(setup, tmp_path):
+    model, images, embeddings, _ = setup
+    sae = random_sae(D_SAE, "patches")
+    report = _census(D_SAE)
+    report.save(tmp_path / "sae")
+    index = build_dashboard(
+        sae, model, images, tmp_path / "dash", embeddings=embeddings, heatmaps=False,
+        steerability=tmp_path / "sae",
+    )  # fmt: skip
+    dom = chromium(index.as_uri() + "#sort=steer_score&dir=desc")
+    listed = [int(x) for x in re.findall(r'class="latent-row" data-latent="(\d+)"', dom)]
+    assert listed[:2] == [2, 7]
+    assert "\u2713 red 100%" in dom
+    page = chromium(index.as_uri() + "#latent=2")
+    answers = re.search(r'<ul id="steering-answers">(.*?)</ul>', page).group(1)
+    assert "&lt;img src=x onerror=alert(1)&gt; red" in answers
+    assert "p &lt;b&gt;1&lt;/b&gt;: a star" in answers
+    assert "'red' gained in 100% of answers at 8x" in page
+    assert "not clamped: active on read tokens of 0" in chromium(index.as_uri() + "#latent=5")

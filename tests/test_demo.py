@@ -19,8 +19,10 @@ FINDINGS = {
     "hierarchy",
     "alignment",
     "naming",
-    "steering_insertion",
-    "steering_suppression",
+    "steering_insertion_paper_rule",
+    "steering_suppression_paper_rule",
+    "steering_insertion_census",
+    "steering_suppression_census",
 }
 
 
@@ -35,7 +37,7 @@ def test_world_demo_reports_every_finding_and_is_deterministic_for_a_seed(
     # Bit for bit: with MS's thread governor on, a call on shared cores runs on fewer threads,
     # which can move float64 sums in their last bit (sae_vlm_plugin.threads).
     monkeypatch.setenv("SAE_VLM_ADAPTIVE_THREADS", "0")
-    args = ["demo", "--n-images", "600", "--steps", "200"]
+    args = ["demo", "--n-images", "600", "--steps", "200", "--seeds", "2"]
     assert cli_main([*args, "--out", str(tmp_path / "a")]) == 0
     printed = capsys.readouterr().out
     assert cli_main([*args, "--out", str(tmp_path / "b")]) == 0
@@ -52,20 +54,32 @@ def test_world_demo_reports_every_finding_and_is_deterministic_for_a_seed(
     sae = SAE.load_from_disk(tmp_path / "a" / "run" / "final")
     assert sae.cfg.metadata.training_architecture == "paper_matryoshka_batchtopk"
     steering = json.loads((tmp_path / "a" / "steering" / "steering.json").read_text())
-    assert set(steering["insertion"]["answers"]) == {
-        "no steer",
-        "0x",
-        "1x",
-        "2x",
-        "4x",
-        "8x",
-        "16x",
-    }
+    assert [run["seed"] for run in steering["seeds"]] == [0, 1]
+    assert [run["seed"] for run in a["seeds"]] == [0, 1]
+    assert "held in" in a["findings"][0]["figure"]
     assert (tmp_path / "a" / "dashboard" / "index.html").exists()
     labels = LatentLabels.load(tmp_path / "a" / "run" / "final")  # named next to the SAE
     assert labels.d_sae == sae.cfg.d_sae
     assert a["naming"]["n_concepts"] == 23
-    assert steering["word_latent"]["word"] == "red"
+    _assert_chosen_latents_fire_on_read_tokens(tmp_path / "a" / "steering", steering)
+
+
+def _assert_chosen_latents_fire_on_read_tokens(out, steering) -> None:
+    from sae_vlm_plugin.demo.world import EVAL_IMAGES
+    from sae_vlm_plugin.model import VisionModel
+    from sae_vlm_plugin.steering.activity import latent_activity
+    from sae_vlm_plugin.toy import world_images
+
+    llava = VisionModel("toy-llava")
+    images, _ = world_images(EVAL_IMAGES, seed=11)
+    for run in steering["seeds"]:
+        assert len(run["random_directions"]) == 32
+        assert run["diffmean"]["rates"]  # the control ran
+        sae = SAE.load_from_disk(out / f"run-seed{run['seed']}" / "final")
+        activity = latent_activity(sae, llava, images, steering["hook"])
+        for rule in ("paper_rule", "census"):
+            assert bool(activity.steerable[run[rule]["latent"]])
+            assert set(run[rule]["rates"]) == {"2", "8"}
 
 
 def test_random_demo_runs_end_to_end_and_writes_loadable_outputs(tmp_path, capsys):

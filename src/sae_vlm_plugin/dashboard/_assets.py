@@ -52,6 +52,11 @@ JS = r"""
   if (C.group) COLS.push(["group", "group"]);
   if (C.label) COLS.push(["label", "top label"]);
   if (C.concept) COLS.push(["concept", "concept"], ["concept_score", "concept score"]);
+  if (C.steer_score) COLS.push(["steer_score", "steers"]);
+  function steersText(r) {
+    if (C.steer_score[r] === null) return "-";
+    return (C.steers[r] ? "\u2713 " : "") + C.steer_word[r] + " " + fmt(100 * C.steer_score[r], 0) + "%";
+  }
   function fmt(v, d) { return v === null || v === undefined || isNaN(v) ? "-" : (+v).toFixed(d); }
   function parseHash() {
     var s = {}; location.hash.replace(/^#/, "").split("&").forEach(function (kv) {
@@ -166,6 +171,7 @@ JS = r"""
         tr.appendChild(el("td", {"class": "label concept", title: C.concepts[r].join(", ")}, C.concept[r]));
         tr.appendChild(el("td", {}, fmt(C.concept_score[r], 3)));
       }
+      if (C.steer_score) tr.appendChild(el("td", {"class": "label steers"}, steersText(r)));
       table.appendChild(tr);
     });
     main.appendChild(table);
@@ -225,6 +231,19 @@ JS = r"""
         L.concepts.forEach(function (p) { cl.appendChild(el("li", {}, p[0] + " \u00B7 " + fmt(p[1], 3))); });
         if (!L.concepts.length) cl.appendChild(el("li", {"class": "muted"}, "none: the latent never fires"));
         right.appendChild(cl);
+      }
+      if (L.steering) {
+        var S = L.steering;
+        right.appendChild(el("h3", {}, "Steering (clamped in LLaVA's vision tower)"));
+        if (S.note) right.appendChild(el("p", {"class": "muted"}, "not clamped: " + S.note));
+        else {
+          right.appendChild(el("p", {id: "steering-summary"}, (S.steers ? "steers: " : "does not steer: ") +
+            (S.word ? "'" + S.word + "' gained in " + fmt(100 * S.score, 0) + "% of answers at " + S.multiple + "x (p " + fmt(S.p, 3) + " against random directions)" : "no concept gained") +
+            "; repeats itself in " + fmt(100 * S.degenerate, 0) + "%" + (S.one_word ? "; one-word answer: " + S.one_word : "")));
+          var sl = el("ul", {id: "steering-answers"});
+          S.answers.forEach(function (a) { sl.appendChild(el("li", {}, a[0] + ": " + a[1] + " \u2192 " + a[2])); });
+          right.appendChild(sl);
+        }
       }
       right.appendChild(el("h3", {}, "Activation histogram (images where it fires)"));
       right.appendChild(histogram(L.hist, C.max[r]));

@@ -83,6 +83,7 @@ def collect_dashboard(
     n_similar: int = 5,
     labels: Sequence[str] | None = None,
     concept_labels: Any = None,
+    steerability: Any = None,
     batch_size: int = 64,
     progress: bool = False,
     force: bool = False,
@@ -103,6 +104,9 @@ def collect_dashboard(
     folders) give each latent a searchable "top label". ``concept_labels`` (a
     ``naming.LatentLabels`` or its file / directory, from ``name_latents`` / ``sae-vlm name``)
     adds each latent's concept labels: a sortable, searchable column and a list on its page.
+    ``steerability`` (a ``steering.SteerabilityReport`` or the folder / file ``sae-vlm
+    steerability`` wrote) adds what clamping each latent makes LLaVA say: a sortable "steers"
+    column and the answers on its page.
     ``force`` uses an SAE whose metadata names another model (``check_attachable``).
     ``min_support`` (16, as ``evaluate_sae``) and ``skip_unreadable`` go to ``evaluate_sae``
     when no ``report`` is given.
@@ -120,6 +124,11 @@ def collect_dashboard(
         from sae_vlm_plugin.naming.labels import labels_for
 
         concept_labels = labels_for(concept_labels, d_sae)
+    if steerability is not None:
+        from sae_vlm_plugin.steering.census import SteerabilityReport
+
+        if not isinstance(steerability, SteerabilityReport):
+            steerability = SteerabilityReport.load(steerability)
     tokens = tokens or getattr(sae.cfg.metadata, "tokens", None) or "cls"
     if report is None:
         report = evaluate_sae(
@@ -172,6 +181,11 @@ def collect_dashboard(
     if concept_labels is not None:
         data.concepts = [concept_labels.labels(int(j)) for j in data.latents]
         data.meta["concept labels"] = str(concept_labels.meta.get("text_model", ""))
+    if steerability is not None:
+        from sae_vlm_plugin.steering.census import dashboard_entry
+
+        data.steering = [dashboard_entry(steerability, int(j)) for j in data.latents]
+        data.meta["steering census"] = f"{steerability.hook}, {len(steerability.prompts)} prompts"
     if heatmaps is None:
         heatmaps = str(tokens).split("@")[0].split("_")[0] in ("patches", "all", "random")
     if heatmaps:

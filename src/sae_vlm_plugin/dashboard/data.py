@@ -65,6 +65,9 @@ class DashboardData:
     when the images have labels."""
     concepts: list[list[tuple[str, float]]] | None = None
     """Per latent, its concept labels with scores, best first (``naming.LatentLabels``)."""
+    steering: list[dict[str, Any] | None] | None = None
+    """Per latent, its steerability census entry (``steering.census.dashboard_entry``), None
+    where the census did not measure it."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Setup shown on the page (model, hook, tokens, d_sae, n_images ...)."""
 
@@ -85,6 +88,8 @@ class DashboardData:
                 raise ValueError(f"{name} has {value.shape[0]} rows for {n} latents")
         if self.concepts is not None and len(self.concepts) != n:
             raise ValueError(f"concepts has {len(self.concepts)} rows for {n} latents")
+        if self.steering is not None and len(self.steering) != n:
+            raise ValueError(f"steering has {len(self.steering)} rows for {n} latents")
         if self.top_indices.shape != self.top_values.shape or self.top_indices.shape[0] != n:
             raise ValueError("top_indices and top_values must both be (n_latents, n_top)")
         if self.top_indices.numel() and int(self.top_indices.max()) >= len(self.image_ids):

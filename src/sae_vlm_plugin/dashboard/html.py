@@ -63,6 +63,12 @@ def write_dashboard(
             round(labels[0][1], 4) if labels else None for labels in data.concepts
         ]
         columns["concepts"] = [[word for word, _ in labels] for labels in data.concepts]
+    if data.steering is not None:
+        columns["steer_word"] = [(e or {}).get("word") or "" for e in data.steering]
+        columns["steer_score"] = [
+            round(e["score"], 4) if e and "score" in e else None for e in data.steering
+        ]
+        columns["steers"] = [bool(e and e["steers"]) for e in data.steering]
     n_groups = 0
     if data.groups is not None:
         columns["group"] = data.groups.tolist()
@@ -119,6 +125,8 @@ def _latent_record(data: DashboardData, r: int) -> dict[str, Any]:
         ]
     if data.concepts is not None:
         record["concepts"] = [[word, round(score, 4)] for word, score in data.concepts[r]]
+    if data.steering is not None and data.steering[r] is not None:
+        record["steering"] = data.steering[r]
     if data.heatmaps is not None:
         record["heat"] = [
             base64.b64encode(data.heatmaps[r, j].numpy().tobytes()).decode()

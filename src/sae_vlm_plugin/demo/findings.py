@@ -2,7 +2,10 @@
 
 - ``neuron_purity``: per neuron, the mean over attributes of the largest fraction of its top
   images sharing one value of the attribute (1.0: its top images agree on everything).
-- ``concept_purity``: their mean over neurons (the demo's top-16 concept purity).
+- ``concept_purity``: their mean over neurons (the demo's top-16 attribute purity; it rewards a
+  conjunction, "large red striped", as much as a single concept).
+- ``single_concept_purity``: per neuron, the largest fraction of its top images sharing one
+  concept (any attribute's value), averaged over neurons: what a monosemantic latent wins on.
 - ``alignment_with_purity``: Table A1's shape with ground truth in place of annotators: random
   pairs of neurons, "preferred" = the purer one, the fraction of pairs where MS agrees, per
   0.1-wide bin of the MS difference.
@@ -58,6 +61,21 @@ def concept_purity(top_indices: Tensor, attributes: Sequence[tuple[str, ...]]) -
     purities = neuron_purity(top_indices, attributes)
     full = purities[~torch.isnan(purities)]
     return float(full.mean()) if len(full) else math.nan
+
+
+def single_concept_purity(top_indices: Tensor, attributes: Sequence[tuple[str, ...]]) -> float:
+    """Mean over neurons with a full top set of ``max_c |{top images showing c}| / |top|``,
+    ``c`` ranging over every attribute's values (NaN if no neuron has a full set)."""
+    purities = []
+    for row in top_indices.tolist():
+        if min(row) < 0:
+            continue
+        counts: dict[tuple[int, str], int] = {}
+        for i in row:
+            for a, value in enumerate(attributes[i]):
+                counts[a, value] = counts.get((a, value), 0) + 1
+        purities.append(max(counts.values()) / len(row))
+    return sum(purities) / len(purities) if purities else math.nan
 
 
 def alignment_with_purity(
@@ -119,3 +137,87 @@ def hierarchy_finding(
 def comparison_finding(name: str, claim: str, sae: float, raw: float) -> Finding:
     """A finding that SAE latents beat raw neurons on one measure."""
     return Finding(name, claim, sae > raw, f"SAE latents {sae:.3f} vs raw neurons {raw:.3f}")
+
+
+def seed_findings(runs: Sequence[dict[str, Any]]) -> list[Finding]:
+    """The paper's findings over SAE seeds: each held in how many of ``runs`` (the per-seed
+    figures of ``demo.world``), held overall when in more than half, with mean +- spread."""
+    n = len(runs)
+
+    def spread(key: str, field: str | None = "mean") -> str:
+        values = [run[key] if field is None else run[key][field] for run in runs]
+        return _mean_spread(values)
+
+    def held(flags: Sequence[bool], claim: str, name: str, figure: str) -> Finding:
+        return Finding(
+            name, claim, sum(flags) > n / 2, f"held in {sum(flags)} of {n} seeds; {figure}"
+        )
+
+    findings = []
+    for name, claim, sae, raw in (
+        ("ms_clip", "(MS, toy CLIP embeddings)", "ms_sae", "ms_raw"),
+        ("ms_labels", "(MS, label embeddings)", "ms_labels_sae", "ms_labels_raw"),
+    ):
+        findings.append(
+            held(
+                [run[sae]["mean"] > run[raw]["mean"] for run in runs],
+                f"SAE latents are more monosemantic than raw neurons {claim}",
+                name,
+                f"SAE latents {spread(sae)} vs raw neurons {spread(raw)}",
+            )
+        )
+    findings.append(
+        held(
+            [r["single_concept_purity_sae"] > r["single_concept_purity_raw"] for r in runs],
+            "the top-16 images of a latent share a single concept more than a neuron's do",
+            "purity",
+            f"single-concept purity: SAE latents {spread('single_concept_purity_sae', None)} vs "
+            f"raw neurons {spread('single_concept_purity_raw', None)}; the claim rests on it. "
+            f"Attribute-mean purity (rewards conjunctions): {spread('purity_sae', None)} vs "
+            f"{spread('purity_raw', None)}",
+        )
+    )
+    groups = zip(*[[row["mean_depth"] for row in run["hierarchy"]] for run in runs], strict=True)
+    findings.append(
+        held(
+            [run["hierarchy_held"] for run in runs],
+            "early Matryoshka groups hold broader concepts (lower taxonomy depth) than later ones",
+            "hierarchy",
+            "mean depth per group: " + ", ".join(_mean_spread(list(g)) for g in groups),
+        )
+    )
+    scores = [run["alignment"]["score"] for run in runs if run["alignment"] is not None]
+    findings.append(
+        held(
+            [run["alignment_held"] for run in runs],
+            "MS agrees with the ground-truth purer neuron, the more so the larger the MS gap",
+            "alignment",
+            f"agreement {_mean_spread(scores)}; seed 0's bins: "
+            + ", ".join(
+                f"[{b['low']:.1f},{b['high']:.1f}) {b['score']:.2f} (n={b['n_pairs']})"
+                for b in (runs[0]["alignment"] or {"bins": []})["bins"]
+                if b["n_pairs"] >= 20
+            ),
+        )
+    )
+    named = [run["naming"]["named_right"] for run in runs]
+    findings.append(
+        held(
+            [run["naming_held"] for run in runs],
+            "a concept's latent is labelled with the concept's word first (toy CLIP text tower)",
+            "naming",
+            f"named right {_mean_spread(named)}; seed 0: {runs[0]['naming_figure']}",
+        )
+    )
+    return findings
+
+
+def _mean_spread(values: Sequence[float]) -> str:
+    """``"mean (min-max)"`` of ``values``, to 3 decimals (just the value when there is one)."""
+    known = [v for v in values if not math.isnan(v)]
+    if not known:
+        return "n/a"
+    mean = sum(known) / len(known)
+    if len(known) == 1:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ({min(known):.3f}-{max(known):.3f})"

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -295,13 +295,16 @@ def steering_demo(model: Any, sae: Any, report: Any, hook: str, path: Path) -> d
     return result
 
 
-def chance_purity(attributes: Sequence[tuple[str, ...]]) -> float:
-    """Purity of random 16-image sets (the baseline a neuron that ignores concepts gets)."""
+def chance_purity(
+    attributes: Sequence[tuple[str, ...]],
+    purity: Callable[[torch.Tensor, Sequence[tuple[str, ...]]], float] = concept_purity,
+) -> float:
+    """``purity`` of random 16-image sets (the baseline a neuron that ignores concepts gets)."""
     generator = torch.Generator().manual_seed(0)
     sets = torch.stack(
         [torch.randperm(len(attributes), generator=generator)[:TOP_IMAGES] for _ in range(200)]
     )
-    return concept_purity(sets, attributes)
+    return purity(sets, attributes)
 
 
 def _nan_to_none(value: Any) -> Any:

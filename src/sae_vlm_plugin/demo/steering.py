@@ -114,11 +114,18 @@ def steering_findings(
     diffmean = diffmean_vector(llava, steer_hook, shows, others, tokens="image")
     vocabulary = [v for a in ATTRIBUTES for v in ATTRIBUTE_VALUES[a]]
     white, *held_out = neutral_images(IMAGE_SIZE)
-    context = _Context(llava, processor, steer_hook, vocabulary, value, diffmean, white, held_out)
+    context = _Context(
+        clip, llava, processor, steer_hook, vocabulary, value, diffmean, white, held_out
+    )
     runs = []
     for seed in seeds:
         sae = _steering_sae(clip, train_images, hook, out, config, seed)
-        runs.append(_one_seed(context, sae, seed, images, objects, index, has_concept))
+        run, labels, census = _one_seed(context, sae, seed, images, objects, index, has_concept)
+        census.save(out / f"run-seed{seed}" / "final")
+        labels.save(out / f"run-seed{seed}" / "final")
+        if seed == seeds[0]:
+            dashboard = _dashboard(sae, clip, images, objects, out / "dashboard", labels, census)
+        runs.append(run)
     result = {
         "concept": f"{attribute} {value}",
         "hook": steer_hook,
@@ -131,6 +138,7 @@ def steering_findings(
             "n_random_directions": N_RANDOM_DIRECTIONS,
         },
         "seeds": runs,
+        "dashboard": str(dashboard),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "steering.json").write_text(json.dumps(result, indent=1))
@@ -142,6 +150,7 @@ class _Context:
 
     def __init__(
         self,
+        clip: Any,
         llava: Any,
         processor: Any,
         hook: str,
@@ -151,7 +160,7 @@ class _Context:
         selection_image: Any,
         evaluation_images: list[Any],
     ) -> None:
-        self.llava, self.processor, self.hook = llava, processor, hook
+        self.clip, self.llava, self.processor, self.hook = clip, llava, processor, hook
         self.vocabulary, self.word, self.diffmean = vocabulary, word, diffmean
         self.selection_image, self.evaluation_images = selection_image, evaluation_images
 
@@ -183,7 +192,9 @@ def _one_seed(
     objects: list[Any],
     index: int,
     has_concept: torch.Tensor,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Any, SteerabilityReport]:
+    """Measure one steering SAE; returns its figures, its text-tower labels and its census."""
+    from sae_vlm_plugin.naming.name import name_latents
     from sae_vlm_plugin.steering.activity import latent_activity
     from sae_vlm_plugin.steering.census import steerability
 
@@ -228,7 +239,8 @@ def _one_seed(
         seed=seed,
         **options,
     )
-    return {
+    labels = name_latents(sae, context.clip, images, "toy", tokens="all", progress=False)
+    run = {
         "seed": seed,
         "n_steerable": len(live),
         "n_latents": int(sae.cfg.d_sae),
@@ -250,7 +262,71 @@ def _one_seed(
         "random_directions": evaluation.null_scores(word),
         "diffmean": _insertion(evaluation, evaluation.of_kind("control")[0], word),
         "unsteered": evaluation.unsteered,
+        "label_sources": _label_sources(labels, activity, selection, objects),
     }
+    return run, labels, selection
+
+
+def _label_sources(
+    labels: Any, activity: Any, census: SteerabilityReport, objects: list[Any]
+) -> dict[str, Any]:
+    """For each concept of the world with a latent (the steerable latent whose top-16 read-token
+    images all show it, largest R-precision: ``naming.check_labels``), which label sources name
+    it: the text tower's first label, the census's most-gained word, the one-word answer."""
+    from sae_vlm_plugin.demo.naming import concept_masks
+    from sae_vlm_plugin.naming.evaluation import check_labels
+    from sae_vlm_plugin.steering.answers import mentions
+
+    codes = (activity.image_codes.to_dense() * activity.steerable.float()).to_sparse()
+    checks = check_labels(labels, codes, concept_masks(objects, list(range(len(objects)))))
+    measured = {u.name: u for u in census.measured_latents()}
+    rows: list[dict[str, Any]] = []
+    for check in checks:
+        if check.latent is None:
+            continue
+        unit = measured.get(str(check.latent))
+        rows.append(
+            {
+                "concept": check.concept,
+                "latent": check.latent,
+                "text_tower": check.first_label,
+                "steering_word": None if unit is None else unit.top_word,
+                "one_word_answer": None if unit is None else unit.explanation,
+            }
+        )
+    return {
+        "n_concepts": len(rows),
+        "text_tower": sum(r["text_tower"] == r["concept"] for r in rows),
+        "steering_word": sum(r["steering_word"] == r["concept"] for r in rows),
+        "one_word_answer": sum(mentions(r["one_word_answer"] or "", r["concept"]) for r in rows),
+        "concepts": rows,
+    }
+
+
+def _dashboard(
+    sae: Any,
+    clip: Any,
+    images: list[Any],
+    objects: list[Any],
+    out: Path,
+    labels: Any,
+    census: SteerabilityReport,
+) -> Path:
+    """The steering SAE's dashboard, with its concept labels and census."""
+    from sae_vlm_plugin.dashboard import build_dashboard
+    from sae_vlm_plugin.demo.run import label_embeddings
+
+    attributes = [o.attributes for o in objects]
+    return build_dashboard(
+        sae,
+        clip,
+        images,
+        out,
+        embeddings=label_embeddings(attributes),
+        labels=[" ".join(a) for a in attributes],
+        concept_labels=labels,
+        steerability=census,
+    )
 
 
 def _insertion(report: SteerabilityReport, unit: UnitSteering, word: str) -> dict[str, Any]:

@@ -159,6 +159,34 @@ class SteerabilityReport:
         return cls(**data, units=units)
 
 
+def dashboard_entry(
+    report: SteerabilityReport, latent: int, n_answers: int = 6
+) -> dict[str, Any] | None:
+    """What the dashboard shows of ``latent``: its top concept, score, multiple, rank against
+    the nulls, one-word answer, and its first ``n_answers`` trials at the best multiple as
+    ``[prompt, unsteered, steered]``; None when the census did not clamp it."""
+    unit = next((u for u in report.of_kind("latent") if u.name == str(latent)), None)
+    if unit is None:
+        return None
+    entry: dict[str, Any] = {"note": unit.note, "steers": unit.steers}
+    if unit.answers:
+        key = unit.best_multiple or next(iter(unit.answers))
+        trials = [(p, i) for p in report.prompts for i in range(len(report.base_images))]
+        entry |= {
+            "word": unit.top_word,
+            "score": unit.score,
+            "multiple": key,
+            "p": unit.p_null,
+            "one_word": unit.explanation,
+            "degenerate": unit.degenerate[key],
+            "answers": [
+                [prompt, report.unsteered[t], unit.answers[key][t]]
+                for t, (prompt, _) in enumerate(trials[:n_answers])
+            ],
+        }
+    return entry
+
+
 def steerability(
     model: VisionModel,
     processor: Any,
