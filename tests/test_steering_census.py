@@ -151,6 +151,23 @@ def test_steer_command_refuses_a_cls_only_latent(toy, tmp_path, capsys):
     assert main([*base, "--latent", "1", "--max-new-tokens", "4"]) == 0
     assert "1x = " in capsys.readouterr().out
 
+    (tmp_path / "prompts.txt").write_text(f"{PROMPT}\n\n")
+    census = ["steerability", "--model", "toy-llava", "--sae", str(tmp_path / "sae")]
+    census += ["--images", str(folder), "--hook", HOOK, "--prompts", str(tmp_path / "prompts.txt")]
+    census += ["--random-directions", "3", "--max-new-tokens", "6", "--vocabulary", "toy"]
+    assert main(census) == 0
+    printed = capsys.readouterr().out
+    assert "1 of 4 latents fire on the tokens the language model reads" in printed
+    report = SteerabilityReport.load(tmp_path / "sae")
+    assert [u.name for u in report.measured_latents()] == ["1"]
+    assert "CLS token" in report.latent(0).note
+    assert len(report.unsteered) == 3  # one prompt x three neutral images
+    # with the census beside the SAE, --multiples needs no --images, and latent 0 is refused
+    steer = [*base[: base.index("--images")], "--multiples", "2", "--max-new-tokens", "4"]
+    assert main([*steer, "--latent", "0"]) == 2
+    assert "CLS token" in capsys.readouterr().err
+    assert main([*steer, "--latent", "1"]) == 0
+
 
 def test_answer_reading():
     assert mentions("A small RED star.", "red")
@@ -201,3 +218,38 @@ def test_census_best_red_latent_inserts_red_through_a_plain_nnsight_edit(toy, tm
     again = SteerabilityReport.load(path)
     assert again.best_for("red").name == best.name
     assert again.to_dict() == report.to_dict()
+
+
+def test_label_gain_is_the_mean_cosine_change_towards_the_label():
+    from sae_vlm_plugin.steering.census import UnitSteering, _label_gains
+
+    vocabulary = ["red", "star", "blue"]
+
+    class Tower:  # bag of words over the vocabulary: cos = shared-word overlap
+        def encode(self, texts):
+            return torch.tensor([[float(w in t.split()) + 1e-3 for w in vocabulary] for t in texts])
+
+        def embed(self, words):
+            return torch.nn.functional.normalize(self.encode(words), dim=-1)
+
+    class Labels:
+        def best_label(self, latent):
+            return {0: "red", 1: None}[latent]
+
+    unsteered = ["a star", "a blue star"]
+    unit = UnitSteering("latent", "0", 1.0, answers={"8": ["a red star", "red"]}, best_multiple="8")
+    unlabelled = UnitSteering("latent", "1", 1.0, answers={"8": ["a star", "a star"]})
+    _label_gains([unit, unlabelled], Labels(), Tower(), unsteered)
+    tower = Tower()
+
+    def cos(text):
+        return float(
+            torch.nn.functional.normalize(tower.encode([text]), dim=-1)[0] @ tower.embed(["red"])[0]
+        )
+
+    expected = (cos("a red star") + cos("red")) / 2 - (cos("a star") + cos("a blue star")) / 2
+    assert unit.label == "red"
+    assert unit.label_gain == pytest.approx(expected, abs=1e-6)
+    assert unit.label_gain > 0.5
+    assert unlabelled.label is None
+    assert unlabelled.label_gain is None

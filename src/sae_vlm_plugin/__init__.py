@@ -51,6 +51,9 @@ _LAZY_API: dict[str, str] = {
     "find_latents": "sae_vlm_plugin.naming.name",
     "name_latents": "sae_vlm_plugin.naming.name",
     "steer_direction": "sae_vlm_plugin.steering.edits",
+    "steerability": "sae_vlm_plugin.steering.census",
+    "SteerabilityReport": "sae_vlm_plugin.steering.census",
+    "latent_activity": "sae_vlm_plugin.steering.activity",
     "export_sae": "sae_vlm_plugin.pretrained.loading",
     "list_presets": "sae_vlm_plugin.training.presets",
     "list_releases": "sae_vlm_plugin.pretrained.registry",
@@ -84,6 +87,9 @@ if TYPE_CHECKING:
     from sae_vlm_plugin.pretrained.loading import load_sae as load_sae
     from sae_vlm_plugin.pretrained.registry import list_releases as list_releases
     from sae_vlm_plugin.pretrained.registry import register_releases as register_releases
+    from sae_vlm_plugin.steering.activity import latent_activity as latent_activity
+    from sae_vlm_plugin.steering.census import SteerabilityReport as SteerabilityReport
+    from sae_vlm_plugin.steering.census import steerability as steerability
     from sae_vlm_plugin.steering.edits import diffmean_vector as diffmean_vector
     from sae_vlm_plugin.steering.edits import generate as generate
     from sae_vlm_plugin.steering.edits import steer as steer

@@ -239,7 +239,8 @@ JS = r"""
         else {
           right.appendChild(el("p", {id: "steering-summary"}, (S.steers ? "steers: " : "does not steer: ") +
             (S.word ? "'" + S.word + "' gained in " + fmt(100 * S.score, 0) + "% of answers at " + S.multiple + "x (p " + fmt(S.p, 3) + " against random directions)" : "no concept gained") +
-            "; repeats itself in " + fmt(100 * S.degenerate, 0) + "%" + (S.one_word ? "; one-word answer: " + S.one_word : "")));
+            "; repeats itself in " + fmt(100 * S.degenerate, 0) + "%" + (S.one_word ? "; one-word answer: " + S.one_word : "") +
+            (S.label ? "; answers moved towards its label '" + S.label + "' by " + fmt(S.label_gain, 3) + " (text-tower cosine)" : "")));
           var sl = el("ul", {id: "steering-answers"});
           S.answers.forEach(function (a) { sl.appendChild(el("li", {}, a[0] + ": " + a[1] + " \u2192 " + a[2])); });
           right.appendChild(sl);

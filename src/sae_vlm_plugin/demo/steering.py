@@ -160,7 +160,10 @@ class _Context:
         selection_image: Any,
         evaluation_images: list[Any],
     ) -> None:
+        from sae_vlm_plugin.naming.text_tower import load_text_tower
+
         self.clip, self.llava, self.processor, self.hook = clip, llava, processor, hook
+        self.text_tower = load_text_tower("toy-clip")
         self.vocabulary, self.word, self.diffmean = vocabulary, word, diffmean
         self.selection_image, self.evaluation_images = selection_image, evaluation_images
 
@@ -208,6 +211,7 @@ def _one_seed(
         "progress": False,
     }
     live = torch.nonzero(activity.steerable).flatten().tolist()
+    labels = name_latents(sae, context.clip, images, "toy", tokens="all", progress=False)
     selection = steerability(
         context.llava,
         context.processor,
@@ -217,6 +221,8 @@ def _one_seed(
         base_images=[context.selection_image],
         prompts=SELECTION_PROMPTS,
         n_random_directions=0,
+        labels=labels,
+        text_tower=context.text_tower,
         **options,
     )
     best = selection.best_for(word)
@@ -239,7 +245,6 @@ def _one_seed(
         seed=seed,
         **options,
     )
-    labels = name_latents(sae, context.clip, images, "toy", tokens="all", progress=False)
     run = {
         "seed": seed,
         "n_steerable": len(live),

@@ -5,7 +5,12 @@ steering evaluation.
   vector), ``generate`` through the edited model, ``mean_activation`` / ``diffmean_vector``.
 - ``evaluation.py``: appendix B's prompts, ``sweep`` (Figure 6), ``run_insertion`` /
   ``run_suppression`` (Table 2), ``steering_score`` (Table 3).
-- ``commands.py``: ``sae-vlm steer``.
+- ``activity.py``: ``latent_activity``: where each latent fires on the tokens the language model
+  reads (its unit for clamp multiples; CLS-only latents refused).
+- ``batched.py``: ``generate_rows``: one generation, one steering edit per batch row.
+- ``census.py``: ``steerability``: what every latent makes the model say, against nulls.
+- ``answers.py``: reading answers (gained concepts, repetition).
+- ``commands.py``: ``sae-vlm steer``, ``sae-vlm steerability``.
 
 Importing this package imports nothing heavy; each name loads its module on first use.
 """
@@ -18,7 +23,17 @@ from sae_vlm_plugin._lazy import lazy_attribute
 
 _EDITS = "sae_vlm_plugin.steering.edits"
 _EVALUATION = "sae_vlm_plugin.steering.evaluation"
+_CENSUS = "sae_vlm_plugin.steering.census"
 _LAZY: dict[str, str] = {
+    "CENSUS_PROMPTS": _CENSUS,
+    "LatentActivity": "sae_vlm_plugin.steering.activity",
+    "RowEdit": "sae_vlm_plugin.steering.batched",
+    "SteerabilityReport": _CENSUS,
+    "UnitSteering": _CENSUS,
+    "generate_rows": "sae_vlm_plugin.steering.batched",
+    "latent_activity": "sae_vlm_plugin.steering.activity",
+    "neutral_images": _CENSUS,
+    "steerability": _CENSUS,
     "Steering": _EDITS,
     "default_hook": _EDITS,
     "diffmean_vector": _EDITS,

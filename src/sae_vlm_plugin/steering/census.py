@@ -86,6 +86,11 @@ class UnitSteering:
     """At the best multiple, the fraction of trials that gained a concept other than
     ``top_word``."""
     explanation: str | None = None
+    label: str | None = None
+    """The latent's first concept label (``naming.LatentLabels``), when labels were given."""
+    label_gain: float | None = None
+    """``mean_t cos(T(steered_t), T(label)) - mean_t cos(T(unsteered_t), T(label))`` at the best
+    multiple, ``T`` the text tower: how much closer to its label the answers moved."""
     p_null: float | None = None
     """Rank against the random directions for ``top_word`` (None: nothing gained)."""
     steers: bool = False
@@ -179,6 +184,8 @@ def dashboard_entry(
             "p": unit.p_null,
             "one_word": unit.explanation,
             "degenerate": unit.degenerate[key],
+            "label": unit.label,
+            "label_gain": unit.label_gain,
             "answers": [
                 [prompt, report.unsteered[t], unit.answers[key][t]]
                 for t, (prompt, _) in enumerate(trials[:n_answers])
@@ -200,6 +207,8 @@ def steerability(
     vocabulary: Sequence[str] | None = None,
     controls: Mapping[str, Tensor] | None = None,
     n_random_directions: int = 32,
+    labels: Any = None,
+    text_tower: Any = None,
     seed: int = 0,
     batch_size: int = 256,
     max_new_tokens: int = 16,
@@ -209,7 +218,8 @@ def steerability(
     docstring). ``activity`` (``latent_activity`` on images the SAE was made for) gives each
     latent's unit and which latents fire on the read tokens; the others are listed with a note
     and not generated. ``vocabulary``: the concepts to count (default: every non-function word);
-    ``controls``: named DiffMean vectors at the hook."""
+    ``controls``: named DiffMean vectors at the hook; ``labels`` (``naming.LatentLabels``) and
+    ``text_tower`` (``naming.load_text_tower``): each latent's ``label_gain``."""
     from tqdm.auto import tqdm
 
     from sae_vlm_plugin.steering.evaluation import white_image
@@ -250,6 +260,8 @@ def steerability(
             )
         _summarise(unit, trials, unsteered, vocabulary)
     _rank_against_nulls(units)
+    if labels is not None and text_tower is not None:
+        _label_gains(measured, labels, text_tower, unsteered)
     return SteerabilityReport(
         hook=hook,
         prompts=list(prompts),
@@ -334,6 +346,37 @@ def _summarise(
     one_word = [a for (p, _), a in zip(trials, answers, strict=True) if p == ONE_WORD_PROMPT]
     plain = [a for (p, _), a in zip(trials, unsteered, strict=True) if p == ONE_WORD_PROMPT]
     unit.explanation = most_common_answer(one_word, exclude=plain) if one_word else None
+
+
+def _label_gains(
+    units: list[UnitSteering], labels: Any, text_tower: Any, unsteered: list[str]
+) -> None:
+    """Each latent unit's ``label`` and ``label_gain`` (see ``UnitSteering``)."""
+    latents = [u for u in units if u.kind == "latent" and labels.best_label(int(u.name))]
+    if not latents:
+        return
+    for unit in latents:
+        unit.label = labels.best_label(int(unit.name))
+    words = sorted({str(u.label) for u in latents})
+    texts = sorted({*unsteered, *(a for u in latents for a in u.answers[_best(u)])})
+    with torch.no_grad():
+        word_vectors = dict(zip(words, text_tower.embed(words), strict=True))
+        text_vectors = dict(
+            zip(
+                texts,
+                torch.nn.functional.normalize(text_tower.encode(texts).float(), dim=-1),
+                strict=True,
+            )
+        )
+    before = torch.stack([text_vectors[t] for t in unsteered])
+    for unit in latents:
+        target = word_vectors[str(unit.label)]
+        after = torch.stack([text_vectors[t] for t in unit.answers[_best(unit)]])
+        unit.label_gain = float((after @ target).mean() - (before @ target).mean())
+
+
+def _best(unit: UnitSteering) -> str:
+    return unit.best_multiple or next(iter(unit.answers))
 
 
 def _rank_against_nulls(units: list[UnitSteering]) -> None:

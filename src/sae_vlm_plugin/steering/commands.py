@@ -115,6 +115,11 @@ def _add_steerability(commands: argparse._SubParsersAction) -> None:
         help="concept words to count: a file or shipped names (imagenet, attributes, toy) "
         "joined by '+' (default: every word that is not a function word)",
     )
+    parser.add_argument(
+        "--labels",
+        help="concept labels (default: the SAE folder's): each latent's answers are scored "
+        "against its label by the labels' text tower",
+    )
     parser.add_argument("--random-directions", type=int, default=32, help="null units")
     parser.add_argument("--batch-size", type=int, default=256, help="rows per generate")
     parser.add_argument("--max-new-tokens", type=int, default=16)
@@ -233,6 +238,8 @@ def _latent_unit(args: argparse.Namespace, sae: Any, model: Any, hook: str, late
 def _cmd_steerability(args: argparse.Namespace) -> int:
     import time
 
+    from sae_vlm_plugin.naming.labels import LatentLabels, labels_beside
+    from sae_vlm_plugin.naming.text_tower import load_text_tower
     from sae_vlm_plugin.naming.vocabulary import load_vocabulary
     from sae_vlm_plugin.pretrained.sae_argument import load_sae_argument
     from sae_vlm_plugin.steering.activity import latent_activity
@@ -247,6 +254,11 @@ def _cmd_steerability(args: argparse.Namespace) -> int:
         raise ValueError(f"--sae {args.sae!r} is not a directory: pass --out for the census")
     sae = load_sae_argument(args.sae, args.device or "cpu", args.registry)
     model, processor = load_llava(args.model, args.device)
+    labels_path = args.labels or labels_beside(args.sae)
+    labels = tower = None
+    if labels_path is not None:
+        labels = LatentLabels.load(labels_path)
+        tower = load_text_tower(str(labels.meta["text_model"]), device=args.device)
     started = time.perf_counter()
     activity = latent_activity(sae, model, args.images, args.hook, progress=True)
     report = steerability(
@@ -259,6 +271,8 @@ def _cmd_steerability(args: argparse.Namespace) -> int:
         multiples=args.multiples,
         vocabulary=vocabulary,
         n_random_directions=args.random_directions,
+        labels=labels,
+        text_tower=tower,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
     )
@@ -293,12 +307,14 @@ def format_census(report: Any, seconds: float, top: int = 20) -> str:
         f"{len(steering)} steer: a concept gained in >= 50% of the answers (that do not "
         "degenerate), more often than the random directions add it (p <= 0.05)",
         f"  {'latent':>7}  {'concept':<14}{'gained':>7}{'at':>5}{'p':>7}{'other':>7}"
-        f"{'repeats':>8}  one-word answer",
+        f"{'repeats':>8}{'label':>14}{'+cos':>7}  one-word answer",
     ]
     for unit in steering[:top]:
         lines.append(
             f"  {unit.name:>7}  {unit.top_word:<14}{unit.score:>7.0%}{unit.best_multiple:>4}x"
             f"{unit.p_null:>7.3f}{unit.off_target:>7.0%}"
-            f"{unit.degenerate[unit.best_multiple]:>8.0%}  {unit.explanation or ''}"
+            f"{unit.degenerate[unit.best_multiple]:>8.0%}{unit.label or '-':>14}"
+            f"{'' if unit.label_gain is None else f'{unit.label_gain:+.3f}':>7}"
+            f"  {unit.explanation or ''}"
         )
     return "\n".join(lines)
