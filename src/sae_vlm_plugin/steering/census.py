@@ -83,8 +83,8 @@ class UnitSteering:
     score: float = 0.0
     best_multiple: str | None = None
     off_target: float = 0.0
-    """At the best multiple, the fraction of trials that gained a concept other than
-    ``top_word``."""
+    """At the best multiple, the fraction of trials (fluent or not) that gained a concept other
+    than ``top_word``."""
     explanation: str | None = None
     label: str | None = None
     """The latent's first concept label (``naming.LatentLabels``), when labels were given."""
@@ -175,7 +175,7 @@ def dashboard_entry(
         return None
     entry: dict[str, Any] = {"note": unit.note, "steers": unit.steers}
     if unit.answers:
-        key = unit.best_multiple or next(iter(unit.answers))
+        key = _best(unit)
         trials = [(p, i) for p in report.prompts for i in range(len(report.base_images))]
         entry |= {
             "word": unit.top_word,
@@ -222,17 +222,22 @@ def steerability(
     ``text_tower`` (``naming.load_text_tower``): each latent's ``label_gain``."""
     from tqdm.auto import tqdm
 
-    from sae_vlm_plugin.steering.evaluation import white_image
-
     hook = activity.hook
     if base_images is None:
         source: Any = model.source_module
         size = int(source.config.vision_config.image_size)
         base_images = neutral_images(size)
-    base_images = list(base_images) or [white_image()]
+    base_images = list(base_images)
     multiples = [float(m) for m in multiples]
     if not multiples or not all(math.isfinite(m) for m in multiples):
         raise ValueError(f"multiples must be finite numbers, got {multiples}")
+    if not base_images or not prompts:
+        raise ValueError("a census needs at least one base image and one prompt")
+    if n_random_directions < 0 or batch_size < 1:
+        raise ValueError(
+            f"n_random_directions must be >= 0 and batch_size >= 1, got {n_random_directions} "
+            f"and {batch_size}"
+        )
     d_sae = int(sae.cfg.d_sae)
     latents = list(range(d_sae)) if latents is None else [int(k) for k in latents]
     units, edits = _units(sae, activity, latents, multiples, controls, n_random_directions, seed)
@@ -337,7 +342,7 @@ def _summarise(
         top = max(words, key=unit.word_score)
         unit.top_word, unit.score = top, unit.word_score(top)
         unit.best_multiple = max(unit.rates, key=lambda m: unit.rates[m].get(top, 0.0))
-    answers = unit.answers[unit.best_multiple or next(iter(unit.answers))]
+    answers = unit.answers[_best(unit)]
     other = [
         bool(set(gained([after], [before], vocabulary)) - {unit.top_word})
         for after, before in zip(answers, unsteered, strict=True)
@@ -361,13 +366,9 @@ def _label_gains(
     texts = sorted({*unsteered, *(a for u in latents for a in u.answers[_best(u)])})
     with torch.no_grad():
         word_vectors = dict(zip(words, text_tower.embed(words), strict=True))
-        text_vectors = dict(
-            zip(
-                texts,
-                torch.nn.functional.normalize(text_tower.encode(texts).float(), dim=-1),
-                strict=True,
-            )
-        )
+        encoded = [text_tower.encode(texts[i : i + 256]).float() for i in range(0, len(texts), 256)]
+    unit_texts = torch.nn.functional.normalize(torch.cat(encoded), dim=-1)
+    text_vectors = dict(zip(texts, unit_texts, strict=True))
     before = torch.stack([text_vectors[t] for t in unsteered])
     for unit in latents:
         target = word_vectors[str(unit.label)]
