@@ -212,15 +212,15 @@ def _one_seed(
     }
     live = torch.nonzero(activity.steerable).flatten().tolist()
     labels = name_latents(sae, context.clip, images, "toy", tokens="all", progress=False)
-    selection = steerability(
+    selection = steerability(  # every latent (those that cannot steer are listed as such)
         context.llava,
         context.processor,
         sae,
         activity,
-        live,
         base_images=[context.selection_image],
         prompts=SELECTION_PROMPTS,
-        n_random_directions=0,
+        n_random_directions=N_RANDOM_DIRECTIONS,
+        seed=seed,
         labels=labels,
         text_tower=context.text_tower,
         **options,
