@@ -97,7 +97,8 @@ def steering_findings(
 ) -> tuple[dict[str, Any], list[Finding]]:
     """Train one steering SAE per seed on ``clip`` (the toy CLIP ``VisionModel``) over
     ``train_images``, measure it on ``images`` (with their ``objects``) and the toy LLaVA;
-    writes ``out/steering.json`` and returns the summary entry and the findings."""
+    writes ``out/steering.json``, the first seed's dashboard (``out/dashboard``, with its census)
+    and returns the summary entry and the findings."""
     from sae_vlm_plugin.model import VisionModel
     from sae_vlm_plugin.steering.edits import diffmean_vector
     from sae_vlm_plugin.toy import ATTRIBUTE_VALUES, ATTRIBUTES, IMAGE_SIZE, load_toy_llava
@@ -124,7 +125,7 @@ def steering_findings(
         census.save(out / f"run-seed{seed}" / "final")
         labels.save(out / f"run-seed{seed}" / "final")
         if seed == seeds[0]:
-            dashboard = _dashboard(sae, clip, images, objects, out / "dashboard", labels, census)
+            _dashboard(sae, clip, images, objects, out / "dashboard", labels, census)
         runs.append(run)
     result = {
         "concept": f"{attribute} {value}",
@@ -138,7 +139,6 @@ def steering_findings(
             "n_random_directions": N_RANDOM_DIRECTIONS,
         },
         "seeds": runs,
-        "dashboard": str(dashboard),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "steering.json").write_text(json.dumps(result, indent=1))

@@ -107,6 +107,7 @@ def run_world_demo(config: Any) -> dict[str, Any]:
     )
     summary["outputs"]["dashboard"] = str(dashboard)
     summary["outputs"]["steering"] = str(out / "steering")
+    summary["outputs"]["steering_dashboard"] = str(out / "steering" / "dashboard" / "index.html")
     summary["findings"] = [f.to_dict() for f in findings]
     summary["seconds"] = round(time.perf_counter() - started, 1)
     return summary
@@ -228,7 +229,7 @@ def _alignment_dict(result: Any) -> dict[str, Any]:
     }
 
 
-def _steering_lines(steering: dict[str, Any]) -> list[str]:
+def _steering_lines(steering: dict[str, Any], outputs: dict[str, str]) -> list[str]:
     """Per seed: the two chosen latents' insertion rates beside the nulls and the control, and
     one example answer."""
     lines = [
@@ -261,7 +262,8 @@ def _steering_lines(steering: dict[str, Any]) -> list[str]:
         + ", ".join(f"{s['steering_word']}/{s['n_concepts']}" for s in sources)
         + "; one-word answer "
         + ", ".join(f"{s['one_word_answer']}/{s['n_concepts']}" for s in sources),
-        f"  steering SAE dashboard (seed {first['seed']}, with its census): {steering['dashboard']}",
+        f"  steering SAE dashboard (seed {first['seed']}, with its census): "
+        f"{outputs['steering_dashboard']}",
     ]
     return lines
 
@@ -293,7 +295,7 @@ def format_world_summary(summary: dict[str, Any]) -> str:
             for row in summary["hierarchy"]
         ),
     ]
-    lines += ["", *_steering_lines(summary["steering"]), ""]
+    lines += ["", *_steering_lines(summary["steering"], summary["outputs"]), ""]
     lines.append(
         f"Findings (the paper's claims, measured on this world over {len(summary['seeds'])} "
         "SAE seeds):"
