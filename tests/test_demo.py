@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -152,3 +153,28 @@ def test_demo_resolves_its_scoring_encoder_before_training(tmp_path, capsys):
     assert not (out / "cache").exists()
     assert cli_main(["demo", "--scoring-encoder", "clip", "--out", str(out)]) == 2
     assert "scores MS with the toy CLIP's own embeddings" in capsys.readouterr().err
+
+
+def test_single_concept_purity_does_not_reward_conjunctions():
+    from sae_vlm_plugin.demo import single_concept_purity
+
+    # Neuron 0's top images share one concept (red) and nothing else; three of neuron 1's four
+    # are one conjunction (blue solid circle). The attribute mean prefers neuron 1 (0.75 vs
+    # 0.5); the single concept, neuron 0 (1.0 vs 0.75).
+    attributes = [
+        ("circle", "red", "solid"),
+        ("star", "red", "dotted"),
+        ("ring", "red", "striped"),
+        ("cross", "red", "checkered"),
+        ("circle", "blue", "solid"),
+        ("circle", "blue", "solid"),
+        ("circle", "blue", "solid"),
+        ("star", "green", "dotted"),
+    ]
+    one_concept = torch.tensor([[0, 1, 2, 3]])
+    conjunction = torch.tensor([[4, 5, 6, 7]])
+    assert single_concept_purity(one_concept, attributes) == 1.0
+    assert single_concept_purity(conjunction, attributes) == 0.75
+    assert concept_purity(one_concept, attributes) == 0.5
+    assert concept_purity(conjunction, attributes) == 0.75
+    assert math.isnan(single_concept_purity(torch.tensor([[0, -1, 2, 3]]), attributes))

@@ -25,6 +25,8 @@ _LAZY: dict[str, str] = {
     "concept_purity": "sae_vlm_plugin.demo.findings",
     "hierarchy_finding": "sae_vlm_plugin.demo.findings",
     "neuron_purity": "sae_vlm_plugin.demo.findings",
+    "seed_findings": "sae_vlm_plugin.demo.findings",
+    "single_concept_purity": "sae_vlm_plugin.demo.findings",
 }
 
 
