@@ -178,3 +178,43 @@ def test_single_concept_purity_does_not_reward_conjunctions():
     assert concept_purity(one_concept, attributes) == 0.5
     assert concept_purity(conjunction, attributes) == 0.75
     assert math.isnan(single_concept_purity(torch.tensor([[0, -1, 2, 3]]), attributes))
+
+
+def test_seed_findings_count_seeds_and_hold_on_a_majority():
+    from sae_vlm_plugin.demo import seed_findings
+
+    def run(seed, sae_ms, held):
+        ms = {"mean": sae_ms}
+        return {
+            "seed": seed,
+            "ms_sae": ms,
+            "ms_raw": {"mean": 0.3},
+            "ms_labels_sae": ms,
+            "ms_labels_raw": {"mean": 0.3},
+            "single_concept_purity_sae": 0.9,
+            "single_concept_purity_raw": 0.95,
+            "purity_sae": 0.7,
+            "purity_raw": 0.6,
+            "hierarchy": [{"mean_depth": 1.0}, {"mean_depth": 2.0}],
+            "hierarchy_held": held,
+            "alignment": {"score": 0.6, "bins": []},
+            "alignment_held": held,
+            "naming": {"named_right": 0.5},
+            "naming_held": held,
+            "naming_figure": "seed figure",
+        }
+
+    findings = {
+        f.name: f for f in seed_findings([run(0, 0.5, True), run(1, 0.2, False), run(2, 0.4, True)])
+    }
+    assert findings["ms_clip"].held
+    assert findings["ms_clip"].figure.startswith(
+        "held in 2 of 3 seeds; SAE latents 0.367 (0.200-0.500)"
+    )
+    assert not findings["purity"].held  # rests on single-concept purity, not the attribute mean
+    assert "held in 0 of 3" in findings["purity"].figure
+    assert findings["hierarchy"].held
+    assert "1.000 (1.000-1.000), 2.000 (2.000-2.000)" in findings["hierarchy"].figure
+    assert findings["naming"].figure.endswith("seed 0: seed figure")
+    two = {f.name: f for f in seed_findings([run(0, 0.5, True), run(1, 0.2, False)])}
+    assert not two["hierarchy"].held  # a tie is not a majority
