@@ -125,6 +125,10 @@ def test_a_cls_only_latent_is_refused_and_never_chosen(toy):
     assert activity.steerable.tolist() == [False, True, False, False]
     with pytest.raises(ValueError, match=r"latent 0 cannot be used for steering.*CLS token of"):
         activity.check_steerable(0)
+    with pytest.raises(ValueError, match="latent 0 cannot be used for steering"):
+        steer(llava, sae, {0: 5.0}, hook=HOOK, activity=activity)
+    assert not llava._edits
+    steer(llava, sae, {1: 5.0}, hook=HOOK, activity=activity).remove()
     # The old rule (codes of every token, CLS included, mean-pooled) falls for the CLS latent...
     rows = hook_rows(llava, images, HOOK, "all", progress=False)
     codes = pool_codes(encode_rows(sae.encode, rows.rows), rows.image_index, rows.n_images)

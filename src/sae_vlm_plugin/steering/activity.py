@@ -18,7 +18,6 @@ others, saying where they fire.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -149,10 +148,3 @@ def latent_activity(
         unread_images=counts[1],
         image_codes=codes_by_image,
     )
-
-
-def steering_units(activity: LatentActivity, latents: Sequence[int]) -> dict[int, float]:
-    """``{latent: read_max}`` for ``latents``, refusing any that is not steerable."""
-    for latent in latents:
-        activity.check_steerable(int(latent))
-    return {int(latent): float(activity.read_max[int(latent)]) for latent in latents}

@@ -413,6 +413,7 @@ def steer(
     hook: str | None = None,
     labels: Any = None,
     force: bool = False,
+    activity: Any = None,
 ) -> Steering:
     """Steer ``model`` through SAE latents until the returned handle is removed.
 
@@ -432,6 +433,8 @@ def steer(
         labels: the SAE's concept labels (a ``naming.LatentLabels`` or the directory / file
             ``name_latents(...).save`` and ``sae-vlm name`` write), for concept-word keys.
         force: use an SAE whose metadata names another model (``check_attachable``).
+        activity: a ``LatentActivity`` of this SAE (``latent_activity``): latents that do not
+            fire on the tokens the language model reads are refused, saying where they fire.
 
     Returns:
         A ``Steering`` handle, also a context manager that removes the edit on exit.
@@ -449,6 +452,9 @@ def steer(
     for word, match in matches.items():
         _LOG.info("steering %r -> latent %d (score %.3f)", word, match.latent, match.score)
     edits = _checked_latents(by_index, int(sae.cfg.d_sae))
+    if activity is not None:
+        for latent in edits:
+            activity.check_steerable(latent)
     module = SAESteeringModule(sae, edits, mode, keep_error)
     handle = _attach(model, site, module, "sae")
     handle.concepts = {word: match.latent for word, match in matches.items()}
