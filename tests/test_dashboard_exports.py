@@ -197,3 +197,31 @@ def test_exports_without_heatmaps_or_neighbours_from_a_pixel_tensor(tmp_path):
     paths = export_saedashboard(data, source, tmp_path / "sd", hook_point="hook_pooled")
     loaded = _SaeVisData.from_dict(json.loads(paths["json"].read_text()))
     assert sorted(loaded.feature_data_dict) == list(range(12))
+
+
+def test_neuronpedia_explanations_carry_the_steering_census(collected, tmp_path):
+    import dataclasses
+
+    from sae_vlm_plugin.dashboard.exports import STEERING_EXPLANATION_TYPE
+
+    steering = [None] * collected.data.n_latents
+    steering[2] = {"note": "", "steers": True, "word": "red", "score": 0.9, "multiple": "8",
+                   "p": 0.03, "one_word": "star"}  # fmt: skip
+    steering[3] = {"note": "fires only on CLS", "steers": False}
+    data = dataclasses.replace(collected.data, steering=steering, meta={"steering census": "h"})
+    paths = export_neuronpedia(
+        data, collected.source, tmp_path, model_id="m", layer=0, sae_set="s",
+        positions=collected.positions,
+    )  # fmt: skip
+    explanations = json.loads(paths[-1].read_text())
+    assert explanations == [
+        {
+            "modelId": "m",
+            "layer": "0-s",
+            "index": str(int(data.latents[2])),
+            "description": "clamped, adds 'red' to 90% of answers at 8x (p 0.030 against "
+            "random directions); one-word answer: star",
+            "explanationModelName": "h",
+            "typeName": STEERING_EXPLANATION_TYPE,
+        }
+    ]

@@ -125,39 +125,46 @@ def export_neuronpedia(
         path = out / f"batch-{batch}.json"
         path.write_text(json.dumps(record.to_dict(), allow_nan=False))
         written.append(path)
-    if data.concepts is not None:
-        written.append(
-            _write_explanations(data, data.concepts, out, model_id, f"{layer}-{sae_set}")
-        )
+    if data.concepts is not None or data.steering is not None:
+        written.append(_write_explanations(data, out, model_id, f"{layer}-{sae_set}"))
     return written
 
 
 EXPLANATION_TYPE = "clip-concept-cosine"
+STEERING_EXPLANATION_TYPE = "steering-census"
 
 
-def _write_explanations(
-    data: DashboardData,
-    concepts: list[list[tuple[str, float]]],
-    out: Path,
-    model_id: str,
-    source: str,
-) -> Path:
-    """``explanations.json``: one Neuronpedia explanation per named latent (the fields of its
-    explanation export: ``modelId``, ``layer`` = the source id, ``index``, ``description``,
-    ``explanationModelName``, ``typeName``); the description lists the concept labels."""
-    text_model = str(data.meta.get("concept labels", ""))
-    explanations = [
-        {
+def _write_explanations(data: DashboardData, out: Path, model_id: str, source: str) -> Path:
+    """``explanations.json``: Neuronpedia explanations (the fields of its explanation export:
+    ``modelId``, ``layer`` = the source id, ``index``, ``description``, ``explanationModelName``,
+    ``typeName``): per named latent its concept labels (``EXPLANATION_TYPE``), and per latent
+    the steerability census clamped, what its answers gained (``STEERING_EXPLANATION_TYPE``)."""
+
+    def explanation(r: int, description: str, model: str, kind: str) -> dict[str, str]:
+        return {
             "modelId": model_id,
             "layer": source,
             "index": str(int(data.latents[r])),
-            "description": ", ".join(word for word, _ in labels),
-            "explanationModelName": text_model,
-            "typeName": EXPLANATION_TYPE,
+            "description": description,
+            "explanationModelName": model,
+            "typeName": kind,
         }
-        for r, labels in enumerate(concepts)
-        if labels
-    ]
+
+    explanations = []
+    text_model = str(data.meta.get("concept labels", ""))
+    for r, labels in enumerate(data.concepts or []):
+        if labels:
+            words = ", ".join(word for word, _ in labels)
+            explanations.append(explanation(r, words, text_model, EXPLANATION_TYPE))
+    census = str(data.meta.get("steering census", ""))
+    for r, entry in enumerate(data.steering or []):
+        if entry and entry.get("word"):
+            description = (
+                f"clamped, adds '{entry['word']}' to {entry['score']:.0%} of answers at "
+                f"{entry['multiple']}x (p {entry['p']:.3f} against random directions)"
+                + (f"; one-word answer: {entry['one_word']}" if entry.get("one_word") else "")
+            )
+            explanations.append(explanation(r, description, census, STEERING_EXPLANATION_TYPE))
     path = out / "explanations.json"
     path.write_text(json.dumps(explanations, indent=1))
     return path
