@@ -53,6 +53,9 @@ CENSUS_MULTIPLES: tuple[float, ...] = (2.0, 8.0)
 MIN_SCORE = 0.5
 MAX_P = 0.05
 FILE_NAME = "steerability.json"
+LABEL_WORDS = 12
+"""Words of an answer the text tower reads for ``label_gain`` (every CLIP-family text tower
+reads 12 words whole; the toy CLIP's context is 16 tokens)."""
 UnitKind = Literal["latent", "random_direction", "control"]
 
 
@@ -90,7 +93,8 @@ class UnitSteering:
     """The latent's first concept label (``naming.LatentLabels``), when labels were given."""
     label_gain: float | None = None
     """``mean_t cos(T(steered_t), T(label)) - mean_t cos(T(unsteered_t), T(label))`` at the best
-    multiple, ``T`` the text tower: how much closer to its label the answers moved."""
+    multiple, ``T`` the text tower on an answer's first ``LABEL_WORDS`` words: how much closer to
+    its label the answers moved."""
     p_null: float | None = None
     """Rank against the random directions for ``top_word`` (None: nothing gained)."""
     steers: bool = False
@@ -364,9 +368,12 @@ def _label_gains(
         unit.label = labels.best_label(int(unit.name))
     words = sorted({str(u.label) for u in latents})
     texts = sorted({*unsteered, *(a for u in latents for a in u.answers[_best(u)])})
+    clipped = [" ".join(text.split()[:LABEL_WORDS]) for text in texts]
     with torch.no_grad():
         word_vectors = dict(zip(words, text_tower.embed(words), strict=True))
-        encoded = [text_tower.encode(texts[i : i + 256]).float() for i in range(0, len(texts), 256)]
+        encoded = [
+            text_tower.encode(clipped[i : i + 256]).float() for i in range(0, len(clipped), 256)
+        ]
     unit_texts = torch.nn.functional.normalize(torch.cat(encoded), dim=-1)
     text_vectors = dict(zip(texts, unit_texts, strict=True))
     before = torch.stack([text_vectors[t] for t in unsteered])
