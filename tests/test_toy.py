@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -21,10 +23,17 @@ from sae_vlm_plugin.toy import (
     world_images,
 )
 from sae_vlm_plugin.toy.clip_training import (
+    ToyClipTraining,
     caption_truth,
     multi_positive_clip_loss,
     zero_shot_accuracy,
 )
+from sae_vlm_plugin.toy.llava_training import ToyLlavaTraining
+from sae_vlm_plugin.toy.recipe import RECIPE_SOURCES, RETRAIN_COMMAND, recipe_sha256
+
+RETRAIN_SWITCH = "SAE_VLM_RETRAIN_TOY"
+"""``SAE_VLM_RETRAIN_TOY=1 pytest -m slow tests/test_toy.py`` retrains even when the shipped
+weights are up to date (e.g. to check the recipe on a new torch)."""
 
 
 def test_world_images_are_deterministic_and_sized():
@@ -139,18 +148,63 @@ def test_the_shipped_clip_classifies_every_attribute_zero_shot_on_heldout_images
     assert min(accuracy.values()) >= 0.9, accuracy
 
 
+def _shipped_record(model: str) -> dict:
+    return json.loads((toy_model_path(f"toy-{model}") / "training.json").read_text())
+
+
+def _stale_models() -> list[str]:
+    """The shipped toy models whose recorded recipe hash is not the current one."""
+    return [
+        model
+        for model in RECIPE_SOURCES
+        if _shipped_record(model).get("recipe_sha256") != recipe_sha256(model)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("model", "training"), [("clip", ToyClipTraining()), ("llava", ToyLlavaTraining())]
+)
+def test_the_shipped_weights_were_trained_by_the_current_recipe(model, training):
+    record = _shipped_record(model)
+    recorded, current = record.get("recipe_sha256"), recipe_sha256(model)
+    retrain = "clip" if "clip" in _stale_models() else model  # the LLaVA is trained on the CLIP
+    minutes = {"clip": "about 12 + 5 minutes", "llava": "about 5 minutes"}[retrain]
+    changed = ", ".join(RECIPE_SOURCES[model]) + " (under src/sae_vlm_plugin/)"
+    if model == "llava":
+        changed += " or the steering.evaluation values that toy/recipe.py lists"
+    assert recorded == current, (
+        f"the shipped toy-{model} was trained by another recipe than the current one "
+        f"(training.json's recipe_sha256 {recorded}, now {current}): one of {changed} changed. "
+        f"Retrain with `{RETRAIN_COMMAND[retrain]}` ({minutes} on 2 cores), check the quality "
+        "it prints, and commit src/sae_vlm_plugin/toy/weights/ with the change."
+    )
+    assert record["settings"] == dataclasses.asdict(training), (
+        f"the shipped toy-{model} was trained with other settings than the recipe's defaults; "
+        f"retrain with `{RETRAIN_COMMAND['clip']}` and commit src/sae_vlm_plugin/toy/weights/"
+    )
+
+
 @pytest.mark.slow
 def test_retraining_reproduces_the_shipped_quality(tmp_path):
+    if not _stale_models() and os.environ.get(RETRAIN_SWITCH) != "1":
+        pytest.skip(
+            "the shipped toy weights were trained by the current recipe (training.json's "
+            "recipe_sha256 is toy/recipe.py's hash of the training code, world and settings), "
+            "and the shipped-model tests check their quality; retraining runs when the recipe "
+            f"changes, or with {RETRAIN_SWITCH}=1"
+        )
     from sae_vlm_plugin.toy.train import main
 
     assert main(["--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "clip" / "training.json").read_text())
     shipped = json.loads((toy_model_path("toy-clip") / "training.json").read_text())
     assert record["settings"] == shipped["settings"]
+    assert record["recipe_sha256"] == recipe_sha256("clip")
     assert min(record["zero_shot_accuracy"].values()) >= 0.9, record["zero_shot_accuracy"]
     record = json.loads((tmp_path / "llava" / "training.json").read_text())
     shipped = json.loads((toy_model_path("toy-llava") / "training.json").read_text())
     assert record["settings"] == shipped["settings"]
+    assert record["recipe_sha256"] == recipe_sha256("llava")
     assert record["describe_accuracy"]["colour_and_shape"] >= 0.9, record["describe_accuracy"]
 
 

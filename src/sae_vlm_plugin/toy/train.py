@@ -2,7 +2,8 @@
 
 Trains the toy CLIP, then the toy LLaVA on its vision tower, and writes ``DIR/clip`` and
 ``DIR/llava`` in ``save_pretrained`` form (config, safetensors weights, processor with its
-tokenizer) with ``training.json`` (the settings and the measured held-out quality) and a model
+tokenizer) with ``training.json`` (the settings, the measured held-out quality and
+``recipe_sha256``, the content hash of the code that trained it: ``toy/recipe.py``) and a model
 card. The default ``DIR`` is the package's own ``toy/weights``: it replaces the shipped files.
 ``--only llava`` retrains the LLaVA on the CLIP already in ``DIR/clip``.
 """
@@ -19,6 +20,7 @@ import torch
 
 from sae_vlm_plugin.toy.clip_training import ToyClipTraining, image_processor, train_toy_clip
 from sae_vlm_plugin.toy.llava_training import ToyLlavaTraining, train_toy_llava
+from sae_vlm_plugin.toy.recipe import recipe_sha256
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -134,10 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llava-steps", type=int, default=ToyLlavaTraining.steps)
     parser.add_argument("--only", choices=("clip", "llava"), help="retrain one model only")
     args = parser.parse_args(argv)
+    # Hashed before training, so that an edit made while it runs does not pass for trained.
+    recipe = {model: recipe_sha256(model) for model in ("clip", "llava")}
     if args.only != "llava":
         training = ToyClipTraining(steps=args.clip_steps)
         clip, tokenizer, report = train_toy_clip(training)
-        record = {"settings": dataclasses.asdict(training), "torch": torch.__version__, **report}
+        record = {
+            "settings": dataclasses.asdict(training),
+            "recipe_sha256": recipe["clip"],
+            "torch": torch.__version__,
+            **report,
+        }
         save_clip(clip, tokenizer, args.out / "clip", record)
         print(json.dumps(report, indent=2))
     if args.only != "clip":
@@ -148,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         llava, processor, llava_report = train_toy_llava(clip, llava_training)
         llava_record = {
             "settings": dataclasses.asdict(llava_training),
+            "recipe_sha256": recipe["llava"],
             "torch": torch.__version__,
             **llava_report,
         }
