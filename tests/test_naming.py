@@ -4,6 +4,7 @@ the CLI, and the labels in the dashboard and its exports."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -302,6 +303,23 @@ def test_labels_round_trip_through_their_files(tmp_path, toy_clip, world):
         LatentLabels.load(tmp_path / "other.json")
     with pytest.raises(FileNotFoundError, match="sae-vlm name"):
         LatentLabels.load(tmp_path / "nowhere")
+
+
+def test_labels_csv_keeps_formulas_as_text(tmp_path):
+    """A vocabulary word a spreadsheet would run as a formula is written as text."""
+    words = ['=HYPERLINK("http://x","y")', "+1", "-2", "@SUM(A1)", "cat"]
+    labels = LatentLabels(
+        vocabulary=words,
+        word_vectors=torch.eye(5),
+        latent_vectors=torch.eye(5),
+        text_centre=torch.zeros(5),
+        n_labels=1,
+    )
+    labels.save(tmp_path)
+    with (tmp_path / CSV_FILE).open(newline="") as f:
+        cells = [row["label"] for row in csv.DictReader(f)]
+    assert cells == ["'" + w for w in words[:4]] + ["cat"]
+    assert LatentLabels.load(tmp_path).vocabulary == words
 
 
 # -- steering by word ---------------------------------------------------------------------------

@@ -14,7 +14,8 @@ and get no labels.
 On disk (``save`` / ``load``), next to the SAE by default:
 
 - ``latent_labels.json``: setup, the vocabulary and each named latent's top labels with scores;
-- ``latent_labels.csv``: ``latent,rank,label,score`` rows of the same labels;
+- ``latent_labels.csv``: ``latent,rank,label,score`` rows of the same labels (a label that a
+  spreadsheet would run as a formula starts with ``'``);
 - ``latent_labels.safetensors``: the latent and word vectors, so ``find`` needs no images.
 """
 
@@ -182,7 +183,7 @@ class LatentLabels:
         rows = ["latent,rank,label,score"]
         for j in named:
             for rank, (word, score) in enumerate(self.labels(j)):
-                rows.append(_csv_row([j, rank, word, f"{score:.6f}"]))
+                rows.append(_csv_row([j, rank, _csv_text(word), f"{score:.6f}"]))
         _write_atomic(out / CSV_FILE, "\n".join(rows) + "\n")
         partial = out / (VECTORS_FILE + ".tmp")
         save_file(
@@ -248,6 +249,12 @@ def labels_for(labels: LatentLabels | str | Path, d_sae: int) -> LatentLabels:
             "to another SAE"
         )
     return found
+
+
+def _csv_text(text: str) -> str:
+    """``text`` as a spreadsheet shows it, not runs it: a cell starting with ``= + - @`` (or a
+    tab / carriage return) is a formula in Excel and LibreOffice, so it gets a leading ``'``."""
+    return "'" + text if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
 
 
 def _csv_row(values: list[Any]) -> str:
