@@ -127,6 +127,45 @@ def test_repeated_keys_in_sweep_and_run_files_are_refused(tmp_path):
         VisionSAERunnerConfig.from_file(as_json)
 
 
+# -- issue 27 items 3 and 12: YAML alias bombs and malformed --set values ---------------------
+
+
+def _alias_bomb(depth: int) -> str:
+    """A YAML document of a few hundred bytes whose aliases expand to ``9**depth`` strings."""
+    lines = ["cache_path: c", "extra_metadata:", '  l0: &l0 ["lol","lol","lol","lol","lol"]']
+    for level in range(1, depth + 1):
+        refs = ",".join([f"*l{level - 1}"] * 9)
+        lines.append(f"  l{level}: &l{level} [{refs}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, tiny_cache, capsys):
+    run = tmp_path / "run.yaml"
+    run.write_text(_alias_bomb(6))
+    with pytest.raises(ValueError, match=r"run\.yaml: .*expands to more than"):
+        VisionSAERunnerConfig.from_file(run)
+    small = tmp_path / "small.yaml"
+    small.write_text(_alias_bomb(2))  # aliases that expand to little are plain YAML
+    assert len(VisionSAERunnerConfig.from_file(small).extra_metadata["l2"]) == 9
+    config = tmp_path / "ok.yaml"
+    config.write_text(yaml.safe_dump(_values(tmp_path / "run", tiny_cache)))
+    levels = ["l0: &l0 [x,x,x,x,x,x,x,x,x]"]
+    levels += [f"l{i}: &l{i} [{','.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 7)]
+    argv = ["train", "--config", str(config), "--set", "extra_metadata={" + ", ".join(levels) + "}"]
+    assert cli_main(argv) == 2
+    assert "expands to more than" in capsys.readouterr().err
+
+
+def test_a_malformed_set_value_is_a_one_line_error(tmp_path, tiny_cache, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(_values(tmp_path / "run", tiny_cache)))
+    argv = ["train", "--config", str(config), "--set", "group_fractions=[0.5,0.5"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("sae-vlm train: error: --set group_fractions=[0.5,0.5: not valid YAML")
+
+
 # -- item 17: the trainer state is loaded with weights_only=True ------------------------------
 
 

@@ -59,15 +59,16 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, object]:
-    """``key=value`` pairs; values are parsed as YAML scalars/lists (``k=32``, ``lr=1e-4``)."""
-    import yaml
+    """``key=value`` pairs; values are parsed as YAML scalars/lists (``k=32``, ``lr=1e-4``),
+    as a config file's values are (``load_yaml_text``)."""
+    from sae_vlm_plugin.pretrained.schema import load_yaml_text
 
     overrides: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects key=value, got {pair!r}")
-        overrides[key.replace("-", "_")] = yaml.safe_load(value)
+        overrides[key.replace("-", "_")] = load_yaml_text(value, f"--set {pair}")
     return overrides
 
 
