@@ -332,7 +332,7 @@ def test_a_request_with_a_nul_byte_is_a_400_not_a_crash(tmp_path, capfd):
     import urllib.error
     import urllib.request
 
-    from sae_vlm_plugin.dashboard.cli import start_server
+    from sae_vlm_plugin.dashboard.serve import start_server
 
     (tmp_path / "index.html").write_text("<p>hello</p>")
     server = start_server(tmp_path, port=0)
@@ -347,3 +347,63 @@ def test_a_request_with_a_nul_byte_is_a_400_not_a_crash(tmp_path, capfd):
         server.shutdown()
         server.server_close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+def _get(port: int, path: str, host: str | None = None) -> tuple[int, bytes]:
+    """One bounded GET to the loopback server: status and body."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"Host": host} if host is not None else {}
+        connection.request("GET", path, headers=headers)
+        reply = connection.getresponse()
+        return reply.status, reply.read(1 << 20)
+    finally:
+        connection.close()
+
+
+def test_the_server_serves_only_the_dashboard_files_to_local_hosts(tmp_path):
+    """No foreign file, no listing, no symlink out of the folder, no other ``Host``."""
+    from sae_vlm_plugin.dashboard.serve import start_server
+
+    out = tmp_path / "dash"
+    (out / "data" / "latents").mkdir(parents=True)
+    (out / "thumbs" / "112").mkdir(parents=True)
+    (out / "index.html").write_text("<p>hello</p>")
+    (out / "data" / "index.js").write_text("window.SAEDASH = {};")
+    (out / "thumbs" / "112" / ("0" * 20 + ".jpg")).write_bytes(b"jpeg")
+    (out / "notes.txt").write_text("private")
+    (tmp_path / "secret.js").write_text("secret")
+    (out / "data" / "latents" / "c0.js").symlink_to(tmp_path / "secret.js")
+    server = start_server(out, port=0)
+    port = server.server_address[1]
+    try:
+        assert _get(port, "/index.html") == (200, b"<p>hello</p>")
+        assert _get(port, "/") == (200, b"<p>hello</p>")
+        assert _get(port, "/index.html", host=f"localhost:{port}")[0] == 200
+        assert _get(port, "/thumbs/112/" + "0" * 20 + ".jpg") == (200, b"jpeg")
+        assert _get(port, "/notes.txt")[0] == 404
+        assert _get(port, "/data/latents/c0.js")[0] == 404
+        assert _get(port, "/../secret.js")[0] == 404
+        for listing in ("/data/", "/thumbs/112/"):
+            assert _get(port, listing)[0] == 404
+        status, body = _get(port, "/index.html", host=f"rebound.example:{port}")
+        assert status == 403
+        assert b"hello" not in body
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_dashboard_into_a_folder_of_other_files_is_refused_before_work(tmp_path, capsys):
+    from sae_vlm_plugin.cli import main
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("private")
+    argv = ["dashboard", "--sae", str(tmp_path / "no-sae"), "--images", str(tmp_path)]
+    assert main([*argv, "--out", str(out), "--serve", "--port", "0"]) == 2
+    error = capsys.readouterr().err
+    assert "is not empty" in error
+    assert "no such SAE directory" not in error

@@ -125,7 +125,8 @@ def test_cli_dashboard_with_exports_and_server(tmp_path, image_folder, capsys):
     import argparse
     import urllib.request
 
-    from sae_vlm_plugin.dashboard.cli import add_dashboard_command, parse_latents, start_server
+    from sae_vlm_plugin.dashboard.cli import add_dashboard_command, parse_latents
+    from sae_vlm_plugin.dashboard.serve import start_server
 
     checkpoint = tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "ckpt")
     scorer = tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "scorer")

@@ -8,15 +8,9 @@ optionally serving it on localhost.
 from __future__ import annotations
 
 import argparse
-import errno
-import functools
-import http.server
-import threading
-import time
-from http import HTTPStatus
 from pathlib import Path
-from typing import Any
 
+from sae_vlm_plugin.dashboard.serve import bind_server, check_dashboard_folder, serve_dashboard
 from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
 
 
@@ -90,7 +84,9 @@ def parse_latents(text: str) -> list[int]:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    # A busy --port fails now, not after the (long) build; serving starts once it is done.
+    # A foreign --out or a busy --port fails now, not after the (long) build; serving starts
+    # once it is done.
+    check_dashboard_folder(args.out)
     server = bind_server(args.out, port=args.port) if args.serve else None
     try:
         _build(args)
@@ -170,61 +166,3 @@ def _build(args: argparse.Namespace) -> None:
         )
         print(f"saedashboard: {written['json']}")
         print(f"note: {CDN_NOTE}")
-
-
-class DashboardRequestHandler(http.server.SimpleHTTPRequestHandler):
-    """``SimpleHTTPRequestHandler`` that answers 400 to a path no file can have (``/%00``: the
-    standard handler lets ``os.stat``'s ValueError drop the connection with a traceback)."""
-
-    def send_head(self) -> Any:
-        try:
-            return super().send_head()
-        except ValueError:
-            self.send_error(HTTPStatus.BAD_REQUEST, "invalid path")
-            return None
-
-
-def bind_server(
-    directory: str | Path, *, host: str = "127.0.0.1", port: int = 8000
-) -> http.server.ThreadingHTTPServer:
-    """A server for ``directory`` bound to ``host:port`` (port 0: any free port), not serving
-    yet (``serve_dashboard`` or ``start_server``). A port in use raises OSError saying so."""
-    handler = functools.partial(DashboardRequestHandler, directory=str(directory))
-    try:
-        return http.server.ThreadingHTTPServer((host, port), handler)
-    except OSError as error:
-        if error.errno != errno.EADDRINUSE:
-            raise
-        raise OSError(
-            error.errno, f"port {port} on {host} is in use; pass another --port (0: any free one)"
-        ) from None
-
-
-def start_server(
-    directory: str | Path, *, host: str = "127.0.0.1", port: int = 8000
-) -> http.server.ThreadingHTTPServer:
-    """Serve ``directory`` read-only on ``host:port`` (port 0: any free port) in a daemon
-    thread; call ``shutdown()`` and ``server_close()`` on the result to stop."""
-    server = bind_server(directory, host=host, port=port)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def serve_dashboard(
-    server: http.server.ThreadingHTTPServer, *, seconds: float | None = None
-) -> None:
-    """Serve with ``server`` (from ``bind_server``) until Ctrl-C or for ``seconds``."""
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    host, port = server.server_address[:2]
-    host = host.decode() if isinstance(host, bytes) else host
-    print(f"serving on http://{host}:{port}/ (Ctrl-C stops)")
-    try:
-        if seconds is None:
-            while True:
-                time.sleep(3600)
-        time.sleep(seconds)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.shutdown()
-        server.server_close()
