@@ -348,3 +348,15 @@ def test_verify_checks_the_image_table_and_the_recorded_row_counts(tmp_path, mod
     ]
     (out / "images.json").unlink()
     assert "images.json: unreadable (FileNotFoundError" in verify_cache(out).problems[0]
+
+
+def test_an_extraction_into_a_directory_another_run_holds_is_refused(
+    tmp_path, model, hold_directory
+):
+    """Issue 27 item 4: a second extraction (here with other settings) into the --out of a
+    running one is refused at once, and writes nothing there."""
+    out = tmp_path / "c"
+    hold_directory(out)
+    with pytest.raises(ValueError, match="in use by another extraction"):
+        extract_to_cache(model, tm.pixel_batch(6), BLOCK, out, tokens="cls", progress=False)
+    assert list(out.iterdir()) == []

@@ -383,3 +383,15 @@ def test_sweep_settings_are_checked_per_sae_and_name_it(tmp_path):
         sweep_from_file(path)
     path.write_text("run_dir: r\nshared: {cache_path: c, lr: 3e-4}\nsaes:\n  wide:\n")
     assert [c.lr for c in sweep_from_file(path)] == [3e-4]
+
+
+def test_a_train_into_a_run_dir_another_run_holds_is_refused(
+    tmp_path, tiny_cache, capsys, hold_directory
+):
+    """Issue 27 item 5: the same training twice into one run dir: the second is refused at
+    once (no doubled log, no '.final.tmp' left behind)."""
+    config = _write_config(tmp_path, tiny_cache, training_steps=5)
+    hold_directory(tmp_path / "run")
+    assert cli_main(["train", "--config", str(config)]) == 2
+    assert "is in use by another training run" in capsys.readouterr().err
+    assert list((tmp_path / "run").iterdir()) == []

@@ -27,6 +27,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from math import prod
 from pathlib import Path
@@ -41,6 +42,7 @@ from sae_vlm_plugin.environment import library_versions
 from sae_vlm_plugin.families.registry import model_reference
 from sae_vlm_plugin.images import open_image_source
 from sae_vlm_plugin.model import VisionModel
+from sae_vlm_plugin.ownership import owned_directory
 from sae_vlm_plugin.tokens import TokenSelection
 
 CACHE_FORMAT = "sae_vlm_plugin.activation_cache"
@@ -150,105 +152,116 @@ def extract_to_cache(
         raise ValueError(f"unknown storage dtype {dtype!r}; valid: {', '.join(STORAGE_DTYPES)}")
     if images_per_shard < 1:
         raise ValueError(f"images_per_shard must be >= 1, got {images_per_shard}")
-    vision_model = model if isinstance(model, VisionModel) else VisionModel(model)
-    selection = TokenSelection.parse(tokens, k=k, seed=seed)
-    source = open_image_source(images)
-    points = resolve_hooks(vision_model, hooks, selection)
-    settings = CacheSettings(
-        model=vision_model.model_name,
-        family=vision_model.family.name,
-        hooks=tuple(p.name for p in points),
-        tokens=selection.describe(),
-        dtype=dtype,
-        images_per_shard=images_per_shard,
-        n_images=len(source),
-        image_ids_sha256=_fingerprint(source.ids),
-    )
     root = Path(out_dir)
-    manifest_path = root / "cache.json"
-    parallel = DataParallel.current()
-    rank, world = parallel.rank, parallel.world_size
-    weights = weights_fingerprint(vision_model.source_module)
-    if rank == 0:
-        manifest = _open_manifest(root, settings, weights, selection, points, source, dataset_name)
-    parallel.barrier()
-    if rank != 0:  # checks rank 0's manifest; only rank 0 may replace a cache or start one
-        manifest = _open_manifest(
-            root, settings, weights, selection, points, source, dataset_name, main_rank=False
+    with _held_by_rank_0(root):  # one extraction at a time per directory
+        vision_model = model if isinstance(model, VisionModel) else VisionModel(model)
+        selection = TokenSelection.parse(tokens, k=k, seed=seed)
+        source = open_image_source(images)
+        points = resolve_hooks(vision_model, hooks, selection)
+        settings = CacheSettings(
+            model=vision_model.model_name,
+            family=vision_model.family.name,
+            hooks=tuple(p.name for p in points),
+            tokens=selection.describe(),
+            dtype=dtype,
+            images_per_shard=images_per_shard,
+            n_images=len(source),
+            image_ids_sha256=_fingerprint(source.ids),
         )
-    for point in points:
-        (root / point.name).mkdir(exist_ok=True)
-
-    n_shards = -(-len(source) // images_per_shard)
-    todo = [
-        s
-        for s in range(n_shards)
-        if s % world == rank and _needs_extraction(root, points, s, dtype, settings.digest())
-    ]
-    mine = [s for s in range(n_shards) if s % world == rank]
-    done_images = sum(
-        min(images_per_shard, len(source) - s * images_per_shard) for s in set(mine) - set(todo)
-    )
-    mine_images = sum(min(images_per_shard, len(source) - s * images_per_shard) for s in mine)
-    bar = tqdm(
-        total=mine_images,
-        initial=done_images,
-        desc="extract" if world == 1 else f"extract (rank {rank}/{world})",
-        unit="img",
-        disable=not progress,
-    )
-    for shard in todo:
-        start, end = shard * images_per_shard, min((shard + 1) * images_per_shard, len(source))
-        parts: dict[str, list[Any]] = {p.name: [] for p in points}
-        skipped: list[str] = []
-        for batch in iter_extracted_batches(
-            vision_model,
-            source,
-            points,
-            selection,
-            range(start, end),
-            batch_size,
-            skip_unreadable=skip_unreadable,
-            num_workers=num_workers,
-        ):
-            skipped.extend(batch.skipped)
-            for name, rows in batch.hooks.items():
-                parts[name].append(rows)
-            bar.update(len(batch.image_indices) + len(batch.skipped))
-        for point in points:
-            _write_shard(
-                root / point.name / _shard_name(shard),
-                parts[point.name],
-                point.d_model,
-                dtype,
-                skipped,
-                settings.digest(),
+        manifest_path = root / "cache.json"
+        parallel = DataParallel.current()
+        rank, world = parallel.rank, parallel.world_size
+        weights = weights_fingerprint(vision_model.source_module)
+        if rank == 0:
+            manifest = _open_manifest(
+                root, settings, weights, selection, points, source, dataset_name
             )
-    bar.close()
-    parallel.barrier()
-    skipped_all = {
-        image_id
-        for s in range(n_shards)
-        for image_id in json.loads(
-            _shard_metadata(root / points[0].name / _shard_name(s)).get("skipped", "[]")
+        parallel.barrier()
+        if rank != 0:  # checks rank 0's manifest; only rank 0 may replace a cache or start one
+            manifest = _open_manifest(
+                root, settings, weights, selection, points, source, dataset_name, main_rank=False
+            )
+        for point in points:
+            (root / point.name).mkdir(exist_ok=True)
+
+        n_shards = -(-len(source) // images_per_shard)
+        todo = [
+            s
+            for s in range(n_shards)
+            if s % world == rank and _needs_extraction(root, points, s, dtype, settings.digest())
+        ]
+        mine = [s for s in range(n_shards) if s % world == rank]
+        done_images = sum(
+            min(images_per_shard, len(source) - s * images_per_shard) for s in set(mine) - set(todo)
         )
-    }
-    if rank == 0:
-        manifest["skipped_images"] = sorted(skipped_all)
-        manifest["shard_rows"] = {
-            p.name: [
-                _tensor_shapes(root / p.name / _shard_name(s))["image_index"][0]
-                for s in range(n_shards)
-            ]
-            for p in points
+        mine_images = sum(min(images_per_shard, len(source) - s * images_per_shard) for s in mine)
+        bar = tqdm(
+            total=mine_images,
+            initial=done_images,
+            desc="extract" if world == 1 else f"extract (rank {rank}/{world})",
+            unit="img",
+            disable=not progress,
+        )
+        for shard in todo:
+            start, end = shard * images_per_shard, min((shard + 1) * images_per_shard, len(source))
+            parts: dict[str, list[Any]] = {p.name: [] for p in points}
+            skipped: list[str] = []
+            for batch in iter_extracted_batches(
+                vision_model,
+                source,
+                points,
+                selection,
+                range(start, end),
+                batch_size,
+                skip_unreadable=skip_unreadable,
+                num_workers=num_workers,
+            ):
+                skipped.extend(batch.skipped)
+                for name, rows in batch.hooks.items():
+                    parts[name].append(rows)
+                bar.update(len(batch.image_indices) + len(batch.skipped))
+            for point in points:
+                _write_shard(
+                    root / point.name / _shard_name(shard),
+                    parts[point.name],
+                    point.d_model,
+                    dtype,
+                    skipped,
+                    settings.digest(),
+                )
+        bar.close()
+        parallel.barrier()
+        skipped_all = {
+            image_id
+            for s in range(n_shards)
+            for image_id in json.loads(
+                _shard_metadata(root / points[0].name / _shard_name(s)).get("skipped", "[]")
+            )
         }
-        manifest["complete"] = True
-        _write_json_atomic(manifest_path, manifest)
-    parallel.barrier()
-    cache = ActivationCache(root)
-    if skipped_all and progress and rank == 0:
-        print(f"skipped {len(skipped_all)} unreadable image(s) of {len(source)}")
-    return cache
+        if rank == 0:
+            manifest["skipped_images"] = sorted(skipped_all)
+            manifest["shard_rows"] = {
+                p.name: [
+                    _tensor_shapes(root / p.name / _shard_name(s))["image_index"][0]
+                    for s in range(n_shards)
+                ]
+                for p in points
+            }
+            manifest["complete"] = True
+            _write_json_atomic(manifest_path, manifest)
+        parallel.barrier()
+        cache = ActivationCache(root)
+        if skipped_all and progress and rank == 0:
+            print(f"skipped {len(skipped_all)} unreadable image(s) of {len(source)}")
+        return cache
+
+
+def _held_by_rank_0(root: Path) -> AbstractContextManager[Any]:
+    """The extraction's hold on ``root`` (``ownership``); rank 0 holds it for every rank of a
+    data-parallel run."""
+    if DataParallel.current().rank != 0:
+        return nullcontext()
+    return owned_directory(root, "extraction")
 
 
 def _discard_unstarted(root: Path, manifest: dict[str, Any]) -> None:

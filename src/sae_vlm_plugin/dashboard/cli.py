@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from sae_vlm_plugin.dashboard.serve import bind_server, check_dashboard_folder, serve_dashboard
+from sae_vlm_plugin.ownership import owned_directory
 from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
 
 
@@ -87,15 +88,16 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     # A foreign --out or a busy --port fails now, not after the (long) build; serving starts
     # once it is done.
     check_dashboard_folder(args.out)
-    server = bind_server(args.out, port=args.port) if args.serve else None
-    try:
-        _build(args)
-    except BaseException:
+    with owned_directory(args.out, "dashboard build"):  # held while it builds and serves
+        server = bind_server(args.out, port=args.port) if args.serve else None
+        try:
+            _build(args)
+        except BaseException:
+            if server is not None:
+                server.server_close()
+            raise
         if server is not None:
-            server.server_close()
-        raise
-    if server is not None:
-        serve_dashboard(server, seconds=args.serve_seconds)
+            serve_dashboard(server, seconds=args.serve_seconds)
     return 0
 
 

@@ -80,7 +80,8 @@ class DashboardRequestHandler(http.server.BaseHTTPRequestHandler):
 
     def _reply(self, with_body: bool) -> None:
         host = self.headers.get("Host", "").lower()
-        port = self.server.server_address[1]
+        assert isinstance(self.server, http.server.HTTPServer)
+        port = self.server.server_port
         if host not in {f"{name}:{port}" for name in LOCAL_HOSTS} | set(LOCAL_HOSTS):
             self.send_error(HTTPStatus.FORBIDDEN, "this server answers only for localhost")
             return
