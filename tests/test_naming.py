@@ -322,6 +322,21 @@ def test_labels_csv_keeps_formulas_as_text(tmp_path):
     assert LatentLabels.load(tmp_path).vocabulary == words
 
 
+def test_a_truncated_labels_file_is_named_in_the_error(tmp_path):
+    """Issue 27 item 20."""
+    labels = LatentLabels(
+        vocabulary=["cat", "dog"],
+        word_vectors=torch.eye(2),
+        latent_vectors=torch.eye(2),
+        text_centre=torch.zeros(2),
+        n_labels=1,
+    )
+    path = labels.save(tmp_path)
+    path.write_text(path.read_text()[:40])
+    with pytest.raises(ValueError, match=f"{path}: not valid JSON"):
+        LatentLabels.load(tmp_path)
+
+
 # -- steering by word ---------------------------------------------------------------------------
 
 

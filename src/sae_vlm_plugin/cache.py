@@ -41,6 +41,7 @@ from sae_vlm_plugin.distributed import DataParallel
 from sae_vlm_plugin.environment import library_versions
 from sae_vlm_plugin.families.registry import model_reference
 from sae_vlm_plugin.images import open_image_source
+from sae_vlm_plugin.json_files import read_json
 from sae_vlm_plugin.model import VisionModel
 from sae_vlm_plugin.ownership import owned_directory
 from sae_vlm_plugin.tokens import TokenSelection
@@ -296,9 +297,9 @@ def _open_manifest(
     cache with no shard yet is rank 0's, just started."""
     manifest_path = root / "cache.json"
     if main_rank and manifest_path.exists() and not any(root.glob("*/shard_*.safetensors")):
-        _discard_unstarted(root, json.loads(manifest_path.read_text()))
+        _discard_unstarted(root, read_json(manifest_path))
     if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
+        manifest = read_json(manifest_path)
         if manifest.get("format") != CACHE_FORMAT:
             raise ValueError(f"{root} holds a cache.json that is not an activation cache")
         recorded = CacheSettings.from_manifest(manifest)
@@ -446,7 +447,7 @@ class ActivationCache:
         if not manifest_path.exists():
             raise FileNotFoundError(f"{self.path} is not an activation cache (no cache.json)")
         try:
-            self.manifest = json.loads(manifest_path.read_text())
+            self.manifest = read_json(manifest_path)
         except ValueError as error:
             raise ValueError(f"{manifest_path} is not valid JSON ({error})") from None
         if not isinstance(self.manifest, dict) or self.manifest.get("format") != CACHE_FORMAT:
@@ -487,7 +488,7 @@ class ActivationCache:
 
     def _image_table(self) -> dict[str, Any]:
         if self._images is None:
-            self._images = json.loads((self.path / "images.json").read_text())
+            self._images = read_json(self.path / "images.json")
         return self._images
 
     def _hook(self, hook: str | None) -> str:

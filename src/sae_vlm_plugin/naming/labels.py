@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sae_vlm_plugin.json_files import read_json
+
 LABELS_FILE = "latent_labels.json"
 CSV_FILE = "latent_labels.csv"
 VECTORS_FILE = "latent_labels.safetensors"
@@ -214,7 +216,7 @@ class LatentLabels:
                 f"no {LABELS_FILE} at {where}; write one with name_latents(...).save(dir) or "
                 "`sae-vlm name`"
             )
-        record = json.loads(json_path.read_text(encoding="utf-8"))
+        record = read_json(json_path)
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             raise ValueError(f"{json_path} is not a latent labels file ({FORMAT})")
         if record.get("version") != FORMAT_VERSION:

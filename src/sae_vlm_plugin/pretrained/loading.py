@@ -144,7 +144,7 @@ def _read_sae_directory(path: Path, *, device: str, dtype: str) -> SAE:
     RuntimeError or SafetensorError."""
     from sae_lens import SAE
     from sae_lens.registry import SAE_CLASS_REGISTRY
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError  # type: ignore[attr-defined]
 
     cfg_path = path / SAE_FILES[0]
     cfg = read_json(cfg_path)
