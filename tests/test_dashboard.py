@@ -320,12 +320,12 @@ def test_serve_on_a_busy_port_fails_before_the_build(tmp_path, capsys):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        argv = ["dashboard", "--sae", str(tmp_path / "no-sae"), "--images", str(tmp_path)]
+        argv = ["dashboard", "--sae", str(tmp_path), "--images", str(tmp_path)]
         code = main([*argv, "--out", str(tmp_path / "dash"), "--serve", "--port", str(port)])
     error = capsys.readouterr().err
     assert code == 2
-    assert f"port {port} on 127.0.0.1 is in use" in error  # not the later "no such SAE"
-    assert "no such SAE directory" not in error
+    assert f"port {port} on 127.0.0.1 is in use" in error  # not the later "not an SAE"
+    assert "is not an SAE directory" not in error
 
 
 def test_a_request_with_a_nul_byte_is_a_400_not_a_crash(tmp_path, capfd):
@@ -402,8 +402,8 @@ def test_a_dashboard_into_a_folder_of_other_files_is_refused_before_work(tmp_pat
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("private")
-    argv = ["dashboard", "--sae", str(tmp_path / "no-sae"), "--images", str(tmp_path)]
+    argv = ["dashboard", "--sae", str(tmp_path), "--images", str(tmp_path)]
     assert main([*argv, "--out", str(out), "--serve", "--port", "0"]) == 2
     error = capsys.readouterr().err
     assert "is not empty" in error
-    assert "no such SAE directory" not in error
+    assert "is not an SAE directory" not in error

@@ -20,9 +20,9 @@ from sae_vlm_plugin.pretrained.sae_argument import load_sae_argument, parse_sae_
 
 HOOK = "blocks.1.hook_resid_post"
 COMMANDS_WITH_SAE = {
-    "evaluate": ["--images", "imgs"],
-    "dashboard": ["--images", "imgs", "--out", "dash"],
-    "name": ["--images", "imgs", "--out", "labels"],
+    "evaluate": ["--images", "."],
+    "dashboard": ["--images", ".", "--out", "dash"],
+    "name": ["--images", ".", "--out", "labels"],
     "steer": ["--model", "toy-llava", "--latent", "0", "--values", "0", "--prompt", "hi"],
 }
 

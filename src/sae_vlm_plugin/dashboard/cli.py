@@ -10,6 +10,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sae_vlm_plugin.arguments import (
+    non_negative_float,
+    non_negative_int,
+    port_number,
+    positive_int,
+)
 from sae_vlm_plugin.dashboard.serve import bind_server, check_dashboard_folder, serve_dashboard
 from sae_vlm_plugin.ownership import owned_directory
 from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
@@ -34,10 +40,10 @@ def add_dashboard_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--scoring-encoder", default="dinov2", help="image encoder for MS (default: dinov2)"
     )
-    parser.add_argument("--n-top", type=int, default=16, help="top images per latent")
+    parser.add_argument("--n-top", type=positive_int, default=16, help="top images per latent")
     parser.add_argument(
         "--min-support",
-        type=int,
+        type=non_negative_int,
         default=16,
         help="latents firing on fewer images get no MS (default: 16, as `evaluate`)",
     )
@@ -60,14 +66,16 @@ def add_dashboard_command(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--neuronpedia", action="store_true", help="also write OUT/neuronpedia/")
     parser.add_argument("--saedashboard", action="store_true", help="also write OUT/saedashboard/")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--device", help="e.g. cuda, cpu")
     parser.add_argument(
         "--serve", action="store_true", help="serve OUT on http://127.0.0.1:PORT afterwards"
     )
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=port_number, default=8000)
     parser.add_argument(
-        "--serve-seconds", type=float, help="stop serving after this many seconds (default: Ctrl-C)"
+        "--serve-seconds",
+        type=non_negative_float,
+        help="stop serving after this many seconds (default: Ctrl-C)",
     )
     parser.set_defaults(handler=_cmd_dashboard)
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from sae_vlm_plugin.arguments import non_negative_int
 from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
 
 
@@ -25,7 +26,7 @@ def add_metric_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--scoring-encoder", default="dinov2", help="dinov2 | clip | a hub id")
     evaluate.add_argument(
         "--min-support",
-        type=int,
+        type=non_negative_int,
         default=16,
         help="latents firing on fewer images get no MS (default: 16, evaluate_sae's)",
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sae_vlm_plugin.devices import check_device
 from sae_vlm_plugin.hooks import HookPoint
 from sae_vlm_plugin.json_files import read_json
 from sae_vlm_plugin.pretrained import registry
@@ -75,6 +76,7 @@ def load_sae(
     directory that is missing or holds no SAE raises FileNotFoundError. Works offline from
     local folders, ``file://`` URLs and the Hugging Face cache (``HF_HUB_OFFLINE=1``).
     """
+    check_device(device)
     if sae_id is None:
         if not Path(release).expanduser().exists() and str(release) in registry.list_releases():
             ids = registry.get_release(str(release)).sae_ids

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from sae_vlm_plugin.devices import check_device
 from sae_vlm_plugin.distributed import DataParallel
 from sae_vlm_plugin.ownership import owned_directory
 from sae_vlm_plugin.threads import ThreadGovernor
@@ -80,6 +81,7 @@ class VisionSAESweepRunner:
         self.progress = progress
         self.parallel = DataParallel.current()
         first = self.configs[0]
+        check_device(first.device)
         self.parallel.check_batch_size(first.batch_size)
         if model is None and first.model is not None:
             from sae_vlm_plugin.model import VisionModel
