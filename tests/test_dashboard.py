@@ -4,6 +4,7 @@ with no external URL anywhere in what it writes."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 
@@ -407,3 +408,30 @@ def test_a_dashboard_into_a_folder_of_other_files_is_refused_before_work(tmp_pat
     error = capsys.readouterr().err
     assert "is not empty" in error
     assert "is not an SAE directory" not in error
+
+
+def test_a_huge_latent_range_is_refused_without_being_built():
+    """#27 item 10: ``--latents 0-999999999`` is checked against the SAE's width before a list of
+    its latents exists (peak memory here: a few KB, not a list of millions)."""
+    import tracemalloc
+
+    from sae_vlm_plugin.dashboard.cli import latent_ids, parse_latents
+    from sae_vlm_plugin.dashboard.data import check_latents
+
+    tracemalloc.start()
+    try:
+        spec = parse_latents("0-4999999,7")
+        with pytest.raises(
+            ValueError, match=r"latent 4999999 is out of range; valid latents are 0\.\.15"
+        ):
+            latent_ids(spec, 16)
+        with pytest.raises(ValueError, match=r"latent 4999999 is out of range"):
+            check_latents(range(5_000_000), 16)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    assert latent_ids(parse_latents("2-4,8"), 16) == [2, 3, 4, 8]
+    for bad in ("4-2", "-3", "a-b", "1,,2", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_latents(bad)

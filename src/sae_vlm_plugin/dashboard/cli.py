@@ -80,16 +80,28 @@ def add_dashboard_command(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_cmd_dashboard)
 
 
-def parse_latents(text: str) -> list[int]:
-    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]``."""
-    latents: list[int] = []
-    try:
-        for part in text.split(","):
-            first, _, last = part.strip().partition("-")
-            latents.extend(range(int(first), int(last or first) + 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad latent list {text!r}; e.g. 0-99,512") from None
-    return latents
+def parse_latents(text: str) -> tuple[range, ...]:
+    """``"0-3,7"`` -> ``(range(0, 4), range(7, 8))``: the ranges only, so that a huge range is
+    refused against the SAE's width (``latent_ids``) before any list of it exists."""
+    ranges = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not (first.isdigit() and (last.isdigit() or not dash)):
+            raise argparse.ArgumentTypeError(f"bad latent list {text!r}; e.g. 0-99,512")
+        ranges.append(range(int(first), int(last or first) + 1))
+        if not ranges[-1]:
+            raise argparse.ArgumentTypeError(f"bad latent range {part.strip()!r}: it is empty")
+    return tuple(ranges)
+
+
+def latent_ids(ranges: tuple[range, ...], d_sae: int) -> list[int]:
+    """The latents of ``parse_latents``' ranges, after checking every one is below ``d_sae``."""
+    for latents in ranges:
+        if latents[-1] >= d_sae:
+            raise ValueError(
+                f"latent {latents[-1]} is out of range; valid latents are 0..{d_sae - 1}"
+            )
+    return [latent for latents in ranges for latent in latents]
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
@@ -133,7 +145,7 @@ def _build(args: argparse.Namespace) -> None:
         hook=args.hook,
         tokens=args.tokens,
         n_top=args.n_top,
-        latents=args.latents,
+        latents=latent_ids(args.latents, sae.cfg.d_sae) if args.latents else None,
         heatmaps={"auto": None, "on": True, "off": False}[args.heatmaps],
         concept_labels=labels,
         batch_size=args.batch_size,
