@@ -47,7 +47,11 @@ def add_metric_commands(commands: argparse._SubParsersAction) -> None:
         help="agreement of MS with the paper's user study (Table A1), from its pairs.csv",
     )
     alignment.add_argument("--pairs", required=True, help="the released benchmark's pairs.csv")
-    alignment.add_argument("--metric", action="append", help="dino and/or clip (default: both)")
+    alignment.add_argument(
+        "--metric",
+        action="append",
+        help="an MS column, e.g. dino or clip (repeatable; default: every MS column of the file)",
+    )
     alignment.add_argument("--bin-by", help="bin by this MS column's distance (Table A1(a): dino)")
     alignment.set_defaults(handler=_cmd_alignment)
 
@@ -100,8 +104,11 @@ def _cmd_alignment(args: argparse.Namespace) -> int:
     from sae_vlm_plugin.metrics.alignment import load_benchmark_pairs, score_benchmark
 
     pairs = load_benchmark_pairs(args.pairs)
-    for metric in args.metric or ["dino", "clip"]:
-        result = score_benchmark(pairs, metric, bin_by=args.bin_by)
+    metrics = args.metric or list(pairs.ms_x)
+    if not metrics:
+        raise ValueError(f"{args.pairs} has no MS_x_<name> / MS_y_<name> columns to score")
+    results = {m: score_benchmark(pairs, m, bin_by=args.bin_by) for m in metrics}  # all or none
+    for metric, result in results.items():
         skipped = f" ({result.n_skipped} without a score skipped)" if result.n_skipped else ""
         print(f"MS ({metric}): alignment {result.score:.3f} over {result.n_pairs} pairs{skipped}")
         for b in result.bins:
