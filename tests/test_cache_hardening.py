@@ -269,7 +269,7 @@ def test_a_missing_local_model_says_no_such_directory(local_clip, capsys):
     with pytest.raises(FileNotFoundError, match=r"^no such directory: models/clip2$"):
         VisionModel("models/clip2")
     code = cli_main(
-        ["extract", "--model", "models/clip2", "--hook", BLOCK, "--images", "x", "--out", "c"]
+        ["extract", "--model", "models/clip2", "--hook", BLOCK, "--images", ".", "--out", "c"]
     )
     assert code == 2
     assert capsys.readouterr().err.strip() == (
@@ -360,3 +360,27 @@ def test_an_extraction_into_a_directory_another_run_holds_is_refused(
     with pytest.raises(ValueError, match="in use by another extraction"):
         extract_to_cache(model, tm.pixel_batch(6), BLOCK, out, tokens="cls", progress=False)
     assert list(out.iterdir()) == []
+
+
+def test_a_resume_over_images_changed_under_the_same_names_is_refused(tmp_path, model):
+    """#27 item 14: the cache identifies images by their content stamps too (a file's size and
+    modification time), so a folder regenerated under the same names is not resumed."""
+    import os
+
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+
+    def paint(colour, mtime):
+        for i in range(6):
+            Image.new("RGB", (20, 20), colour).save(images / f"{i}.png")
+            os.utime(images / f"{i}.png", ns=(mtime, mtime))
+
+    paint("red", 10**18)
+    out = tmp_path / "c"
+    extract_to_cache(model, images, BLOCK, out, **OPTIONS)
+    (out / BLOCK / "shard_000001.safetensors").unlink()  # as if stopped after one shard
+    paint("blue", 2 * 10**18)
+    with pytest.raises(ValueError, match="images changed"):
+        extract_to_cache(model, images, BLOCK, out, **OPTIONS)

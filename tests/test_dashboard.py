@@ -435,3 +435,45 @@ def test_a_huge_latent_range_is_refused_without_being_built():
     for bad in ("4-2", "-3", "a-b", "1,,2", ""):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_latents(bad)
+
+
+def _paint(folder, colour, mtime):
+    """Two images under fixed names, all of one colour, with a given modification time."""
+    import os
+
+    from PIL import Image
+
+    folder.mkdir(exist_ok=True)
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (20, 20), colour).save(folder / name)
+        os.utime(folder / name, ns=(mtime, mtime))
+
+
+@pytest.mark.parametrize("kind", ["folder", "pil", "pixels"])
+def test_thumbnails_follow_the_images_not_their_names(tmp_path, kind):
+    """#27 item 13: rebuilding into the same folder after the images changed under the same
+    names shows the new images."""
+    from PIL import Image
+
+    from sae_vlm_plugin.dashboard.thumbnails import write_thumbnails
+    from sae_vlm_plugin.images import open_image_source
+
+    def source(colour):
+        if kind == "folder":
+            _paint(tmp_path / "images", colour, 10**18 if colour == "red" else 2 * 10**18)
+            return open_image_source(tmp_path / "images")
+        if kind == "pil":
+            return open_image_source([Image.new("RGB", (20, 20), colour)] * 2)
+        return open_image_source(
+            torch.tensor([1.0, -1.0, -1.0] if colour == "red" else [-1.0, -1.0, 1.0])
+            .view(1, 3, 1, 1)
+            .expand(2, 3, 8, 8)
+            .clone()
+        )
+
+    out = tmp_path / "dash"
+    first = write_thumbnails(source("red"), [0, 1], out, size=16)
+    second = write_thumbnails(source("blue"), [0, 1], out, size=16)
+    assert first[0] != second[0]
+    red, _, blue = Image.open(out / second[0]).convert("RGB").getpixel((4, 4))
+    assert blue > 200 > red

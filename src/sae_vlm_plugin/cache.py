@@ -11,8 +11,10 @@ Layout of a cache directory::
 Shards cover fixed image ranges and are written atomically (temporary file, then rename), so an
 extraction killed at any point and started again with the same settings redoes only the shards
 that are missing: the result has exactly the rows of an uninterrupted run. A directory holding a
-run with different settings is refused, and so is a resume with other weights: ``cache.json``
-records a fingerprint of the model's weights (``weights_fingerprint``) when it is created.
+run with different settings is refused, and so is a resume with other weights or over images
+changed under the same names: ``cache.json`` records a fingerprint of the model's weights
+(``weights_fingerprint``) and of the images' contents (``ImageSource.fingerprint``) when it is
+created.
 
 Under ``torch.distributed`` (e.g. ``torchrun --nproc-per-node N sae-vlm extract ...``) rank ``r``
 of ``N`` takes the shards ``s`` with ``s % N == r``; rank 0 writes the manifest and, once every
@@ -173,14 +175,22 @@ def extract_to_cache(
         parallel = DataParallel.current()
         rank, world = parallel.rank, parallel.world_size
         weights = weights_fingerprint(vision_model.source_module)
+        fingerprints = {"weights": weights, "images": source.fingerprint()}
         if rank == 0:
             manifest = _open_manifest(
-                root, settings, weights, selection, points, source, dataset_name
+                root, settings, fingerprints, selection, points, source, dataset_name
             )
         parallel.barrier()
         if rank != 0:  # checks rank 0's manifest; only rank 0 may replace a cache or start one
             manifest = _open_manifest(
-                root, settings, weights, selection, points, source, dataset_name, main_rank=False
+                root,
+                settings,
+                fingerprints,
+                selection,
+                points,
+                source,
+                dataset_name,
+                main_rank=False,
             )
         for point in points:
             (root / point.name).mkdir(exist_ok=True)
@@ -281,7 +291,7 @@ def _discard_unstarted(root: Path, manifest: dict[str, Any]) -> None:
 def _open_manifest(
     root: Path,
     settings: CacheSettings,
-    weights: str,
+    fingerprints: dict[str, str],
     selection: TokenSelection,
     points: Sequence[Any],
     source: Any,
@@ -290,8 +300,8 @@ def _open_manifest(
     main_rank: bool = True,
 ) -> dict[str, Any]:
     """The manifest of the cache at ``root``: checked against ``settings`` and the
-    ``weights`` fingerprint if it exists (a different run is refused), else created with the
-    image table. A cache that never wrote a shard (a run that failed at its first image, say)
+    ``fingerprints`` of the weights and of the images' contents if it exists (a different run,
+    or images changed under the same names, is refused), else created with the image table. A cache that never wrote a shard (a run that failed at its first image, say)
     holds nothing to mix: a run with other settings replaces it. The other ranks of a
     data-parallel run (``main_rank=False``) only check the manifest rank 0 opened: to them a
     cache with no shard yet is rank 0's, just started."""
@@ -311,7 +321,8 @@ def _open_manifest(
                 + "; ".join(settings.differences(recorded))
                 + ". Use another output directory, or delete this one."
             )
-        _check_weights(root, manifest, weights, settings.model)
+        _check_weights(root, manifest, fingerprints["weights"], settings.model)
+        _check_images(root, manifest, fingerprints["images"])
         if manifest["settings"]["model"] != settings.model:  # record the resolved path
             manifest["settings"]["model"] = settings.model
             _write_json_atomic(manifest_path, manifest)
@@ -331,7 +342,8 @@ def _open_manifest(
             "settings": vars(settings),
             "token_selection": vars(selection),
             "hooks": {p.name: {"d_in": p.d_model} for p in points},
-            "weights_fingerprint": weights,
+            "weights_fingerprint": fingerprints["weights"],
+            "images_fingerprint": fingerprints["images"],
             "source": source.description,
             "dataset": dataset_name or source.description,
             "library_versions": library_versions(),
@@ -415,6 +427,20 @@ def _check_weights(root: Path, manifest: dict[str, Any], weights: str, model: st
             f"{root} was extracted from weights with fingerprint {recorded}, but {model} now has "
             f"{weights} (another random init, or changed weights); resuming would mix two "
             "models' activations. Use another output directory, or the same weights."
+        )
+
+
+def _check_images(root: Path, manifest: dict[str, Any], images: str) -> None:
+    """Refuse to resume over images whose content stamps (``ImageSource.content_stamp``: a
+    file's size and modification time) changed since the cache was started: the same names
+    would mix old and new images' activations. Caches from before image fingerprints are not
+    checked."""
+    recorded = manifest.get("images_fingerprint")
+    if recorded is not None and recorded != images:
+        raise ValueError(
+            f"{root}: the images changed since this cache was extracted from them (the same "
+            "names, other sizes or modification times); resuming would mix old and new "
+            "images' activations. Use another output directory, or delete this one."
         )
 
 
