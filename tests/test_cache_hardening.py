@@ -4,6 +4,7 @@ fingerprints, model references."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def test_training_refuses_missing_stray_foreign_and_miscounted_shards(tmp_path, 
     problems = ActivationCache(out).shard_problems(BLOCK)
     assert len(problems) == 4, problems
     assert "shard_000000.safetensors: a shard of another cache" in problems[1]
-    assert "shard_000001.safetensors: 2 rows, the manifest records 6" in problems[2]
+    assert "shard_000001.safetensors: a copy of shard 2" in problems[2]
     assert problems[3].endswith("shard_000002.safetensors: missing")
     assert "shard_000007.safetensors: a stray file, not one of this cache's 3 shards" in problems[0]
     with pytest.raises(ValueError, match=r"cannot train on the cache at .*: .*a stray file"):
@@ -384,3 +385,46 @@ def test_a_resume_over_images_changed_under_the_same_names_is_refused(tmp_path, 
     paint("blue", 2 * 10**18)
     with pytest.raises(ValueError, match="images changed"):
         extract_to_cache(model, images, BLOCK, out, **OPTIONS)
+
+
+# -- issue 27 item 18: a hand-edited cache.json; a shard overwritten by another of its cache ---
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (lambda m: m["settings"].update(n_images=float("nan")), "settings.n_images"),
+        (lambda m: m.pop("hooks"), "hooks"),
+        (lambda m: m["settings"].update(hooks="blocks.1"), "settings.hooks"),
+        (lambda m: m["hooks"][BLOCK].update(d_in=-3), f"hooks.{BLOCK}.d_in"),
+        (lambda m: m.update(complete="yes"), "complete"),
+        (lambda m: m.update(shard_rows={BLOCK: [1, "x"]}), "shard_rows"),
+    ],
+)
+def test_a_hand_edited_manifest_is_a_one_line_error_naming_the_field(
+    tmp_path, model, capsys, edit, said
+):
+    out = tmp_path / "c"
+    extract_to_cache(model, tm.pixel_batch(7), BLOCK, out, **OPTIONS)
+    manifest = json.loads((out / "cache.json").read_text())
+    edit(manifest)
+    (out / "cache.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=re.escape(f"{out / 'cache.json'}: {said}")):
+        ActivationCache(out)
+    assert cli_main(["cache", "verify", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1
+    assert said in error[0]
+    argv = ["train", "--preset", "steering", "--cache", str(out), "--run-dir", str(tmp_path / "r")]
+    assert cli_main(argv) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_a_shard_overwritten_by_another_shard_of_the_cache_is_found(tmp_path, model):
+    out = tmp_path / "c"
+    extract_to_cache(model, tm.pixel_batch(9), BLOCK, out, **OPTIONS)
+    shutil.copyfile(
+        out / BLOCK / "shard_000000.safetensors", out / BLOCK / "shard_000001.safetensors"
+    )
+    problems = ActivationCache(out).shard_problems()
+    assert problems == [f"{out / BLOCK / 'shard_000001.safetensors'}: a copy of shard 0"]

@@ -39,6 +39,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae_vlm_plugin.activations import iter_extracted_batches, resolve_hooks
+from sae_vlm_plugin.cache_manifest import check_manifest
 from sae_vlm_plugin.distributed import DataParallel
 from sae_vlm_plugin.environment import library_versions
 from sae_vlm_plugin.families.registry import model_reference
@@ -61,6 +62,12 @@ def _write_json_atomic(path: Path, payload: Any) -> None:
 
 def _shard_name(shard: int) -> str:
     return f"shard_{shard:06d}.safetensors"
+
+
+def _shard_index(path: Path) -> int:
+    """The shard a file of ``_shard_name`` holds (stamped into it: a copy of another shard of
+    the same cache is then told apart)."""
+    return int(path.name.removeprefix("shard_").removesuffix(".safetensors"))
 
 
 def _fingerprint(ids: Sequence[str]) -> str:
@@ -310,8 +317,9 @@ def _open_manifest(
         _discard_unstarted(root, read_json(manifest_path))
     if manifest_path.exists():
         manifest = read_json(manifest_path)
-        if manifest.get("format") != CACHE_FORMAT:
+        if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
             raise ValueError(f"{root} holds a cache.json that is not an activation cache")
+        check_manifest(manifest, manifest_path)
         recorded = CacheSettings.from_manifest(manifest)
         # Older caches record a local model path as given; compare it resolved from here.
         recorded = replace(recorded, model=model_reference(recorded.model, strict=False))
@@ -375,7 +383,7 @@ def _shard_problems(
     path: Path, d_in: int, dtype: str, cache_id: str, rows: int | None = None
 ) -> list[str]:
     """What is wrong with one shard file, from its header alone: unreadable, written for
-    another cache (``cache_id``), or not ``rows`` (if known) rows of ``d_in`` ``dtype`` values
+    another cache (``cache_id``) or as another shard of this one, or not ``rows`` (if known) rows of ``d_in`` ``dtype`` values
     with their image and token indices. Empty when it is sound."""
     try:
         header = _read_header(path)
@@ -384,6 +392,8 @@ def _shard_problems(
     metadata = header.get("__metadata__", {})
     if metadata.get("cache", cache_id) != cache_id:  # shards written before cache ids: none
         return [f"{path}: a shard of another cache (cache id {metadata['cache']}, not {cache_id})"]
+    if metadata.get("shard", str(_shard_index(path))) != str(_shard_index(path)):
+        return [f"{path}: a copy of shard {metadata['shard']}"]
     expected = {
         "activations": (SAFETENSORS_DTYPES[dtype], 2),
         "image_index": ("I64", 1),
@@ -460,7 +470,8 @@ def _write_shard(
         "token_index": token_index.contiguous().cpu(),
     }
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"skipped": json.dumps(skipped), "cache": cache_id})
+    metadata = {"skipped": json.dumps(skipped), "cache": cache_id, "shard": str(_shard_index(path))}
+    save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
 
@@ -472,12 +483,10 @@ class ActivationCache:
         manifest_path = self.path / "cache.json"
         if not manifest_path.exists():
             raise FileNotFoundError(f"{self.path} is not an activation cache (no cache.json)")
-        try:
-            self.manifest = read_json(manifest_path)
-        except ValueError as error:
-            raise ValueError(f"{manifest_path} is not valid JSON ({error})") from None
+        self.manifest = read_json(manifest_path)
         if not isinstance(self.manifest, dict) or self.manifest.get("format") != CACHE_FORMAT:
             raise ValueError(f"{manifest_path} is not an activation cache manifest")
+        check_manifest(self.manifest, manifest_path)
         if self.manifest["version"] > CACHE_VERSION:
             raise ValueError(
                 f"{self.path} was written by cache format v{self.manifest['version']}; "
