@@ -395,3 +395,12 @@ def test_a_train_into_a_run_dir_another_run_holds_is_refused(
     assert cli_main(["train", "--config", str(config)]) == 2
     assert "is in use by another training run" in capsys.readouterr().err
     assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_a_batch_larger_than_the_whole_cache_is_refused(tmp_path, tiny_cache, capsys):
+    """#27 item 23: every batch would hold the same rows several times over."""
+    config = _write_config(tmp_path, tiny_cache, batch_size=8192, dead_feature_threshold=8192)
+    assert cli_main(["train", "--config", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert "batch_size=8192 is larger than the 4080 rows of the cache" in error
+    assert not (tmp_path / "run").exists()
