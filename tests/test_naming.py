@@ -145,6 +145,14 @@ def test_toy_text_tower_embeds_like_clipmodel_and_ensembles_templates():
         load_text_tower("toy-clip", templates=["no slot"]).embed(["red"])
 
 
+def test_a_text_longer_than_the_text_towers_context_is_named():
+    """#27 item 16: a vocabulary entry or a ``find`` query (both embedded by ``TextTower.embed``)
+    longer than the tower reads is named, not a bare sequence-length error."""
+    long_entry = " ".join(["red"] * 30)  # the toy tower reads 16 tokens
+    with pytest.raises(ValueError, match=re.escape(f"{long_entry!r} is 32 tokens long")):
+        load_text_tower("toy-clip").embed(["blue", long_entry])
+
+
 def test_models_without_a_text_tower_are_refused(tmp_path, world):
     import tiny_models as tm
 
