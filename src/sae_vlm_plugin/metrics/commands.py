@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_vlm_plugin.arguments import non_negative_int
+from sae_vlm_plugin.ownership import owned_directory
 from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
 
 
@@ -57,23 +58,8 @@ def add_metric_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from sae_vlm_plugin.metrics.evaluation import evaluate_sae
-    from sae_vlm_plugin.model import VisionModel
-    from sae_vlm_plugin.pretrained.sae_argument import load_sae_argument, model_name_argument
-
-    sae = load_sae_argument(args.sae, args.device or "cpu", args.registry)
-    model_name = model_name_argument(args.model, sae)
-    report = evaluate_sae(
-        sae,
-        VisionModel(model_name, device=args.device),
-        args.images,
-        scoring_encoder=args.scoring_encoder,
-        min_support=args.min_support,
-        taxonomy=taxonomy_argument(args.taxonomy, args.images),
-        out_dir=args.out,
-        force=args.force,
-        skip_unreadable=args.skip_unreadable,
-    )
+    with owned_directory(args.out, "evaluation"):  # one evaluation at a time writes --out
+        report = _evaluate(args)
     for name, stats in (("SAE latents", report.sae), ("raw neurons", report.raw_neurons)):
         print(
             f"{name:<12} MS {stats['mean']:.3f} +- {stats['std']:.3f} (best {stats['best']:.3f}, "
@@ -98,6 +84,27 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"skipped {report.setup['n_unreadable']} unreadable image(s)")
     print(f"-> {Path(args.out) / 'evaluation.json'}, {Path(args.out) / 'ms_sorted.png'}")
     return 0
+
+
+def _evaluate(args: argparse.Namespace) -> Any:
+    """The evaluation ``args`` ask for, written to ``args.out``."""
+    from sae_vlm_plugin.metrics.evaluation import evaluate_sae
+    from sae_vlm_plugin.model import VisionModel
+    from sae_vlm_plugin.pretrained.sae_argument import load_sae_argument, model_name_argument
+
+    sae = load_sae_argument(args.sae, args.device or "cpu", args.registry)
+    model_name = model_name_argument(args.model, sae)
+    return evaluate_sae(
+        sae,
+        VisionModel(model_name, device=args.device),
+        args.images,
+        scoring_encoder=args.scoring_encoder,
+        min_support=args.min_support,
+        taxonomy=taxonomy_argument(args.taxonomy, args.images),
+        out_dir=args.out,
+        force=args.force,
+        skip_unreadable=args.skip_unreadable,
+    )
 
 
 def _cmd_alignment(args: argparse.Namespace) -> int:
