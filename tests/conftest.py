@@ -104,3 +104,34 @@ def tiny_cache(tmp_path_factory) -> Path:
         progress=False,
     )
     return out
+
+
+@pytest.fixture
+def hold_directory():
+    """``hold_directory(path)``: another process that holds ``path`` (created) as a running
+    ``sae-vlm`` command does (an exclusive ``flock`` on the directory), until the test ends."""
+    import subprocess
+    import sys
+
+    holders: list[subprocess.Popen] = []
+    script = (
+        "import fcntl, os, sys, time\n"
+        "handle = os.open(sys.argv[1], os.O_RDONLY)\n"
+        "fcntl.flock(handle, fcntl.LOCK_EX)\n"
+        "print('held', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+
+    def hold(path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True
+        )
+        holders.append(holder)
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+
+    yield hold
+    for holder in holders:
+        holder.kill()
+        holder.wait(timeout=30)

@@ -426,6 +426,44 @@ def test_alignment_score_arrays_and_errors(tmp_path):
     ]
 
 
+def test_a_pairs_row_with_too_few_or_too_many_fields_is_named(tmp_path):
+    """#27 item 9: a short row gave an AttributeError traceback."""
+    (tmp_path / "short.csv").write_text("k_x,k_y,R_user,MS_x_dino,MS_y_dino\n1,2,1,0.5,0.4\n3,4\n")
+    with pytest.raises(ValueError, match=r"short\.csv:3: 2 fields, the header has 5"):
+        load_benchmark_pairs(tmp_path / "short.csv")
+    (tmp_path / "long.csv").write_text("k_x,k_y,R_user\n1,2,1,9\n")
+    with pytest.raises(ValueError, match=r"long\.csv:2: 4 fields, the header has 3"):
+        load_benchmark_pairs(tmp_path / "long.csv")
+    (tmp_path / "word.csv").write_text("k_x,k_y,R_user,MS_x_dino,MS_y_dino\n1,2,1,high,0.4\n")
+    with pytest.raises(ValueError, match=r"word\.csv:2: MS_x_dino='high' is not a number"):
+        load_benchmark_pairs(tmp_path / "word.csv")
+
+
+def test_pairs_saved_by_excel_and_repeated_columns(tmp_path, capsys):
+    """#27 item 19: a UTF-8 BOM (Excel's "CSV UTF-8") is read; a repeated column is refused; a
+    dino-only file scores dino by default, and a metric it lacks is refused before any table."""
+    from sae_vlm_plugin.cli import main as cli_main
+
+    dino_only = "\n".join(",".join(row.split(",")[:5]) for row in PAIRS_CSV.strip().splitlines())
+    (tmp_path / "excel.csv").write_bytes(("\ufeff" + dino_only + "\n").encode())
+    pairs = load_benchmark_pairs(tmp_path / "excel.csv")
+    assert sorted(pairs.ms_x) == ["dino"]
+    assert cli_main(["alignment", "--pairs", str(tmp_path / "excel.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "MS (dino): alignment 0.800 over 5 pairs" in out
+    assert "clip" not in out
+    argv = ["alignment", "--pairs", str(tmp_path / "excel.csv"), "--metric", "dino"]
+    assert cli_main([*argv, "--metric", "clip"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "no MS column 'clip'; available: ['dino']" in captured.err
+    assert cli_main([*argv, "--bin-by", "clip"]) == 2
+    assert capsys.readouterr().out == ""
+    (tmp_path / "twice.csv").write_text("k_x,k_y,R_user,k_x\n1,2,1,3\n")
+    with pytest.raises(ValueError, match=r"twice\.csv: repeated column 'k_x'"):
+        load_benchmark_pairs(tmp_path / "twice.csv")
+
+
 def test_recompute_benchmark_ms_from_activations_csv(tmp_path):
     generator = torch.Generator().manual_seed(2)
     n_images = 12

@@ -4,6 +4,7 @@ fingerprints, model references."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def test_training_refuses_missing_stray_foreign_and_miscounted_shards(tmp_path, 
     problems = ActivationCache(out).shard_problems(BLOCK)
     assert len(problems) == 4, problems
     assert "shard_000000.safetensors: a shard of another cache" in problems[1]
-    assert "shard_000001.safetensors: 2 rows, the manifest records 6" in problems[2]
+    assert "shard_000001.safetensors: a copy of shard 2" in problems[2]
     assert problems[3].endswith("shard_000002.safetensors: missing")
     assert "shard_000007.safetensors: a stray file, not one of this cache's 3 shards" in problems[0]
     with pytest.raises(ValueError, match=r"cannot train on the cache at .*: .*a stray file"):
@@ -269,7 +270,7 @@ def test_a_missing_local_model_says_no_such_directory(local_clip, capsys):
     with pytest.raises(FileNotFoundError, match=r"^no such directory: models/clip2$"):
         VisionModel("models/clip2")
     code = cli_main(
-        ["extract", "--model", "models/clip2", "--hook", BLOCK, "--images", "x", "--out", "c"]
+        ["extract", "--model", "models/clip2", "--hook", BLOCK, "--images", ".", "--out", "c"]
     )
     assert code == 2
     assert capsys.readouterr().err.strip() == (
@@ -348,3 +349,82 @@ def test_verify_checks_the_image_table_and_the_recorded_row_counts(tmp_path, mod
     ]
     (out / "images.json").unlink()
     assert "images.json: unreadable (FileNotFoundError" in verify_cache(out).problems[0]
+
+
+def test_an_extraction_into_a_directory_another_run_holds_is_refused(
+    tmp_path, model, hold_directory
+):
+    """Issue 27 item 4: a second extraction (here with other settings) into the --out of a
+    running one is refused at once, and writes nothing there."""
+    out = tmp_path / "c"
+    hold_directory(out)
+    with pytest.raises(ValueError, match="in use by another extraction"):
+        extract_to_cache(model, tm.pixel_batch(6), BLOCK, out, tokens="cls", progress=False)
+    assert list(out.iterdir()) == []
+
+
+def test_a_resume_over_images_changed_under_the_same_names_is_refused(tmp_path, model):
+    """#27 item 14: the cache identifies images by their content stamps too (a file's size and
+    modification time), so a folder regenerated under the same names is not resumed."""
+    import os
+
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+
+    def paint(colour, mtime):
+        for i in range(6):
+            Image.new("RGB", (20, 20), colour).save(images / f"{i}.png")
+            os.utime(images / f"{i}.png", ns=(mtime, mtime))
+
+    paint("red", 10**18)
+    out = tmp_path / "c"
+    extract_to_cache(model, images, BLOCK, out, **OPTIONS)
+    (out / BLOCK / "shard_000001.safetensors").unlink()  # as if stopped after one shard
+    paint("blue", 2 * 10**18)
+    with pytest.raises(ValueError, match="images changed"):
+        extract_to_cache(model, images, BLOCK, out, **OPTIONS)
+
+
+# -- issue 27 item 18: a hand-edited cache.json; a shard overwritten by another of its cache ---
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (lambda m: m["settings"].update(n_images=float("nan")), "settings.n_images"),
+        (lambda m: m.pop("hooks"), "hooks"),
+        (lambda m: m["settings"].update(hooks="blocks.1"), "settings.hooks"),
+        (lambda m: m["hooks"][BLOCK].update(d_in=-3), f"hooks.{BLOCK}.d_in"),
+        (lambda m: m.update(complete="yes"), "complete"),
+        (lambda m: m.update(shard_rows={BLOCK: [1, "x"]}), "shard_rows"),
+    ],
+)
+def test_a_hand_edited_manifest_is_a_one_line_error_naming_the_field(
+    tmp_path, model, capsys, edit, said
+):
+    out = tmp_path / "c"
+    extract_to_cache(model, tm.pixel_batch(7), BLOCK, out, **OPTIONS)
+    manifest = json.loads((out / "cache.json").read_text())
+    edit(manifest)
+    (out / "cache.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=re.escape(f"{out / 'cache.json'}: {said}")):
+        ActivationCache(out)
+    assert cli_main(["cache", "verify", str(out)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1
+    assert said in error[0]
+    argv = ["train", "--preset", "steering", "--cache", str(out), "--run-dir", str(tmp_path / "r")]
+    assert cli_main(argv) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_a_shard_overwritten_by_another_shard_of_the_cache_is_found(tmp_path, model):
+    out = tmp_path / "c"
+    extract_to_cache(model, tm.pixel_batch(9), BLOCK, out, **OPTIONS)
+    shutil.copyfile(
+        out / BLOCK / "shard_000000.safetensors", out / BLOCK / "shard_000001.safetensors"
+    )
+    problems = ActivationCache(out).shard_problems()
+    assert problems == [f"{out / BLOCK / 'shard_000001.safetensors'}: a copy of shard 0"]

@@ -4,6 +4,7 @@ with no external URL anywhere in what it writes."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 
@@ -320,19 +321,19 @@ def test_serve_on_a_busy_port_fails_before_the_build(tmp_path, capsys):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        argv = ["dashboard", "--sae", str(tmp_path / "no-sae"), "--images", str(tmp_path)]
+        argv = ["dashboard", "--sae", str(tmp_path), "--images", str(tmp_path)]
         code = main([*argv, "--out", str(tmp_path / "dash"), "--serve", "--port", str(port)])
     error = capsys.readouterr().err
     assert code == 2
-    assert f"port {port} on 127.0.0.1 is in use" in error  # not the later "no such SAE"
-    assert "no such SAE directory" not in error
+    assert f"port {port} on 127.0.0.1 is in use" in error  # not the later "not an SAE"
+    assert "is not an SAE directory" not in error
 
 
 def test_a_request_with_a_nul_byte_is_a_400_not_a_crash(tmp_path, capfd):
     import urllib.error
     import urllib.request
 
-    from sae_vlm_plugin.dashboard.cli import start_server
+    from sae_vlm_plugin.dashboard.serve import start_server
 
     (tmp_path / "index.html").write_text("<p>hello</p>")
     server = start_server(tmp_path, port=0)
@@ -392,3 +393,132 @@ def test_chromium_steering_column_and_answers(setup, tmp_path):
     assert "p &lt;b&gt;1&lt;/b&gt;: a star" in answers
     assert "'red' gained in 100% of answers at 8x" in page
     assert "not clamped: active on read tokens of 0" in chromium(index.as_uri() + "#latent=5")
+
+
+def _get(port: int, path: str, host: str | None = None) -> tuple[int, bytes]:
+    """One bounded GET to the loopback server: status and body."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"Host": host} if host is not None else {}
+        connection.request("GET", path, headers=headers)
+        reply = connection.getresponse()
+        return reply.status, reply.read(1 << 20)
+    finally:
+        connection.close()
+
+
+def test_the_server_serves_only_the_dashboard_files_to_local_hosts(tmp_path):
+    """No foreign file, no listing, no symlink out of the folder, no other ``Host``."""
+    from sae_vlm_plugin.dashboard.serve import start_server
+
+    out = tmp_path / "dash"
+    (out / "data" / "latents").mkdir(parents=True)
+    (out / "thumbs" / "112").mkdir(parents=True)
+    (out / "index.html").write_text("<p>hello</p>")
+    (out / "data" / "index.js").write_text("window.SAEDASH = {};")
+    (out / "thumbs" / "112" / ("0" * 20 + ".jpg")).write_bytes(b"jpeg")
+    (out / "notes.txt").write_text("private")
+    (tmp_path / "secret.js").write_text("secret")
+    (out / "data" / "latents" / "c0.js").symlink_to(tmp_path / "secret.js")
+    server = start_server(out, port=0)
+    port = server.server_address[1]
+    try:
+        assert _get(port, "/index.html") == (200, b"<p>hello</p>")
+        assert _get(port, "/") == (200, b"<p>hello</p>")
+        assert _get(port, "/index.html", host=f"localhost:{port}")[0] == 200
+        assert _get(port, "/thumbs/112/" + "0" * 20 + ".jpg") == (200, b"jpeg")
+        assert _get(port, "/notes.txt")[0] == 404
+        assert _get(port, "/data/latents/c0.js")[0] == 404
+        assert _get(port, "/../secret.js")[0] == 404
+        for listing in ("/data/", "/thumbs/112/"):
+            assert _get(port, listing)[0] == 404
+        status, body = _get(port, "/index.html", host=f"rebound.example:{port}")
+        assert status == 403
+        assert b"hello" not in body
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_dashboard_into_a_folder_of_other_files_is_refused_before_work(tmp_path, capsys):
+    from sae_vlm_plugin.cli import main
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("private")
+    argv = ["dashboard", "--sae", str(tmp_path), "--images", str(tmp_path)]
+    assert main([*argv, "--out", str(out), "--serve", "--port", "0"]) == 2
+    error = capsys.readouterr().err
+    assert "is not empty" in error
+    assert "is not an SAE directory" not in error
+
+
+def test_a_huge_latent_range_is_refused_without_being_built():
+    """#27 item 10: ``--latents 0-999999999`` is checked against the SAE's width before a list of
+    its latents exists (peak memory here: a few KB, not a list of millions)."""
+    import tracemalloc
+
+    from sae_vlm_plugin.dashboard.cli import latent_ids, parse_latents
+    from sae_vlm_plugin.dashboard.data import check_latents
+
+    tracemalloc.start()
+    try:
+        spec = parse_latents("0-4999999,7")
+        with pytest.raises(
+            ValueError, match=r"latent 4999999 is out of range; valid latents are 0\.\.15"
+        ):
+            latent_ids(spec, 16)
+        with pytest.raises(ValueError, match=r"latent 4999999 is out of range"):
+            check_latents(range(5_000_000), 16)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    assert latent_ids(parse_latents("2-4,8"), 16) == [2, 3, 4, 8]
+    for bad in ("4-2", "-3", "a-b", "1,,2", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_latents(bad)
+
+
+def _paint(folder, colour, mtime):
+    """Two images under fixed names, all of one colour, with a given modification time."""
+    import os
+
+    from PIL import Image
+
+    folder.mkdir(exist_ok=True)
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (20, 20), colour).save(folder / name)
+        os.utime(folder / name, ns=(mtime, mtime))
+
+
+@pytest.mark.parametrize("kind", ["folder", "pil", "pixels"])
+def test_thumbnails_follow_the_images_not_their_names(tmp_path, kind):
+    """#27 item 13: rebuilding into the same folder after the images changed under the same
+    names shows the new images."""
+    from PIL import Image
+
+    from sae_vlm_plugin.dashboard.thumbnails import write_thumbnails
+    from sae_vlm_plugin.images import open_image_source
+
+    def source(colour):
+        if kind == "folder":
+            _paint(tmp_path / "images", colour, 10**18 if colour == "red" else 2 * 10**18)
+            return open_image_source(tmp_path / "images")
+        if kind == "pil":
+            return open_image_source([Image.new("RGB", (20, 20), colour)] * 2)
+        return open_image_source(
+            torch.tensor([1.0, -1.0, -1.0] if colour == "red" else [-1.0, -1.0, 1.0])
+            .view(1, 3, 1, 1)
+            .expand(2, 3, 8, 8)
+            .clone()
+        )
+
+    out = tmp_path / "dash"
+    first = write_thumbnails(source("red"), [0, 1], out, size=16)
+    second = write_thumbnails(source("blue"), [0, 1], out, size=16)
+    assert first[0] != second[0]
+    red, _, blue = Image.open(out / second[0]).convert("RGB").getpixel((4, 4))
+    assert blue > 200 > red

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import html.parser
 import json
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -122,7 +125,8 @@ def test_cli_dashboard_with_exports_and_server(tmp_path, image_folder, capsys):
     import argparse
     import urllib.request
 
-    from sae_vlm_plugin.dashboard.cli import add_dashboard_command, parse_latents, start_server
+    from sae_vlm_plugin.dashboard.cli import add_dashboard_command
+    from sae_vlm_plugin.dashboard.serve import start_server
 
     checkpoint = tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "ckpt")
     scorer = tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "scorer")
@@ -155,7 +159,6 @@ def test_cli_dashboard_with_exports_and_server(tmp_path, image_folder, capsys):
     assert (out / "neuronpedia" / "batch-0.json").is_file()
     assert (out / "saedashboard" / "saedashboard.json").is_file()
     assert '"latent":[0,1,2,3,9]' in (out / "data" / "index.js").read_text()
-    assert parse_latents("2-4,8") == [2, 3, 4, 8]
     server = start_server(out, port=0)
     try:
         port = server.server_address[1]
@@ -225,3 +228,86 @@ def test_neuronpedia_explanations_carry_the_steering_census(collected, tmp_path)
             "typeName": STEERING_EXPLANATION_TYPE,
         }
     ]
+
+
+HOSTILE_LABEL = "<img src=x onerror=alert(1)></script><script>alert(2)</script>"
+_DEFINE_DATA = """
+const vm = require("vm");
+const code = require("fs").readFileSync(0, "utf8");
+const page = vm.createContext({document: {addEventListener() {}}});
+vm.runInContext(code, page);
+process.stdout.write(JSON.stringify(vm.runInContext("defineData()", page)));
+"""
+
+
+class _PageParser(html.parser.HTMLParser):
+    """The inline scripts and the element tags of an HTML text, split as a browser splits
+    them (a ``</script`` inside a script ends it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.scripts: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag):
+        self._in_script = False
+
+    def handle_data(self, data):
+        if self._in_script:
+            self.scripts.append(data)
+
+
+def _parsed(text: str) -> _PageParser:
+    parser = _PageParser()
+    parser.feed(text)
+    parser.close()
+    return parser
+
+
+def _titles(value):
+    """Every ``title`` string in SAEDashboard's page data (what its scripts set as HTML)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "title" and isinstance(item, str):
+                yield item
+            else:
+                yield from _titles(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _titles(item)
+
+
+def test_saedashboard_page_shows_hostile_concept_labels_as_text(tmp_path):
+    """A concept label is text on SAEDashboard's page: its titles (set with innerHTML) hold no
+    element but the line breaks, and the page's script is not cut short by the label."""
+    from sae_vlm_plugin.dashboard import data_from_codes
+    from sae_vlm_plugin.images import open_image_source
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is missing: it evaluates the page's data as a browser would")
+    codes, ids, scores = _synthetic_codes()
+    source = open_image_source(torch.rand(30, 3, 16, 16))
+    source.ids = ids
+    data = data_from_codes(codes, ids, scores)
+    data.concepts = [[(HOSTILE_LABEL, 0.5)] for _ in range(data.n_latents)]
+    paths = export_saedashboard(data, source, tmp_path, hook_point="hook_pooled")
+    page = _parsed(paths["html"].read_text())
+    assert "img" not in page.tags
+    inline = [s for s in page.scripts if "defineData" in s]
+    assert len(inline) == 1
+    done = subprocess.run(
+        [node, "-e", _DEFINE_DATA], input=inline[0], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    titles = list(_titles(json.loads(done.stdout)))
+    shown = [t for t in titles if "CONCEPTS" in t]
+    assert len(shown) == data.n_latents
+    for title in titles:
+        assert set(_parsed(title).tags) <= {"br"}, title
+    assert all(HOSTILE_LABEL in html.unescape(t) for t in shown)

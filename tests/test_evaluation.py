@@ -265,3 +265,14 @@ def test_a_local_siglip_scores_with_its_pooled_vector(tmp_path):
     with torch.no_grad():
         expected = siglip(pixel_values=scorer.model.preprocess(images)).pooler_output
     torch.testing.assert_close(scored.embeddings, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_an_evaluation_into_an_out_another_run_holds_is_refused(tmp_path, capsys, hold_directory):
+    """#27 items 4/5, their sibling: two evaluations writing one --out."""
+    from sae_vlm_plugin.cli import main as cli_main
+
+    out = tmp_path / "evaluation"
+    hold_directory(out)
+    argv = ["evaluate", "--sae", str(tmp_path), "--images", str(tmp_path), "--out", str(out)]
+    assert cli_main(argv) == 2
+    assert "is in use by another evaluation" in capsys.readouterr().err

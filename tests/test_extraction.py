@@ -233,3 +233,38 @@ def test_wide_and_transparent_images_are_seen_as_a_person_sees_them(tmp_path):
     assert (clear[2:] == list(BACKGROUND)).all()
     half = Image.new("LA", (2, 2), (0, 128))  # black at alpha 128/255 over white
     assert to_rgb(half).getpixel((0, 0)) == (127, 127, 127)
+
+
+@pytest.mark.parametrize("family_model", ["clip", "siglip"])
+def test_images_one_or_three_pixels_tall_are_read_as_pictures(tmp_path, family_model):
+    """#27 item 8: an image 1 or 3 pixels tall is not taken for a channels-first array (a pure
+    red 48x3 image was preprocessed as black; a 1x1 image stopped the extraction)."""
+    build = tm.clip_vision_model if family_model == "clip" else tm.siglip_vision_model
+    model = VisionModel(build())
+    red = model.preprocess([Image.new("RGB", (48, 48), (255, 0, 0))])
+    for width, height in [(48, 3), (3, 48), (48, 1), (1, 1), (3, 3)]:
+        pixels = model.preprocess([Image.new("RGB", (width, height), (255, 0, 0))])
+        torch.testing.assert_close(pixels, red)
+    Image.new("RGB", (1, 1), (0, 255, 0)).save(tmp_path / "dot.png")
+    Image.new("RGB", (40, 30), (0, 0, 255)).save(tmp_path / "blue.png")
+    acts = extract_activations(model, tmp_path, BLOCK, tokens="mean", progress=False)
+    assert acts[BLOCK].shape[0] == 2
+
+
+def test_an_image_its_preprocessor_cannot_take_is_named_and_skippable(tmp_path):
+    """#27 item 8: a preprocessing failure names the image and --skip-unreadable skips it."""
+
+    def picky(images):
+        if images[0].size == (7, 7):
+            raise ValueError("cannot take this one")
+        return torch.zeros(len(images), 3, 32, 32)
+
+    Image.new("RGB", (7, 7)).save(tmp_path / "odd.png")
+    Image.new("RGB", (32, 32)).save(tmp_path / "fine.png")
+    model = VisionModel(tm.clip_vision_model(), preprocess=picky)
+    with pytest.raises(ImageReadError, match=r"odd\.png.*cannot take this one"):
+        extract_activations(model, tmp_path, BLOCK, tokens="cls", progress=False)
+    acts = extract_activations(
+        model, tmp_path, BLOCK, tokens="cls", skip_unreadable=True, progress=False
+    )
+    assert acts[BLOCK].shape[0] == 1

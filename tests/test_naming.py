@@ -4,6 +4,7 @@ the CLI, and the labels in the dashboard and its exports."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -142,6 +143,14 @@ def test_toy_text_tower_embeds_like_clipmodel_and_ensembles_templates():
     assert tower.image_hook == "hook_image_embeds"
     with pytest.raises(ValueError, match="has no"):
         load_text_tower("toy-clip", templates=["no slot"]).embed(["red"])
+
+
+def test_a_text_longer_than_the_text_towers_context_is_named():
+    """#27 item 16: a vocabulary entry or a ``find`` query (both embedded by ``TextTower.embed``)
+    longer than the tower reads is named, not a bare sequence-length error."""
+    long_entry = " ".join(["red"] * 30)  # the toy tower reads 16 tokens
+    with pytest.raises(ValueError, match=re.escape(f"{long_entry!r} is 32 tokens long")):
+        load_text_tower("toy-clip").embed(["blue", long_entry])
 
 
 def test_models_without_a_text_tower_are_refused(tmp_path, world):
@@ -302,6 +311,38 @@ def test_labels_round_trip_through_their_files(tmp_path, toy_clip, world):
         LatentLabels.load(tmp_path / "other.json")
     with pytest.raises(FileNotFoundError, match="sae-vlm name"):
         LatentLabels.load(tmp_path / "nowhere")
+
+
+def test_labels_csv_keeps_formulas_as_text(tmp_path):
+    """A vocabulary word a spreadsheet would run as a formula is written as text."""
+    words = ['=HYPERLINK("http://x","y")', "+1", "-2", "@SUM(A1)", "cat"]
+    labels = LatentLabels(
+        vocabulary=words,
+        word_vectors=torch.eye(5),
+        latent_vectors=torch.eye(5),
+        text_centre=torch.zeros(5),
+        n_labels=1,
+    )
+    labels.save(tmp_path)
+    with (tmp_path / CSV_FILE).open(newline="") as f:
+        cells = [row["label"] for row in csv.DictReader(f)]
+    assert cells == ["'" + w for w in words[:4]] + ["cat"]
+    assert LatentLabels.load(tmp_path).vocabulary == words
+
+
+def test_a_truncated_labels_file_is_named_in_the_error(tmp_path):
+    """Issue 27 item 20."""
+    labels = LatentLabels(
+        vocabulary=["cat", "dog"],
+        word_vectors=torch.eye(2),
+        latent_vectors=torch.eye(2),
+        text_centre=torch.zeros(2),
+        n_labels=1,
+    )
+    path = labels.save(tmp_path)
+    path.write_text(path.read_text()[:40])
+    with pytest.raises(ValueError, match=f"{path}: not valid JSON"):
+        LatentLabels.load(tmp_path)
 
 
 # -- steering by word ---------------------------------------------------------------------------

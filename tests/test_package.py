@@ -122,3 +122,114 @@ def test_cli_parser_imports_no_heavy_library():
     transformers or SAELens (they cost seconds); only the handlers import them."""
     code = "from sae_vlm_plugin.cli import build_parser; build_parser()" + REPORT
     assert _run(code)["loaded"] == []
+
+
+# -- issue 27: arguments are checked before the work and the heavy imports --------------------
+
+EXTRACT = ["extract", "--model", "m", "--hook", "h", "--out", "o"]
+USAGE_ERRORS = {
+    "extract batch size": (
+        [*EXTRACT, "--images", ".", "--batch-size", "0"],
+        "argument --batch-size: expected an integer >= 1, got '0'",
+    ),
+    "extract images": (
+        [*EXTRACT, "--images", "no-such-dir"],
+        "--images: no such image folder: no-such-dir",
+    ),
+    "train config": (
+        ["train", "--config", "no-such.yaml"],
+        "--config: no such config file: no-such.yaml",
+    ),
+    "train cache": (
+        ["train", "--preset", "steering", "--cache", "no-such-cache"],
+        "--cache: no such activation cache: no-such-cache",
+    ),
+    "evaluate sae": (
+        ["evaluate", "--sae", "./no-such-sae", "--images", "."],
+        "no such SAE directory: ./no-such-sae",
+    ),
+    "evaluate min support": (
+        ["evaluate", "--sae", ".", "--images", ".", "--min-support", "-1"],
+        "argument --min-support: expected an integer >= 0, got '-1'",
+    ),
+    "dashboard serve seconds": (
+        ["dashboard", "--sae", ".", "--images", ".", "--out", "d", "--serve-seconds", "-5"],
+        "argument --serve-seconds: expected a number >= 0, got '-5'",
+    ),
+    "dashboard port": (
+        ["dashboard", "--sae", ".", "--images", ".", "--out", "d", "--port", "70000"],
+        "argument --port: expected a port 0..65535, got '70000'",
+    ),
+    "name k": (
+        ["name", "--sae", ".", "--k", "0"],
+        "argument --k: expected an integer >= 1, got '0'",
+    ),
+    "find top": (["find", "cat", "--top", "0"], "argument --top: expected an integer >= 1"),
+    "alignment pairs": (
+        ["alignment", "--pairs", "no-such.csv"],
+        "--pairs: no such pairs file: no-such.csv",
+    ),
+    "device spelling": (
+        ["evaluate", "--sae", ".", "--images", ".", "--device", "banana"],
+        "device 'banana' is not a device; valid: cpu, cuda, cuda:N, mps, xpu",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USAGE_ERRORS))
+def test_a_usage_error_is_said_before_any_heavy_import(case, tmp_path):
+    """#27 item 24 (and items 22, the numbers of every command): the error comes from the
+    arguments alone, in one line with exit 2, without importing torch or SAELens."""
+    argv, message = USAGE_ERRORS[case]
+    code = (
+        "import sys\nfrom sae_vlm_plugin.cli import main\n"
+        f"try:\n    code = main({argv!r})\nexcept SystemExit as exit:\n    code = exit.code\n"
+        "assert code == 2, code\n" + REPORT
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert message in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"sae-vlm {argv[0]}: error: ")
+    assert json.loads(result.stdout)["loaded"] == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["extract", "--model", "m", "--hook", "h", "--images", ".", "--out", "o"],
+        ["train", "--preset", "steering", "--cache", "."],
+        ["evaluate", "--sae", ".", "--images", "."],
+        ["dashboard", "--sae", ".", "--images", ".", "--out", "d"],
+        ["name", "--sae", "."],
+        ["steer", "--sae", ".", "--model", "m", "--latent", "0", "--values", "0", "--prompt", "p"],
+    ],
+)
+def test_a_device_this_machine_lacks_is_a_one_line_error(command, tmp_path, monkeypatch, capsys):
+    """#27 item 7: ``--device cuda`` without a GPU (here: a GPU index past the machine's)."""
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    missing = f"cuda:{torch.cuda.device_count()}"
+    assert main([*command, "--device", missing]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1
+    assert error[0] == (
+        f"sae-vlm {command[0]}: error: device '{missing}' is not available on this machine; "
+        "valid here: "
+        + ", ".join(["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())])
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_library_refuses_a_device_this_machine_lacks():
+    import torch
+
+    import tiny_models as tm
+    from sae_vlm_plugin import VisionModel
+
+    with pytest.raises(ValueError, match="'banana' is not a device"):
+        VisionModel(tm.clip_vision_model(), device="banana")
+    with pytest.raises(ValueError, match="not available on this machine"):
+        VisionModel(tm.clip_vision_model(), device=f"cuda:{torch.cuda.device_count()}")

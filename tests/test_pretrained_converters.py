@@ -188,6 +188,15 @@ def test_a_pickle_carrying_code_is_refused_and_never_run(tmp_path):
     assert marker.exists()
 
 
+def test_a_truncated_safetensors_checkpoint_is_named(tmp_path):
+    """#27 item 6, its sibling: a registry checkpoint that is a damaged safetensors file."""
+    save_file(batchtopk_state(D_IN, D_SAE), str(tmp_path / "ae.safetensors"))
+    data = (tmp_path / "ae.safetensors").read_bytes()
+    (tmp_path / "ae.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"ae\.safetensors is not a sound safetensors file"):
+        dictionary_learning_loader(str(tmp_path), "ae.safetensors")
+
+
 def test_apply_overrides_keeps_every_piece_of_metadata():
     cfg = {"d_in": 4, "d_sae": 16, "dtype": "float32", "metadata": {"hook_name": "h", "own": 1}}
     overrides = {

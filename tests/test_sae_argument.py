@@ -20,9 +20,9 @@ from sae_vlm_plugin.pretrained.sae_argument import load_sae_argument, parse_sae_
 
 HOOK = "blocks.1.hook_resid_post"
 COMMANDS_WITH_SAE = {
-    "evaluate": ["--images", "imgs"],
-    "dashboard": ["--images", "imgs", "--out", "dash"],
-    "name": ["--images", "imgs", "--out", "labels"],
+    "evaluate": ["--images", "."],
+    "dashboard": ["--images", ".", "--out", "dash"],
+    "name": ["--images", ".", "--out", "labels"],
     "steer": ["--model", "toy-llava", "--latent", "0", "--values", "0", "--prompt", "hi"],
 }
 
@@ -183,3 +183,60 @@ def test_cli_refuses_an_sae_of_another_model_unless_forced(tmp_path, image_folde
     assert "--force" in error
     assert main([*argv, "--force"]) == 2
     assert "no-scorer" in capsys.readouterr().err  # past the check: fails on the next thing
+
+
+# -- a corrupt or mismatched SAE folder (#27 item 6) -------------------------------------------
+
+
+def _damaged(path, damage):
+    """Apply ``(file, edit)`` to a saved SAE: ``edit`` maps the file's bytes to new bytes."""
+    import json
+
+    name, edit = damage
+    target = path / name
+    if name == "cfg.json" and isinstance(edit, dict):
+        target.write_text(json.dumps({**json.loads(target.read_text()), **edit}))
+    elif isinstance(edit, str):
+        target.write_text(edit)
+    else:
+        target.write_bytes(edit(target.read_bytes()))
+
+
+def _without_threshold(data: bytes) -> bytes:
+    from safetensors.torch import load, save
+
+    tensors = load(data)
+    tensors.pop("threshold")
+    return save(tensors)
+
+
+DAMAGES = {
+    "empty weights": (("sae_weights.safetensors", lambda b: b""), "sae_weights.safetensors"),
+    "truncated weights": (
+        ("sae_weights.safetensors", lambda b: b[: len(b) // 2]),
+        "sae_weights.safetensors",
+    ),
+    "missing tensor": (("sae_weights.safetensors", _without_threshold), "threshold"),
+    "other width": (("cfg.json", {"d_sae": 32}), "d_sae"),
+    "other d_in": (("cfg.json", {"d_in": 4}), "d_in"),
+    "other architecture": (("cfg.json", {"architecture": "standard"}), "threshold"),
+    "unknown architecture": (("cfg.json", {"architecture": "banana"}), "jumprelu"),
+    "a list": (("cfg.json", "[1, 2]"), "cfg.json"),
+    "NaN width": (("cfg.json", '{"d_in": NaN, "d_sae": 16, "architecture": "jumprelu"}'), "d_in"),
+    "truncated cfg": (("cfg.json", '{"d_in": 8, "d_sa'), "cfg.json"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGES))
+def test_a_corrupt_or_mismatched_sae_folder_is_a_user_error_naming_it(case, tmp_path, capsys):
+    damage, said = DAMAGES[case]
+    path = tmp_path / "sae"
+    saved_sae(path)
+    _damaged(path, damage)
+    with pytest.raises(ValueError, match=str(path)) as refused:
+        load_sae(path)
+    assert said in str(refused.value)
+    assert main(["evaluate", "--sae", str(path), "--images", str(tmp_path)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1
+    assert error[0].startswith(f"sae-vlm evaluate: error: {path}")

@@ -127,6 +127,45 @@ def test_repeated_keys_in_sweep_and_run_files_are_refused(tmp_path):
         VisionSAERunnerConfig.from_file(as_json)
 
 
+# -- issue 27 items 3 and 12: YAML alias bombs and malformed --set values ---------------------
+
+
+def _alias_bomb(depth: int) -> str:
+    """A YAML document of a few hundred bytes whose aliases expand to ``9**depth`` strings."""
+    lines = ["cache_path: c", "extra_metadata:", '  l0: &l0 ["lol","lol","lol","lol","lol"]']
+    for level in range(1, depth + 1):
+        refs = ",".join([f"*l{level - 1}"] * 9)
+        lines.append(f"  l{level}: &l{level} [{refs}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path, tiny_cache, capsys):
+    run = tmp_path / "run.yaml"
+    run.write_text(_alias_bomb(6))
+    with pytest.raises(ValueError, match=r"run\.yaml: .*expands to more than"):
+        VisionSAERunnerConfig.from_file(run)
+    small = tmp_path / "small.yaml"
+    small.write_text(_alias_bomb(2))  # aliases that expand to little are plain YAML
+    assert len(VisionSAERunnerConfig.from_file(small).extra_metadata["l2"]) == 9
+    config = tmp_path / "ok.yaml"
+    config.write_text(yaml.safe_dump(_values(tmp_path / "run", tiny_cache)))
+    levels = ["l0: &l0 [x,x,x,x,x,x,x,x,x]"]
+    levels += [f"l{i}: &l{i} [{','.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 7)]
+    argv = ["train", "--config", str(config), "--set", "extra_metadata={" + ", ".join(levels) + "}"]
+    assert cli_main(argv) == 2
+    assert "expands to more than" in capsys.readouterr().err
+
+
+def test_a_malformed_set_value_is_a_one_line_error(tmp_path, tiny_cache, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(_values(tmp_path / "run", tiny_cache)))
+    argv = ["train", "--config", str(config), "--set", "group_fractions=[0.5,0.5"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("sae-vlm train: error: --set group_fractions=[0.5,0.5: not valid YAML")
+
+
 # -- item 17: the trainer state is loaded with weights_only=True ------------------------------
 
 
@@ -344,3 +383,24 @@ def test_sweep_settings_are_checked_per_sae_and_name_it(tmp_path):
         sweep_from_file(path)
     path.write_text("run_dir: r\nshared: {cache_path: c, lr: 3e-4}\nsaes:\n  wide:\n")
     assert [c.lr for c in sweep_from_file(path)] == [3e-4]
+
+
+def test_a_train_into_a_run_dir_another_run_holds_is_refused(
+    tmp_path, tiny_cache, capsys, hold_directory
+):
+    """Issue 27 item 5: the same training twice into one run dir: the second is refused at
+    once (no doubled log, no '.final.tmp' left behind)."""
+    config = _write_config(tmp_path, tiny_cache, training_steps=5)
+    hold_directory(tmp_path / "run")
+    assert cli_main(["train", "--config", str(config)]) == 2
+    assert "is in use by another training run" in capsys.readouterr().err
+    assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_a_batch_larger_than_the_whole_cache_is_refused(tmp_path, tiny_cache, capsys):
+    """#27 item 23: every batch would hold the same rows several times over."""
+    config = _write_config(tmp_path, tiny_cache, batch_size=8192, dead_feature_threshold=8192)
+    assert cli_main(["train", "--config", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert "batch_size=8192 is larger than the 4080 rows of the cache" in error
+    assert not (tmp_path / "run").exists()

@@ -113,11 +113,14 @@ class _PreprocessedImages(Dataset):
             return index, self.source.pixels[index]
         try:
             image = self.source.load(index)
+            try:
+                return index, self.preprocess([image])[0]
+            except Exception as error:  # any image its preprocessor cannot take is named
+                raise ImageReadError(self.source.ids[index], error) from error
         except ImageReadError:
             if self.skip_unreadable:
                 return index, None
             raise
-        return index, self.preprocess([image])[0]
 
 
 def _collate(

@@ -11,8 +11,10 @@ Layout of a cache directory::
 Shards cover fixed image ranges and are written atomically (temporary file, then rename), so an
 extraction killed at any point and started again with the same settings redoes only the shards
 that are missing: the result has exactly the rows of an uninterrupted run. A directory holding a
-run with different settings is refused, and so is a resume with other weights: ``cache.json``
-records a fingerprint of the model's weights (``weights_fingerprint``) when it is created.
+run with different settings is refused, and so is a resume with other weights or over images
+changed under the same names: ``cache.json`` records a fingerprint of the model's weights
+(``weights_fingerprint``) and of the images' contents (``ImageSource.fingerprint``) when it is
+created.
 
 Under ``torch.distributed`` (e.g. ``torchrun --nproc-per-node N sae-vlm extract ...``) rank ``r``
 of ``N`` takes the shards ``s`` with ``s % N == r``; rank 0 writes the manifest and, once every
@@ -27,6 +29,7 @@ import json
 import os
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from math import prod
 from pathlib import Path
@@ -36,11 +39,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae_vlm_plugin.activations import iter_extracted_batches, resolve_hooks
+from sae_vlm_plugin.cache_manifest import check_manifest
 from sae_vlm_plugin.distributed import DataParallel
 from sae_vlm_plugin.environment import library_versions
 from sae_vlm_plugin.families.registry import model_reference
 from sae_vlm_plugin.images import open_image_source
+from sae_vlm_plugin.json_files import read_json
 from sae_vlm_plugin.model import VisionModel
+from sae_vlm_plugin.ownership import owned_directory
 from sae_vlm_plugin.tokens import TokenSelection
 
 CACHE_FORMAT = "sae_vlm_plugin.activation_cache"
@@ -56,6 +62,12 @@ def _write_json_atomic(path: Path, payload: Any) -> None:
 
 def _shard_name(shard: int) -> str:
     return f"shard_{shard:06d}.safetensors"
+
+
+def _shard_index(path: Path) -> int:
+    """The shard a file of ``_shard_name`` holds (stamped into it: a copy of another shard of
+    the same cache is then told apart)."""
+    return int(path.name.removeprefix("shard_").removesuffix(".safetensors"))
 
 
 def _fingerprint(ids: Sequence[str]) -> str:
@@ -150,105 +162,124 @@ def extract_to_cache(
         raise ValueError(f"unknown storage dtype {dtype!r}; valid: {', '.join(STORAGE_DTYPES)}")
     if images_per_shard < 1:
         raise ValueError(f"images_per_shard must be >= 1, got {images_per_shard}")
-    vision_model = model if isinstance(model, VisionModel) else VisionModel(model)
-    selection = TokenSelection.parse(tokens, k=k, seed=seed)
-    source = open_image_source(images)
-    points = resolve_hooks(vision_model, hooks, selection)
-    settings = CacheSettings(
-        model=vision_model.model_name,
-        family=vision_model.family.name,
-        hooks=tuple(p.name for p in points),
-        tokens=selection.describe(),
-        dtype=dtype,
-        images_per_shard=images_per_shard,
-        n_images=len(source),
-        image_ids_sha256=_fingerprint(source.ids),
-    )
     root = Path(out_dir)
-    manifest_path = root / "cache.json"
-    parallel = DataParallel.current()
-    rank, world = parallel.rank, parallel.world_size
-    weights = weights_fingerprint(vision_model.source_module)
-    if rank == 0:
-        manifest = _open_manifest(root, settings, weights, selection, points, source, dataset_name)
-    parallel.barrier()
-    if rank != 0:  # checks rank 0's manifest; only rank 0 may replace a cache or start one
-        manifest = _open_manifest(
-            root, settings, weights, selection, points, source, dataset_name, main_rank=False
+    with _held_by_rank_0(root):  # one extraction at a time per directory
+        vision_model = model if isinstance(model, VisionModel) else VisionModel(model)
+        selection = TokenSelection.parse(tokens, k=k, seed=seed)
+        source = open_image_source(images)
+        points = resolve_hooks(vision_model, hooks, selection)
+        settings = CacheSettings(
+            model=vision_model.model_name,
+            family=vision_model.family.name,
+            hooks=tuple(p.name for p in points),
+            tokens=selection.describe(),
+            dtype=dtype,
+            images_per_shard=images_per_shard,
+            n_images=len(source),
+            image_ids_sha256=_fingerprint(source.ids),
         )
-    for point in points:
-        (root / point.name).mkdir(exist_ok=True)
-
-    n_shards = -(-len(source) // images_per_shard)
-    todo = [
-        s
-        for s in range(n_shards)
-        if s % world == rank and _needs_extraction(root, points, s, dtype, settings.digest())
-    ]
-    mine = [s for s in range(n_shards) if s % world == rank]
-    done_images = sum(
-        min(images_per_shard, len(source) - s * images_per_shard) for s in set(mine) - set(todo)
-    )
-    mine_images = sum(min(images_per_shard, len(source) - s * images_per_shard) for s in mine)
-    bar = tqdm(
-        total=mine_images,
-        initial=done_images,
-        desc="extract" if world == 1 else f"extract (rank {rank}/{world})",
-        unit="img",
-        disable=not progress,
-    )
-    for shard in todo:
-        start, end = shard * images_per_shard, min((shard + 1) * images_per_shard, len(source))
-        parts: dict[str, list[Any]] = {p.name: [] for p in points}
-        skipped: list[str] = []
-        for batch in iter_extracted_batches(
-            vision_model,
-            source,
-            points,
-            selection,
-            range(start, end),
-            batch_size,
-            skip_unreadable=skip_unreadable,
-            num_workers=num_workers,
-        ):
-            skipped.extend(batch.skipped)
-            for name, rows in batch.hooks.items():
-                parts[name].append(rows)
-            bar.update(len(batch.image_indices) + len(batch.skipped))
-        for point in points:
-            _write_shard(
-                root / point.name / _shard_name(shard),
-                parts[point.name],
-                point.d_model,
-                dtype,
-                skipped,
-                settings.digest(),
+        manifest_path = root / "cache.json"
+        parallel = DataParallel.current()
+        rank, world = parallel.rank, parallel.world_size
+        weights = weights_fingerprint(vision_model.source_module)
+        fingerprints = {"weights": weights, "images": source.fingerprint()}
+        if rank == 0:
+            manifest = _open_manifest(
+                root, settings, fingerprints, selection, points, source, dataset_name
             )
-    bar.close()
-    parallel.barrier()
-    skipped_all = {
-        image_id
-        for s in range(n_shards)
-        for image_id in json.loads(
-            _shard_metadata(root / points[0].name / _shard_name(s)).get("skipped", "[]")
+        parallel.barrier()
+        if rank != 0:  # checks rank 0's manifest; only rank 0 may replace a cache or start one
+            manifest = _open_manifest(
+                root,
+                settings,
+                fingerprints,
+                selection,
+                points,
+                source,
+                dataset_name,
+                main_rank=False,
+            )
+        for point in points:
+            (root / point.name).mkdir(exist_ok=True)
+
+        n_shards = -(-len(source) // images_per_shard)
+        todo = [
+            s
+            for s in range(n_shards)
+            if s % world == rank and _needs_extraction(root, points, s, dtype, settings.digest())
+        ]
+        mine = [s for s in range(n_shards) if s % world == rank]
+        done_images = sum(
+            min(images_per_shard, len(source) - s * images_per_shard) for s in set(mine) - set(todo)
         )
-    }
-    if rank == 0:
-        manifest["skipped_images"] = sorted(skipped_all)
-        manifest["shard_rows"] = {
-            p.name: [
-                _tensor_shapes(root / p.name / _shard_name(s))["image_index"][0]
-                for s in range(n_shards)
-            ]
-            for p in points
+        mine_images = sum(min(images_per_shard, len(source) - s * images_per_shard) for s in mine)
+        bar = tqdm(
+            total=mine_images,
+            initial=done_images,
+            desc="extract" if world == 1 else f"extract (rank {rank}/{world})",
+            unit="img",
+            disable=not progress,
+        )
+        for shard in todo:
+            start, end = shard * images_per_shard, min((shard + 1) * images_per_shard, len(source))
+            parts: dict[str, list[Any]] = {p.name: [] for p in points}
+            skipped: list[str] = []
+            for batch in iter_extracted_batches(
+                vision_model,
+                source,
+                points,
+                selection,
+                range(start, end),
+                batch_size,
+                skip_unreadable=skip_unreadable,
+                num_workers=num_workers,
+            ):
+                skipped.extend(batch.skipped)
+                for name, rows in batch.hooks.items():
+                    parts[name].append(rows)
+                bar.update(len(batch.image_indices) + len(batch.skipped))
+            for point in points:
+                _write_shard(
+                    root / point.name / _shard_name(shard),
+                    parts[point.name],
+                    point.d_model,
+                    dtype,
+                    skipped,
+                    settings.digest(),
+                )
+        bar.close()
+        parallel.barrier()
+        skipped_all = {
+            image_id
+            for s in range(n_shards)
+            for image_id in json.loads(
+                _shard_metadata(root / points[0].name / _shard_name(s)).get("skipped", "[]")
+            )
         }
-        manifest["complete"] = True
-        _write_json_atomic(manifest_path, manifest)
-    parallel.barrier()
-    cache = ActivationCache(root)
-    if skipped_all and progress and rank == 0:
-        print(f"skipped {len(skipped_all)} unreadable image(s) of {len(source)}")
-    return cache
+        if rank == 0:
+            manifest["skipped_images"] = sorted(skipped_all)
+            manifest["shard_rows"] = {
+                p.name: [
+                    _tensor_shapes(root / p.name / _shard_name(s))["image_index"][0]
+                    for s in range(n_shards)
+                ]
+                for p in points
+            }
+            manifest["complete"] = True
+            _write_json_atomic(manifest_path, manifest)
+        parallel.barrier()
+        cache = ActivationCache(root)
+        if skipped_all and progress and rank == 0:
+            print(f"skipped {len(skipped_all)} unreadable image(s) of {len(source)}")
+        return cache
+
+
+def _held_by_rank_0(root: Path) -> AbstractContextManager[Any]:
+    """The extraction's hold on ``root`` (``ownership``); rank 0 holds it for every rank of a
+    data-parallel run."""
+    if DataParallel.current().rank != 0:
+        return nullcontext()
+    return owned_directory(root, "extraction")
 
 
 def _discard_unstarted(root: Path, manifest: dict[str, Any]) -> None:
@@ -267,7 +298,7 @@ def _discard_unstarted(root: Path, manifest: dict[str, Any]) -> None:
 def _open_manifest(
     root: Path,
     settings: CacheSettings,
-    weights: str,
+    fingerprints: dict[str, str],
     selection: TokenSelection,
     points: Sequence[Any],
     source: Any,
@@ -276,18 +307,19 @@ def _open_manifest(
     main_rank: bool = True,
 ) -> dict[str, Any]:
     """The manifest of the cache at ``root``: checked against ``settings`` and the
-    ``weights`` fingerprint if it exists (a different run is refused), else created with the
-    image table. A cache that never wrote a shard (a run that failed at its first image, say)
+    ``fingerprints`` of the weights and of the images' contents if it exists (a different run,
+    or images changed under the same names, is refused), else created with the image table. A cache that never wrote a shard (a run that failed at its first image, say)
     holds nothing to mix: a run with other settings replaces it. The other ranks of a
     data-parallel run (``main_rank=False``) only check the manifest rank 0 opened: to them a
     cache with no shard yet is rank 0's, just started."""
     manifest_path = root / "cache.json"
     if main_rank and manifest_path.exists() and not any(root.glob("*/shard_*.safetensors")):
-        _discard_unstarted(root, json.loads(manifest_path.read_text()))
+        _discard_unstarted(root, read_json(manifest_path))
     if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != CACHE_FORMAT:
+        manifest = read_json(manifest_path)
+        if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
             raise ValueError(f"{root} holds a cache.json that is not an activation cache")
+        check_manifest(manifest, manifest_path)
         recorded = CacheSettings.from_manifest(manifest)
         # Older caches record a local model path as given; compare it resolved from here.
         recorded = replace(recorded, model=model_reference(recorded.model, strict=False))
@@ -297,7 +329,8 @@ def _open_manifest(
                 + "; ".join(settings.differences(recorded))
                 + ". Use another output directory, or delete this one."
             )
-        _check_weights(root, manifest, weights, settings.model)
+        _check_weights(root, manifest, fingerprints["weights"], settings.model)
+        _check_images(root, manifest, fingerprints["images"])
         if manifest["settings"]["model"] != settings.model:  # record the resolved path
             manifest["settings"]["model"] = settings.model
             _write_json_atomic(manifest_path, manifest)
@@ -317,7 +350,8 @@ def _open_manifest(
             "settings": vars(settings),
             "token_selection": vars(selection),
             "hooks": {p.name: {"d_in": p.d_model} for p in points},
-            "weights_fingerprint": weights,
+            "weights_fingerprint": fingerprints["weights"],
+            "images_fingerprint": fingerprints["images"],
             "source": source.description,
             "dataset": dataset_name or source.description,
             "library_versions": library_versions(),
@@ -349,7 +383,7 @@ def _shard_problems(
     path: Path, d_in: int, dtype: str, cache_id: str, rows: int | None = None
 ) -> list[str]:
     """What is wrong with one shard file, from its header alone: unreadable, written for
-    another cache (``cache_id``), or not ``rows`` (if known) rows of ``d_in`` ``dtype`` values
+    another cache (``cache_id``) or as another shard of this one, or not ``rows`` (if known) rows of ``d_in`` ``dtype`` values
     with their image and token indices. Empty when it is sound."""
     try:
         header = _read_header(path)
@@ -358,6 +392,8 @@ def _shard_problems(
     metadata = header.get("__metadata__", {})
     if metadata.get("cache", cache_id) != cache_id:  # shards written before cache ids: none
         return [f"{path}: a shard of another cache (cache id {metadata['cache']}, not {cache_id})"]
+    if metadata.get("shard", str(_shard_index(path))) != str(_shard_index(path)):
+        return [f"{path}: a copy of shard {metadata['shard']}"]
     expected = {
         "activations": (SAFETENSORS_DTYPES[dtype], 2),
         "image_index": ("I64", 1),
@@ -404,6 +440,20 @@ def _check_weights(root: Path, manifest: dict[str, Any], weights: str, model: st
         )
 
 
+def _check_images(root: Path, manifest: dict[str, Any], images: str) -> None:
+    """Refuse to resume over images whose content stamps (``ImageSource.content_stamp``: a
+    file's size and modification time) changed since the cache was started: the same names
+    would mix old and new images' activations. Caches from before image fingerprints are not
+    checked."""
+    recorded = manifest.get("images_fingerprint")
+    if recorded is not None and recorded != images:
+        raise ValueError(
+            f"{root}: the images changed since this cache was extracted from them (the same "
+            "names, other sizes or modification times); resuming would mix old and new "
+            "images' activations. Use another output directory, or delete this one."
+        )
+
+
 def _write_shard(
     path: Path, parts: list[Any], d_in: int, dtype: str, skipped: list[str], cache_id: str
 ) -> None:
@@ -420,7 +470,8 @@ def _write_shard(
         "token_index": token_index.contiguous().cpu(),
     }
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"skipped": json.dumps(skipped), "cache": cache_id})
+    metadata = {"skipped": json.dumps(skipped), "cache": cache_id, "shard": str(_shard_index(path))}
+    save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
 
@@ -432,12 +483,10 @@ class ActivationCache:
         manifest_path = self.path / "cache.json"
         if not manifest_path.exists():
             raise FileNotFoundError(f"{self.path} is not an activation cache (no cache.json)")
-        try:
-            self.manifest = json.loads(manifest_path.read_text())
-        except ValueError as error:
-            raise ValueError(f"{manifest_path} is not valid JSON ({error})") from None
+        self.manifest = read_json(manifest_path)
         if not isinstance(self.manifest, dict) or self.manifest.get("format") != CACHE_FORMAT:
             raise ValueError(f"{manifest_path} is not an activation cache manifest")
+        check_manifest(self.manifest, manifest_path)
         if self.manifest["version"] > CACHE_VERSION:
             raise ValueError(
                 f"{self.path} was written by cache format v{self.manifest['version']}; "
@@ -474,7 +523,7 @@ class ActivationCache:
 
     def _image_table(self) -> dict[str, Any]:
         if self._images is None:
-            self._images = json.loads((self.path / "images.json").read_text())
+            self._images = read_json(self.path / "images.json")
         return self._images
 
     def _hook(self, hook: str | None) -> str:

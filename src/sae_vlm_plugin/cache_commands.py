@@ -21,14 +21,14 @@ def add_cache_commands(commands: argparse._SubParsersAction) -> None:
         "dtype, is a sound safetensors file of this cache. Prints a summary per hook; exits 2 "
         "listing the problems (an unfinished extraction is one).",
     )
-    verify.add_argument("path", help="the cache directory")
+    verify.add_argument("cache_dir", metavar="path", help="the cache directory")
     verify.set_defaults(handler=_cmd_verify)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from sae_vlm_plugin.cache import verify_cache
 
-    report = verify_cache(args.path)
+    report = verify_cache(args.cache_dir)
     print(f"{report.path}: {'complete' if report.complete else 'incomplete'}")
     for summary in report.hooks:
         print(f"  {summary.describe()}")

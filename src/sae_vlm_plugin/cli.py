@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from sae_vlm_plugin import __version__
+from sae_vlm_plugin.arguments import check_arguments, non_negative_int, positive_int
 from sae_vlm_plugin.cache_commands import add_cache_commands
 from sae_vlm_plugin.dashboard.cli import add_dashboard_command
 from sae_vlm_plugin.demo.commands import add_demo_command
@@ -59,15 +60,16 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, object]:
-    """``key=value`` pairs; values are parsed as YAML scalars/lists (``k=32``, ``lr=1e-4``)."""
-    import yaml
+    """``key=value`` pairs; values are parsed as YAML scalars/lists (``k=32``, ``lr=1e-4``),
+    as a config file's values are (``load_yaml_text``)."""
+    from sae_vlm_plugin.pretrained.schema import load_yaml_text
 
     overrides: dict[str, object] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects key=value, got {pair!r}")
-        overrides[key.replace("-", "_")] = yaml.safe_load(value)
+        overrides[key.replace("-", "_")] = load_yaml_text(value, f"--set {pair}")
     return overrides
 
 
@@ -217,10 +219,10 @@ def _add_extract(commands: argparse._SubParsersAction) -> None:
         help="cls | patches | all | mean | random_k | random_k+replacement (default: cls)",
     )
     extract.add_argument(
-        "--k", type=int, default=2, help="tokens per image for random_k (default: 2)"
+        "--k", type=positive_int, default=2, help="tokens per image for random_k (default: 2)"
     )
     extract.add_argument(
-        "--seed", type=int, default=0, help="seed of the random_k draw (default: 0)"
+        "--seed", type=non_negative_int, default=0, help="seed of the random_k draw (default: 0)"
     )
     extract.add_argument(
         "--images", required=True, help="an image folder (ImageNet-style tree or flat)"
@@ -228,13 +230,15 @@ def _add_extract(commands: argparse._SubParsersAction) -> None:
     extract.add_argument(
         "--out", required=True, help="cache directory (created; resumed if it exists)"
     )
-    extract.add_argument("--batch-size", type=int, default=64)
+    extract.add_argument("--batch-size", type=positive_int, default=64)
     extract.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    extract.add_argument("--images-per-shard", type=int, default=256)
+    extract.add_argument("--images-per-shard", type=positive_int, default=256)
     extract.add_argument(
         "--skip-unreadable", action="store_true", help="skip corrupt images and report the count"
     )
-    extract.add_argument("--workers", type=int, default=0, help="image decoding worker processes")
+    extract.add_argument(
+        "--workers", type=non_negative_int, default=0, help="image decoding worker processes"
+    )
     extract.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: where the model loads)")
     extract.set_defaults(handler=_cmd_extract)
 
@@ -276,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     as argparse does for bad flags; ``--debug`` shows the traceback instead."""
     args = build_parser().parse_args(argv)
     try:
+        check_arguments(args)  # before any command imports torch or SAELens
         return int(args.handler(args))
     except USER_ERRORS as error:
         if args.debug:

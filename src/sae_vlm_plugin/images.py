@@ -7,6 +7,7 @@ order, and labels where it has them (an ImageNet-style tree's class folder names
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,6 +72,9 @@ class ImageSource:
     description: str
     loader: Any = None
     pixels: torch.Tensor | None = None
+    stamper: Any = None
+    """``index -> str``: what tells an image's content apart from another under the same id (a
+    file's size and modification time, a hash of a PIL image's pixels), or None for pixels."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -78,6 +82,21 @@ class ImageSource:
     @property
     def is_pixels(self) -> bool:
         return self.pixels is not None
+
+    def content_stamp(self, index: int) -> str:
+        """A short text that changes when image ``index``'s content does while its id stays:
+        a file's size and modification time (not a hash of the file: stamping a folder must
+        not read a million images), a hash of pixels held in memory."""
+        if self.pixels is not None:
+            return _digest(self.pixels[index].detach().cpu().contiguous().numpy().tobytes())
+        return str(self.stamper(index)) if self.stamper is not None else ""
+
+    def fingerprint(self) -> str:
+        """A hash of every image's id and content stamp, in order."""
+        digest = hashlib.sha256()
+        for index, image_id in enumerate(self.ids):
+            digest.update(f"{image_id}\0{self.content_stamp(index)}\n".encode())
+        return digest.hexdigest()[:16]
 
     def load(self, index: int) -> Image.Image:
         """The RGB image at ``index`` (see ``to_rgb``); raises ``ImageReadError`` naming it if
@@ -140,7 +159,11 @@ def _folder_source(root: Path) -> ImageSource:
     nested = all("/" in i for i in ids)
     labels = [i.split("/", 1)[0] for i in ids] if nested else None
     return ImageSource(
-        ids=ids, labels=labels, description=f"folder {root}", loader=lambda i: Image.open(files[i])
+        ids=ids,
+        labels=labels,
+        description=f"folder {root}",
+        loader=lambda i: Image.open(files[i]),
+        stamper=lambda i: _file_stamp(files[i]),
     )
 
 
@@ -151,6 +174,9 @@ def _sequence_source(items: Sequence[Any]) -> ImageSource:
             labels=None,
             description=f"{len(items)} PIL images",
             loader=lambda i: items[i],
+            stamper=lambda i: _digest(
+                f"{items[i].mode}{items[i].size}".encode() + items[i].tobytes()
+            ),
         )
     if all(isinstance(item, str | os.PathLike) for item in items):
         paths = [Path(item) for item in items]
@@ -159,6 +185,7 @@ def _sequence_source(items: Sequence[Any]) -> ImageSource:
             labels=None,
             description=f"{len(paths)} image paths",
             loader=lambda i: Image.open(paths[i]),
+            stamper=lambda i: _file_stamp(paths[i]),
         )
     kinds = sorted({type(item).__name__ for item in items})
     raise TypeError(f"a list of images must hold only PIL images or only paths, got {kinds}")
@@ -193,4 +220,18 @@ def _dataset_source(dataset: Any) -> ImageSource:
         labels=labels,
         description=f"datasets.Dataset ({len(dataset)} rows, column {column!r})",
         loader=lambda i: plain[i][column],
+        stamper=lambda i: f"{getattr(dataset, '_fingerprint', '')}:{i}",  # datasets' own hash
     )
+
+
+def _file_stamp(path: Path) -> str:
+    """A file's size and modification time (ns), or "missing" (loading it will say more)."""
+    try:
+        status = path.stat()
+    except OSError:
+        return "missing"
+    return f"{status.st_size}:{status.st_mtime_ns}"
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]

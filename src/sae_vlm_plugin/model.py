@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from nnsight import NNsight
 
+from sae_vlm_plugin.devices import check_device
 from sae_vlm_plugin.families.base import Preprocessor, VisionFamily, first_output
 from sae_vlm_plugin.families.registry import (
     detect_family,
@@ -49,6 +50,7 @@ class VisionModel(NNsight):
         dtype: torch.dtype | None = None,
         **load_kwargs: Any,
     ) -> None:
+        check_device(device)  # before a model is loaded, not when it moves there
         if isinstance(model_or_name, str):
             name = model_reference(model_or_name)
             module, loaded_preprocess, chosen = load_by_name(name, family, **load_kwargs)

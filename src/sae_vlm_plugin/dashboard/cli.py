@@ -8,15 +8,16 @@ optionally serving it on localhost.
 from __future__ import annotations
 
 import argparse
-import errno
-import functools
-import http.server
-import threading
-import time
-from http import HTTPStatus
 from pathlib import Path
-from typing import Any
 
+from sae_vlm_plugin.arguments import (
+    non_negative_float,
+    non_negative_int,
+    port_number,
+    positive_int,
+)
+from sae_vlm_plugin.dashboard.serve import bind_server, check_dashboard_folder, serve_dashboard
+from sae_vlm_plugin.ownership import owned_directory
 from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
 
 
@@ -39,10 +40,10 @@ def add_dashboard_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--scoring-encoder", default="dinov2", help="image encoder for MS (default: dinov2)"
     )
-    parser.add_argument("--n-top", type=int, default=16, help="top images per latent")
+    parser.add_argument("--n-top", type=positive_int, default=16, help="top images per latent")
     parser.add_argument(
         "--min-support",
-        type=int,
+        type=non_negative_int,
         default=16,
         help="latents firing on fewer images get no MS (default: 16, as `evaluate`)",
     )
@@ -65,41 +66,58 @@ def add_dashboard_command(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--neuronpedia", action="store_true", help="also write OUT/neuronpedia/")
     parser.add_argument("--saedashboard", action="store_true", help="also write OUT/saedashboard/")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--device", help="e.g. cuda, cpu")
     parser.add_argument(
         "--serve", action="store_true", help="serve OUT on http://127.0.0.1:PORT afterwards"
     )
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=port_number, default=8000)
     parser.add_argument(
-        "--serve-seconds", type=float, help="stop serving after this many seconds (default: Ctrl-C)"
+        "--serve-seconds",
+        type=non_negative_float,
+        help="stop serving after this many seconds (default: Ctrl-C)",
     )
     parser.set_defaults(handler=_cmd_dashboard)
 
 
-def parse_latents(text: str) -> list[int]:
-    """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]``."""
-    latents: list[int] = []
-    try:
-        for part in text.split(","):
-            first, _, last = part.strip().partition("-")
-            latents.extend(range(int(first), int(last or first) + 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad latent list {text!r}; e.g. 0-99,512") from None
-    return latents
+def parse_latents(text: str) -> tuple[range, ...]:
+    """``"0-3,7"`` -> ``(range(0, 4), range(7, 8))``: the ranges only, so that a huge range is
+    refused against the SAE's width (``latent_ids``) before any list of it exists."""
+    ranges = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not (first.isdigit() and (last.isdigit() or not dash)):
+            raise argparse.ArgumentTypeError(f"bad latent list {text!r}; e.g. 0-99,512")
+        ranges.append(range(int(first), int(last or first) + 1))
+        if not ranges[-1]:
+            raise argparse.ArgumentTypeError(f"bad latent range {part.strip()!r}: it is empty")
+    return tuple(ranges)
+
+
+def latent_ids(ranges: tuple[range, ...], d_sae: int) -> list[int]:
+    """The latents of ``parse_latents``' ranges, after checking every one is below ``d_sae``."""
+    for latents in ranges:
+        if latents[-1] >= d_sae:
+            raise ValueError(
+                f"latent {latents[-1]} is out of range; valid latents are 0..{d_sae - 1}"
+            )
+    return [latent for latents in ranges for latent in latents]
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    # A busy --port fails now, not after the (long) build; serving starts once it is done.
-    server = bind_server(args.out, port=args.port) if args.serve else None
-    try:
-        _build(args)
-    except BaseException:
+    # A foreign --out or a busy --port fails now, not after the (long) build; serving starts
+    # once it is done.
+    check_dashboard_folder(args.out)
+    with owned_directory(args.out, "dashboard build"):  # held while it builds and serves
+        server = bind_server(args.out, port=args.port) if args.serve else None
+        try:
+            _build(args)
+        except BaseException:
+            if server is not None:
+                server.server_close()
+            raise
         if server is not None:
-            server.server_close()
-        raise
-    if server is not None:
-        serve_dashboard(server, seconds=args.serve_seconds)
+            serve_dashboard(server, seconds=args.serve_seconds)
     return 0
 
 
@@ -127,7 +145,7 @@ def _build(args: argparse.Namespace) -> None:
         hook=args.hook,
         tokens=args.tokens,
         n_top=args.n_top,
-        latents=args.latents,
+        latents=latent_ids(args.latents, sae.cfg.d_sae) if args.latents else None,
         heatmaps={"auto": None, "on": True, "off": False}[args.heatmaps],
         concept_labels=labels,
         batch_size=args.batch_size,
@@ -170,61 +188,3 @@ def _build(args: argparse.Namespace) -> None:
         )
         print(f"saedashboard: {written['json']}")
         print(f"note: {CDN_NOTE}")
-
-
-class DashboardRequestHandler(http.server.SimpleHTTPRequestHandler):
-    """``SimpleHTTPRequestHandler`` that answers 400 to a path no file can have (``/%00``: the
-    standard handler lets ``os.stat``'s ValueError drop the connection with a traceback)."""
-
-    def send_head(self) -> Any:
-        try:
-            return super().send_head()
-        except ValueError:
-            self.send_error(HTTPStatus.BAD_REQUEST, "invalid path")
-            return None
-
-
-def bind_server(
-    directory: str | Path, *, host: str = "127.0.0.1", port: int = 8000
-) -> http.server.ThreadingHTTPServer:
-    """A server for ``directory`` bound to ``host:port`` (port 0: any free port), not serving
-    yet (``serve_dashboard`` or ``start_server``). A port in use raises OSError saying so."""
-    handler = functools.partial(DashboardRequestHandler, directory=str(directory))
-    try:
-        return http.server.ThreadingHTTPServer((host, port), handler)
-    except OSError as error:
-        if error.errno != errno.EADDRINUSE:
-            raise
-        raise OSError(
-            error.errno, f"port {port} on {host} is in use; pass another --port (0: any free one)"
-        ) from None
-
-
-def start_server(
-    directory: str | Path, *, host: str = "127.0.0.1", port: int = 8000
-) -> http.server.ThreadingHTTPServer:
-    """Serve ``directory`` read-only on ``host:port`` (port 0: any free port) in a daemon
-    thread; call ``shutdown()`` and ``server_close()`` on the result to stop."""
-    server = bind_server(directory, host=host, port=port)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-def serve_dashboard(
-    server: http.server.ThreadingHTTPServer, *, seconds: float | None = None
-) -> None:
-    """Serve with ``server`` (from ``bind_server``) until Ctrl-C or for ``seconds``."""
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    host, port = server.server_address[:2]
-    host = host.decode() if isinstance(host, bytes) else host
-    print(f"serving on http://{host}:{port}/ (Ctrl-C stops)")
-    try:
-        if seconds is None:
-            while True:
-                time.sleep(3600)
-        time.sleep(seconds)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -13,6 +13,7 @@ Neuronpedia's own converter puts the cosine).
 from __future__ import annotations
 
 import base64
+import html
 import json
 import math
 from pathlib import Path
@@ -332,10 +333,13 @@ def saedashboard_data(
 
 
 def _concept_title(data: DashboardData, r: int) -> str:
-    """The histogram title's concept line: SAEDashboard has no field for a feature's labels."""
+    """The histogram title's concept line: SAEDashboard has no field for a feature's labels.
+    Its page sets titles as HTML (``innerHTML``), so the words are escaped: a label is text,
+    never markup, and never a ``</script>`` that would end the page's inline data."""
     if not data.concepts or not data.concepts[r]:
         return ""
-    return "<br>CONCEPTS: " + ", ".join(f"{w} {s:.2f}" for w, s in data.concepts[r])
+    words = (f"{html.escape(w)} {s:.2f}" for w, s in data.concepts[r])
+    return "<br>CONCEPTS: " + ", ".join(words)
 
 
 def export_saedashboard(

@@ -1,4 +1,5 @@
-"""Thumbnails of images, written once per image id and size and reused by later builds."""
+"""Thumbnails of images, written once per image (its id and content stamp) and size, and reused by
+later builds."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from PIL import Image
 from sae_vlm_plugin.images import ImageSource
 
 
-def thumbnail_name(image_id: str, size: int) -> str:
-    """Relative path of an image's thumbnail: stable across builds, safe for any id."""
-    digest = hashlib.sha1(image_id.encode()).hexdigest()[:20]
+def thumbnail_name(image_id: str, size: int, stamp: str = "") -> str:
+    """Relative path of an image's thumbnail: stable across builds of the same image, new when
+    its content ``stamp`` (``ImageSource.content_stamp``) changes, safe for any id."""
+    digest = hashlib.sha1(f"{image_id}\0{stamp}".encode()).hexdigest()[:20]
     return f"thumbs/{size}/{digest}.jpg"
 
 
@@ -25,7 +27,7 @@ def write_thumbnails(
     that exist); returns ``index -> relative path``."""
     paths: dict[int, str] = {}
     for index in sorted(set(indices)):
-        relative = thumbnail_name(source.ids[index], size)
+        relative = thumbnail_name(source.ids[index], size, source.content_stamp(index))
         target = out_dir / relative
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)

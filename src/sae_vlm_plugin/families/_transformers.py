@@ -25,13 +25,17 @@ BLOCK_LIST_NAMES = ("layers", "layer")
 
 
 class ImageProcessorPreprocessor:
-    """A transformers image processor as a ``Preprocessor``."""
+    """A transformers image processor as a ``Preprocessor``. PIL images are height x width x
+    channels, which it is told: left to guess, it takes an image 1 or 3 pixels tall for a
+    channels-first array (a 48x3 red image came out black, a 1x1 image raised)."""
 
     def __init__(self, processor: Any) -> None:
         self.processor = processor
 
     def __call__(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+        return self.processor(
+            images=list(images), return_tensors="pt", input_data_format="channels_last"
+        )["pixel_values"]
 
     def __repr__(self) -> str:
         return f"ImageProcessorPreprocessor({type(self.processor).__name__})"

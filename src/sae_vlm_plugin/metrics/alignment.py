@@ -205,35 +205,39 @@ def load_benchmark_pairs(path: str | Path) -> BenchmarkPairs:
     ``y``/``k_y`` are accepted too. Every ``MS_x_<name>``/``MS_y_<name>`` column pair is
     loaded (empty cells become NaN, and their pairs are skipped when scored)."""
     path = Path(path)
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = list(reader.fieldnames or [])
-        missing = [c for c in ("k_x", "k_y", "R_user") if c not in header]
-        if missing:
-            raise ValueError(f"{path}: missing columns {missing}; found {header}")
-        names = [c[len("MS_x_") :] for c in header if c.startswith("MS_x_")]
-        names = [n for n in names if f"MS_y_{n}" in header]
-        rows = list(reader)
+    header, rows, lines = _read_table(path)
+    missing = [c for c in ("k_x", "k_y", "R_user") if c not in header]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; found {header}")
+    names = [c[len("MS_x_") :] for c in header if c.startswith("MS_x_")]
+    names = [n for n in names if f"MS_y_{n}" in header]
     if not rows:
         raise ValueError(f"{path}: no pairs")
     k_x = tuple(r["k_x"].strip() for r in rows)
     k_y = tuple(r["k_y"].strip() for r in rows)
     prefers = np.array(
         [
-            _user_prefers_x(r["R_user"].strip(), kx, ky, i + 2, path)
-            for i, (r, kx, ky) in enumerate(zip(rows, k_x, k_y, strict=True))
+            _user_prefers_x(r["R_user"].strip(), kx, ky, line, path)
+            for r, kx, ky, line in zip(rows, k_x, k_y, lines, strict=True)
         ],
         dtype=bool,
     )
-    ms_x = {n: np.array([_cell(r[f"MS_x_{n}"]) for r in rows]) for n in names}
-    ms_y = {n: np.array([_cell(r[f"MS_y_{n}"]) for r in rows]) for n in names}
+    ms = {
+        column: np.array(
+            [_cell(r, column, line, path) for r, line in zip(rows, lines, strict=True)]
+        )
+        for n in names
+        for column in (f"MS_x_{n}", f"MS_y_{n}")
+    }
+    ms_x = {n: ms[f"MS_x_{n}"] for n in names}
+    ms_y = {n: ms[f"MS_y_{n}"] for n in names}
     return BenchmarkPairs(k_x, k_y, prefers, ms_x, ms_y)
 
 
 def load_benchmark_top_images(path: str | Path) -> dict[str, tuple[str, ...]]:
     """Read ``top16_images.csv``: neuron id -> its top images, best first."""
     path = Path(path)
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if not header or header[0] != "k":
@@ -250,7 +254,7 @@ def load_benchmark_activations(
     path = Path(path)
     ids: list[str] = []
     rows: list[np.ndarray] = []
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         header = f.readline().rstrip("\r\n").split(",")
         if not header or header[0].strip() != "k" or len(header) < 2:
             raise ValueError(f"{path}: expected a header 'k, a_1, ..., a_N', got {header[:3]}")
@@ -301,8 +305,38 @@ def _as_float_array(values: object, name: str) -> np.ndarray:
     return array
 
 
-def _cell(text: str) -> float:
-    return float(text) if text.strip() else math.nan
+def _read_table(path: Path) -> tuple[list[str], list[dict[str, str]], list[int]]:
+    """A CSV file's header, its rows as ``{column: text}`` and each row's line number. A UTF-8
+    byte-order mark (Excel's "CSV UTF-8") is dropped; a repeated column, or a row with more or
+    fewer fields than the header, is refused naming the file (and line)."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        repeated = [c for i, c in enumerate(header) if c in header[:i]]
+        if repeated:
+            raise ValueError(f"{path}: repeated column {repeated[0]!r}")
+        rows, lines = [], []
+        for fields in reader:
+            if not any(field.strip() for field in fields):
+                continue
+            if len(fields) != len(header):
+                raise ValueError(
+                    f"{path}:{reader.line_num}: {len(fields)} fields, the header has {len(header)}"
+                )
+            rows.append(dict(zip(header, fields, strict=True)))
+            lines.append(reader.line_num)
+    return header, rows, lines
+
+
+def _cell(row: dict[str, str], column: str, line: int, path: Path) -> float:
+    """An MS cell as a number; empty: NaN."""
+    text = row[column].strip()
+    if not text:
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{path}:{line}: {column}={text!r} is not a number") from None
 
 
 def _user_prefers_x(choice: str, k_x: str, k_y: str, line: int, path: Path) -> bool:

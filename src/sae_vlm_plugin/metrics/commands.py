@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from sae_vlm_plugin.arguments import non_negative_int
+from sae_vlm_plugin.ownership import owned_directory
 from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
 
 
@@ -25,7 +27,7 @@ def add_metric_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--scoring-encoder", default="dinov2", help="dinov2 | clip | a hub id")
     evaluate.add_argument(
         "--min-support",
-        type=int,
+        type=non_negative_int,
         default=16,
         help="latents firing on fewer images get no MS (default: 16, evaluate_sae's)",
     )
@@ -46,29 +48,18 @@ def add_metric_commands(commands: argparse._SubParsersAction) -> None:
         help="agreement of MS with the paper's user study (Table A1), from its pairs.csv",
     )
     alignment.add_argument("--pairs", required=True, help="the released benchmark's pairs.csv")
-    alignment.add_argument("--metric", action="append", help="dino and/or clip (default: both)")
+    alignment.add_argument(
+        "--metric",
+        action="append",
+        help="an MS column, e.g. dino or clip (repeatable; default: every MS column of the file)",
+    )
     alignment.add_argument("--bin-by", help="bin by this MS column's distance (Table A1(a): dino)")
     alignment.set_defaults(handler=_cmd_alignment)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from sae_vlm_plugin.metrics.evaluation import evaluate_sae
-    from sae_vlm_plugin.model import VisionModel
-    from sae_vlm_plugin.pretrained.sae_argument import load_sae_argument, model_name_argument
-
-    sae = load_sae_argument(args.sae, args.device or "cpu", args.registry)
-    model_name = model_name_argument(args.model, sae)
-    report = evaluate_sae(
-        sae,
-        VisionModel(model_name, device=args.device),
-        args.images,
-        scoring_encoder=args.scoring_encoder,
-        min_support=args.min_support,
-        taxonomy=taxonomy_argument(args.taxonomy, args.images),
-        out_dir=args.out,
-        force=args.force,
-        skip_unreadable=args.skip_unreadable,
-    )
+    with owned_directory(args.out, "evaluation"):  # one evaluation at a time writes --out
+        report = _evaluate(args)
     for name, stats in (("SAE latents", report.sae), ("raw neurons", report.raw_neurons)):
         print(
             f"{name:<12} MS {stats['mean']:.3f} +- {stats['std']:.3f} (best {stats['best']:.3f}, "
@@ -95,12 +86,36 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> Any:
+    """The evaluation ``args`` ask for, written to ``args.out``."""
+    from sae_vlm_plugin.metrics.evaluation import evaluate_sae
+    from sae_vlm_plugin.model import VisionModel
+    from sae_vlm_plugin.pretrained.sae_argument import load_sae_argument, model_name_argument
+
+    sae = load_sae_argument(args.sae, args.device or "cpu", args.registry)
+    model_name = model_name_argument(args.model, sae)
+    return evaluate_sae(
+        sae,
+        VisionModel(model_name, device=args.device),
+        args.images,
+        scoring_encoder=args.scoring_encoder,
+        min_support=args.min_support,
+        taxonomy=taxonomy_argument(args.taxonomy, args.images),
+        out_dir=args.out,
+        force=args.force,
+        skip_unreadable=args.skip_unreadable,
+    )
+
+
 def _cmd_alignment(args: argparse.Namespace) -> int:
     from sae_vlm_plugin.metrics.alignment import load_benchmark_pairs, score_benchmark
 
     pairs = load_benchmark_pairs(args.pairs)
-    for metric in args.metric or ["dino", "clip"]:
-        result = score_benchmark(pairs, metric, bin_by=args.bin_by)
+    metrics = args.metric or list(pairs.ms_x)
+    if not metrics:
+        raise ValueError(f"{args.pairs} has no MS_x_<name> / MS_y_<name> columns to score")
+    results = {m: score_benchmark(pairs, m, bin_by=args.bin_by) for m in metrics}  # all or none
+    for metric, result in results.items():
         skipped = f" ({result.n_skipped} without a score skipped)" if result.n_skipped else ""
         print(f"MS ({metric}): alignment {result.score:.3f} over {result.n_pairs} pairs{skipped}")
         for b in result.bins:

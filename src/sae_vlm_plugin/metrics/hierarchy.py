@@ -25,7 +25,6 @@ unrounded mean over every neuron with at least two top images.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from sae_vlm_plugin.json_files import read_json
 from sae_vlm_plugin.metrics.top_activations import TopActivations
 
 if TYPE_CHECKING:
@@ -102,12 +102,12 @@ class Taxonomy:
         """From a ``.json`` object ``{class label: [names...]}``, or any other text file with
         one iNaturalist folder name per line (blank lines ignored)."""
         path = Path(path)
-        text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":
-            mapping = json.loads(text)
+            mapping = read_json(path)
             if not isinstance(mapping, dict):
                 raise ValueError(f"{path}: expected a JSON object {{label: [names...]}}")
             return cls.from_mapping(mapping)
+        text = path.read_text(encoding="utf-8")
         return cls.from_folder_names([line.strip() for line in text.splitlines() if line.strip()])
 
     def class_indices(self, labels: Sequence[str]) -> Int[Tensor, " n_images"]:

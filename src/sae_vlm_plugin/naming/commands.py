@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sae_vlm_plugin.arguments import positive_int
 from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
 
 
@@ -44,8 +45,8 @@ def add_naming_commands(commands: argparse._SubParsersAction) -> None:
         action="append",
         help="prompt template with {} (repeat to ensemble; default: the bare word)",
     )
-    name.add_argument("--k", type=int, default=16, help="top images per latent")
-    name.add_argument("--labels-per-latent", type=int, default=5)
+    name.add_argument("--k", type=positive_int, default=16, help="top images per latent")
+    name.add_argument("--labels-per-latent", type=positive_int, default=5)
     name.add_argument(
         "--no-centre", action="store_true", help="uncentred cosine (the paper's steering score)"
     )
@@ -63,7 +64,7 @@ def add_naming_commands(commands: argparse._SubParsersAction) -> None:
     find.add_argument(
         "--text-model", help="embeds a query outside the vocabulary (default: the labels')"
     )
-    find.add_argument("--top", type=int, default=10)
+    find.add_argument("--top", type=positive_int, default=10)
     find.set_defaults(handler=_cmd_find)
 
 

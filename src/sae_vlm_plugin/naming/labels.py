@@ -14,7 +14,8 @@ and get no labels.
 On disk (``save`` / ``load``), next to the SAE by default:
 
 - ``latent_labels.json``: setup, the vocabulary and each named latent's top labels with scores;
-- ``latent_labels.csv``: ``latent,rank,label,score`` rows of the same labels;
+- ``latent_labels.csv``: ``latent,rank,label,score`` rows of the same labels (a label that a
+  spreadsheet would run as a formula starts with ``'``);
 - ``latent_labels.safetensors``: the latent and word vectors, so ``find`` needs no images.
 """
 
@@ -28,6 +29,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+from sae_vlm_plugin.json_files import read_json
 
 LABELS_FILE = "latent_labels.json"
 CSV_FILE = "latent_labels.csv"
@@ -182,7 +185,7 @@ class LatentLabels:
         rows = ["latent,rank,label,score"]
         for j in named:
             for rank, (word, score) in enumerate(self.labels(j)):
-                rows.append(_csv_row([j, rank, word, f"{score:.6f}"]))
+                rows.append(_csv_row([j, rank, _csv_text(word), f"{score:.6f}"]))
         _write_atomic(out / CSV_FILE, "\n".join(rows) + "\n")
         partial = out / (VECTORS_FILE + ".tmp")
         save_file(
@@ -213,7 +216,7 @@ class LatentLabels:
                 f"no {LABELS_FILE} at {where}; write one with name_latents(...).save(dir) or "
                 "`sae-vlm name`"
             )
-        record = json.loads(json_path.read_text(encoding="utf-8"))
+        record = read_json(json_path)
         if not isinstance(record, dict) or record.get("format") != FORMAT:
             raise ValueError(f"{json_path} is not a latent labels file ({FORMAT})")
         if record.get("version") != FORMAT_VERSION:
@@ -248,6 +251,12 @@ def labels_for(labels: LatentLabels | str | Path, d_sae: int) -> LatentLabels:
             "to another SAE"
         )
     return found
+
+
+def _csv_text(text: str) -> str:
+    """``text`` as a spreadsheet shows it, not runs it: a cell starting with ``= + - @`` (or a
+    tab / carriage return) is a formula in Excel and LibreOffice, so it gets a leading ``'``."""
+    return "'" + text if text.startswith(("=", "+", "-", "@", "\t", "\r")) else text
 
 
 def _csv_row(values: list[Any]) -> str:

@@ -147,11 +147,16 @@ def _text_encoder(module: Any, tokenizer: Any) -> Callable[[list[str]], Tensor]:
         # SigLIP was trained on text padded to its full length; CLIP pools at the EOS token.
         siglip = type(module).__name__.startswith("Siglip")
         padding = "max_length" if siglip else True
-        # Truncate to the tower's context (77 for CLIP); a tokenizer without one has no limit.
-        truncation = getattr(tokenizer, "model_max_length", 10**30) < 10**6
+        context = module.config.text_config.max_position_embeddings  # 77 for CLIP
 
         def encode_transformers(texts: list[str]) -> Tensor:
-            inputs = tokenizer(texts, padding=padding, truncation=truncation, return_tensors="pt")
+            for text, ids in zip(texts, tokenizer(texts)["input_ids"], strict=True):
+                if len(ids) > context:  # the tower cannot read it whole: say which text
+                    raise ValueError(
+                        f"{text!r} is {len(ids)} tokens long, but the text tower reads at most "
+                        f"{context} tokens; shorten it"
+                    )
+            inputs = tokenizer(texts, padding=padding, truncation=True, return_tensors="pt")
             device = next(module.parameters()).device
             return module.get_text_features(**{k: v.to(device) for k, v in inputs.items()})
 

@@ -25,7 +25,6 @@ and the release's vision metadata is added last.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import PurePosixPath
 from typing import Any
@@ -41,6 +40,7 @@ from sae_lens.loading.pretrained_sae_loaders import (
 from sae_lens.util import str_to_dtype
 from safetensors.torch import load_file
 
+from sae_vlm_plugin.json_files import read_json
 from sae_vlm_plugin.pretrained.files import fetch, fetch_optional, load_tensors, repo_file
 from sae_vlm_plugin.pretrained.schema import VISION_METADATA_KEY
 
@@ -303,7 +303,7 @@ def dictionary_learning_loader(
     )
     trainer = None
     if config_path is not None:
-        config = json.loads(config_path.read_text())
+        config = read_json(config_path)
         if not isinstance(config, dict) or not isinstance(config.get("trainer"), dict):
             raise ValueError(f"{config_path}: a dictionary_learning config.json has a 'trainer'")
         trainer = config["trainer"]
@@ -339,7 +339,7 @@ def sae_lens_format_config(
 ) -> dict[str, Any]:
     """Config getter ``sae_vlm_sae_lens``: ``cfg.json`` brought to SAELens 6 form, overridden."""
     path = fetch(repo_id, repo_file(folder_name, SAE_CFG_FILENAME), force_download)
-    cfg_dict = handle_config_defaulting(json.loads(path.read_text()))
+    cfg_dict = handle_config_defaulting(read_json(path))
     cfg_dict["device"] = device
     return apply_overrides(cfg_dict, cfg_overrides, folder_name)
 

@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlparse
 import torch
 from huggingface_hub import hf_hub_download, list_repo_files
 from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+from safetensors import SafetensorError  # type: ignore[attr-defined]
 from safetensors.torch import load_file
 
 from sae_vlm_plugin.pretrained.schema import path_escape
@@ -140,11 +141,14 @@ def _local_files(root: Path, filename: str) -> list[str] | None:
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors``, or from a torch pickle with ``weights_only=True``.
 
-    Raises UnsafeCheckpointError for a pickle holding anything but tensors and plain data -
+    Raises ValueError naming a damaged safetensors file, and UnsafeCheckpointError for a pickle holding anything but tensors and plain data -
     unpickling such a file could run arbitrary code, so it is never attempted.
     """
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as error:
+            raise ValueError(f"{path} is not a sound safetensors file: {error}") from None
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:

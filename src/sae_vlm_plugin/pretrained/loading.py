@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sae_vlm_plugin.devices import check_device
 from sae_vlm_plugin.hooks import HookPoint
+from sae_vlm_plugin.json_files import read_json
 from sae_vlm_plugin.pretrained import registry
 from sae_vlm_plugin.pretrained.schema import VisionMetadata
 from sae_vlm_plugin.tokens import TokenSelection
@@ -74,6 +76,7 @@ def load_sae(
     directory that is missing or holds no SAE raises FileNotFoundError. Works offline from
     local folders, ``file://`` URLs and the Hugging Face cache (``HF_HUB_OFFLINE=1``).
     """
+    check_device(device)
     if sae_id is None:
         if not Path(release).expanduser().exists() and str(release) in registry.list_releases():
             ids = registry.get_release(str(release)).sae_ids
@@ -124,9 +127,7 @@ def _load_directory(path: Path, *, device: str, dtype: str) -> PretrainedSAE:
     """``load_sae(directory)``: the SAE and its ``cfg.json`` metadata, unverified (no registry
     entry vouches for it)."""
     check_sae_directory(path)
-    from sae_lens import SAE
-
-    sae = SAE.load_from_disk(path, device=device, dtype=dtype)
+    sae = _read_sae_directory(path, device=device, dtype=dtype)
     return PretrainedSAE(
         sae=sae,
         release=str(path),
@@ -136,6 +137,44 @@ def _load_directory(path: Path, *, device: str, dtype: str) -> PretrainedSAE:
         verified=False,
         note=f"loaded from the directory {path}, not from a registry entry",
     )
+
+
+def _read_sae_directory(path: Path, *, device: str, dtype: str) -> SAE:
+    """``SAE.load_from_disk(path)``, with files that are not what SAELens wrote (a truncated or
+    hand-edited ``cfg.json``, weights of another shape or architecture, a corrupt safetensors
+    file) refused by a ValueError naming the file, not SAELens' KeyError, TypeError,
+    RuntimeError or SafetensorError."""
+    from sae_lens import SAE
+    from sae_lens.registry import SAE_CLASS_REGISTRY
+    from safetensors import SafetensorError  # type: ignore[attr-defined]
+
+    cfg_path = path / SAE_FILES[0]
+    cfg = read_json(cfg_path)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{cfg_path}: expected SAELens' JSON object, got {type(cfg).__name__}")
+    for key in ("d_in", "d_sae"):
+        if type(cfg.get(key)) is not int or cfg[key] < 1:
+            raise ValueError(f"{cfg_path}: {key} must be a positive integer, got {cfg.get(key)!r}")
+    architecture = cfg.get("architecture")
+    if architecture is not None and architecture not in SAE_CLASS_REGISTRY:
+        raise ValueError(
+            f"{cfg_path}: unknown architecture {architecture!r}; SAELens knows "
+            f"{', '.join(SAE_CLASS_REGISTRY)}"
+        )
+    try:
+        return SAE.load_from_disk(path, device=device, dtype=dtype)
+    except SafetensorError as error:
+        raise ValueError(
+            f"{path / SAE_FILES[1]} is not a sound safetensors file: {error}"
+        ) from None
+    except RuntimeError as error:
+        if "loading state_dict" not in str(error):
+            raise
+        described = f"{architecture or 'standard'}, d_in={cfg['d_in']}, d_sae={cfg['d_sae']}"
+        raise ValueError(
+            f"{path}: {SAE_FILES[1]} does not hold the SAE {SAE_FILES[0]} describes "
+            f"({described}): {error}"
+        ) from None
 
 
 def vision_metadata_of(sae: SAE) -> VisionMetadata:

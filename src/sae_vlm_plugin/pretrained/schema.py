@@ -488,8 +488,42 @@ def _resolve_repo_id(repo_id: str, base_dir: Path, where: str) -> str:
     )
 
 
+MAX_YAML_VALUES = 100_000
+"""Values (scalars, lists, mappings) a YAML document may hold once its aliases are expanded.
+A few lines of nested aliases (an "alias bomb") expand to billions of values in whatever copies
+or saves the loaded data; the document is refused before anything is built from it."""
+
+
 class _UniqueKeySafeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader (plain data only), refusing repeated mapping keys."""
+    """PyYAML's safe loader (plain data only), refusing repeated mapping keys and documents
+    that expand past ``MAX_YAML_VALUES`` (or into themselves)."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_YAML_VALUES:
+            raise SchemaError(
+                f"the document expands to more than {MAX_YAML_VALUES} values through its "
+                "aliases (&anchor / *alias); refusing it"
+            )
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """How many values ``node`` stands for with every alias expanded, counted once per distinct
+    node (``sizes``), capped just past the limit. A node inside itself counts as too many."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = MAX_YAML_VALUES + 1  # until done: met again, it contains itself
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    size = 1
+    for child in children:
+        size = min(size + _expanded_size(child, sizes), MAX_YAML_VALUES + 1)
+    sizes[id(node)] = size
+    return size
 
 
 def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:

@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from sae_vlm_plugin.distributed import DataParallel
 from sae_vlm_plugin.hooks import parse_block_hook
+from sae_vlm_plugin.json_files import read_json
 from sae_vlm_plugin.training.data_parallel import (
     consolidate_sparsity,
     drop_sparsity_counts,
@@ -171,7 +172,7 @@ class TrainingJob:
         config_path = self.run_dir / "config.json"
         mine = self.cfg.to_dict()
         if config_path.exists():
-            recorded = json.loads(config_path.read_text())
+            recorded = read_json(config_path)
             differences = [k for k in mine if recorded.get(k) != mine[k] and k != "run_dir"]
             if differences:
                 raise ValueError(

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from sae_vlm_plugin.devices import check_device_name
+
 Architecture = Literal[
     "paper_matryoshka_batchtopk", "paper_batchtopk", "matryoshka_batchtopk", "batchtopk"
 ]
@@ -120,6 +122,7 @@ class VisionSAERunnerConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
+        check_device_name(self.device)
         from_cache = self.cache_path is not None
         from_images = self.model is not None or self.images is not None
         if from_cache == from_images:

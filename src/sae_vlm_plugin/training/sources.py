@@ -45,6 +45,13 @@ def activation_source(
                 "set hook_name to one of them"
             )
         cache.check_trainable(cfg.hook_name, allow_incomplete=cfg.allow_incomplete_cache)
+        n_rows = cache.n_rows(cfg.hook_name)
+        if cfg.batch_size > n_rows:
+            raise ValueError(
+                f"batch_size={cfg.batch_size} is larger than the {n_rows} rows of the cache at "
+                f"{cache.path}: every batch would hold the same rows several times; lower "
+                "batch_size or extract more activations"
+            )
         settings = cache.settings
         return ActivationSource(
             d_in=cache.d_in(cfg.hook_name),

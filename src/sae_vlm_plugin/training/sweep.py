@@ -17,12 +17,15 @@ data-parallel over all ranks (``data_parallel``).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sae_vlm_plugin.devices import check_device
 from sae_vlm_plugin.distributed import DataParallel
+from sae_vlm_plugin.ownership import owned_directory
 from sae_vlm_plugin.threads import ThreadGovernor
 from sae_vlm_plugin.training.job import Evaluator, TrainingJob
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
@@ -78,6 +81,7 @@ class VisionSAESweepRunner:
         self.progress = progress
         self.parallel = DataParallel.current()
         first = self.configs[0]
+        check_device(first.device)
         self.parallel.check_batch_size(first.batch_size)
         if model is None and first.model is not None:
             from sae_vlm_plugin.model import VisionModel
@@ -105,15 +109,19 @@ class VisionSAESweepRunner:
         """Train the SAEs not yet finished (a finished run's ``final/`` is kept as it is) and
         return every SAE's saved inference SAE."""
         parallel = self.parallel
-        for job in self.jobs:
-            job.check_run_dir()
-        finished = parallel.broadcast(
-            [job.is_finished() for job in self.jobs] if parallel.is_main else None
-        )
-        todo = [job for job, done in zip(self.jobs, finished, strict=True) if not done]
-        if todo:
-            self._train(todo)
-        return [job.saved_sae() for job in self.jobs]
+        with ExitStack() as held:  # one run at a time per run_dir (rank 0 holds them)
+            if parallel.is_main:
+                for job in self.jobs:
+                    held.enter_context(owned_directory(job.run_dir, "training run"))
+            for job in self.jobs:
+                job.check_run_dir()
+            finished = parallel.broadcast(
+                [job.is_finished() for job in self.jobs] if parallel.is_main else None
+            )
+            todo = [job for job, done in zip(self.jobs, finished, strict=True) if not done]
+            if todo:
+                self._train(todo)
+            return [job.saved_sae() for job in self.jobs]
 
     def _train(self, jobs: list[TrainingJob]) -> None:
         """Train and export ``jobs`` from one pass over their hooks' streams. The config is
