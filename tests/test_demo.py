@@ -218,3 +218,21 @@ def test_seed_findings_count_seeds_and_hold_on_a_majority():
     assert findings["naming"].figure.endswith("seed 0: seed figure")
     two = {f.name: f for f in seed_findings([run(0, 0.5, True), run(1, 0.2, False)])}
     assert not two["hierarchy"].held  # a tie is not a majority
+
+
+@pytest.mark.parametrize(
+    "args", [["--steps", "0"], ["--n-images", "0"], ["--n-images", "-5"], ["--seeds", "0"]]
+)
+def test_demo_refuses_counts_below_one(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["demo", *args])
+    assert exit_.value.code == 2
+    assert "expected an integer >= 1" in capsys.readouterr().err
+
+
+def test_demo_on_an_empty_folder_says_so_before_loading_a_model(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert (
+        cli_main(["demo", "--images", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    )
+    assert "empty" in capsys.readouterr().err

@@ -171,3 +171,38 @@ def test_steer_command(tmp_path, capsys):
         args.handler(args)
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--latent", "1", "--values", "a,b", "--prompt", "x"])
+
+
+@pytest.mark.parametrize(
+    ("latent", "values"),
+    [("", "1"), (" ", "1"), ("1.5", "1"), ("3", ""), ("3", "1,,2"), ("3", "1,nan")],
+)
+def test_steer_refuses_blank_latents_and_empty_values(latent, values, capsys):
+    from sae_vlm_plugin.cli import main
+
+    args = ["steer", "--model", "toy-llava", "--sae", ".", "--prompt", "x"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--latent", latent, "--values", values])
+    assert exit_.value.code == 2
+    assert "expected" in capsys.readouterr().err
+
+
+def test_an_sae_of_another_encoder_does_not_steer_llava_without_force():
+    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    from sae_vlm_plugin.toy import toy_model_path
+
+    llava = VisionModel("toy-llava")
+
+    def sae(model_name):
+        meta = SAEMetadata(hook_name="blocks.2.hook_resid_post", model_name=model_name)
+        return JumpReLUSAE(JumpReLUSAEConfig(d_in=128, d_sae=8, metadata=meta)).eval()
+
+    sae_of_clip_b32 = sae("openai/clip-vit-base-patch32")
+    sae_of_clip_b32.cfg.metadata.family = "clip"
+    with pytest.raises(ValueError, match="trained on openai/clip-vit-base-patch32"):
+        steer(llava, sae_of_clip_b32, {0: 1.0})
+    steer(llava, sae_of_clip_b32, {0: 1.0}, force=True).remove()
+    for name in ("toy-clip", str(toy_model_path("toy-clip")), "toy-llava"):  # its own tower
+        steer(llava, sae(name), {0: 1.0}).remove()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sae_vlm_plugin.arguments import non_negative_int, positive_int
+
 
 def add_demo_command(commands: argparse._SubParsersAction) -> None:
     demo = commands.add_parser(
@@ -25,17 +27,21 @@ def add_demo_command(commands: argparse._SubParsersAction) -> None:
     )
     demo.add_argument(
         "--n-images",
-        type=int,
+        type=positive_int,
         help="generated training images (default: 10000 world / 810 synthetic)",
     )
     demo.add_argument("--seed", type=int, default=10, help="seed of the world images (default: 10)")
     demo.add_argument(
-        "--steps", type=int, help="SAE training steps (default: 5000 world / 600 otherwise)"
+        "--steps",
+        type=positive_int,
+        help="SAE training steps (default: 5000 world / 600 otherwise)",
     )
-    demo.add_argument("--layer", type=int, help="block to read (default: second to last)")
+    demo.add_argument(
+        "--layer", type=non_negative_int, help="block to read (default: second to last)"
+    )
     demo.add_argument(
         "--seeds",
-        type=int,
+        type=positive_int,
         default=5,
         help="SAE seeds every trained-world finding is measured over (default: 5)",
     )

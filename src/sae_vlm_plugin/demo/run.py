@@ -174,6 +174,7 @@ def _run_pipeline_demo(config: DemoConfig) -> dict[str, Any]:
     ``--images``): extract, train, MS, purity on synthetic images, dashboard, steering."""
     from sae_vlm_plugin.dashboard import build_dashboard
     from sae_vlm_plugin.demo.synthetic import concept_images
+    from sae_vlm_plugin.images import open_image_source
     from sae_vlm_plugin.metrics.embeddings import load_scoring_encoder
     from sae_vlm_plugin.metrics.evaluation import evaluate_sae
     from sae_vlm_plugin.metrics.top_activations import top_activations
@@ -182,12 +183,6 @@ def _run_pipeline_demo(config: DemoConfig) -> dict[str, Any]:
     started = time.perf_counter()
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if config.model is None:
-        model = VisionModel(small_clip())
-        model_note = "small CLIP ViT (4 blocks, width 128) with RANDOM weights, built from a config"
-    else:
-        model = VisionModel(config.model)
-        model_note = config.model
     attributes: list[tuple[str, ...]] | None = None
     images: Any
     if config.images is None:
@@ -195,8 +190,14 @@ def _run_pipeline_demo(config: DemoConfig) -> dict[str, Any]:
         images, concepts = concept_images(n_images, size=DEFAULT_IMAGE_SIZE)
         attributes = [(c.shape, c.colour, c.texture) for c in concepts]
         data_note = f"{len(images)} synthetic concept images (3 shapes x 3 colours x 3 textures)"
+    else:  # opened now: an empty or unreadable folder is said before any model loads
+        images, data_note = open_image_source(config.images), f"images from {config.images}"
+    if config.model is None:
+        model = VisionModel(small_clip())
+        model_note = "small CLIP ViT (4 blocks, width 128) with RANDOM weights, built from a config"
     else:
-        images, data_note = config.images, f"images from {config.images}"
+        model = VisionModel(config.model)
+        model_note = config.model
     embeddings = scorer = None
     if config.scoring_encoder is None and attributes is not None:
         embeddings = label_embeddings(attributes)

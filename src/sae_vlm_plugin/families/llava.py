@@ -30,6 +30,16 @@ def _shallowest(root: Any, name: str) -> str:
     return min(paths, key=lambda p: p.count("."))
 
 
+VISION_TOWERS: dict[str, str] = {
+    "llava-hf/llava-1.5-7b-hf": "openai/clip-vit-large-patch14-336",
+    "llava-hf/llava-1.5-13b-hf": "openai/clip-vit-large-patch14-336",
+    "liuhaotian/llava-v1.5-7b": "openai/clip-vit-large-patch14-336",
+    "liuhaotian/llava-v1.5-13b": "openai/clip-vit-large-patch14-336",
+    "toy-llava": "toy-clip",
+}
+"""LLaVA checkpoints -> the encoder their vision tower was initialised from (its SAEs steer them)."""
+
+
 def tower_read_block(n_layers: int, vision_feature_layer: int) -> int:
     """The block whose output is ``hidden_states[vision_feature_layer]`` (``hidden_states[0]``
     is the embeddings, ``hidden_states[l + 1]`` the output of block ``l``)."""
@@ -122,6 +132,18 @@ class LlavaFamily(VisionFamily):
             self.projector_path(root): "projector",
             self.language_model_path(root): "language_model",
         }
+
+    def tower_names(self, root: Any, name: str) -> list[str]:
+        """Names an SAE may give for the vision tower of the LLaVA called ``name``: the LLaVA
+        itself, the tower's own ``_name_or_path`` when its config keeps one, and the encoder
+        ``VISION_TOWERS`` lists for it."""
+        names = [name]
+        tower = getattr(getattr(root.config, "vision_config", None), "_name_or_path", "")
+        if tower:
+            names.append(str(tower))
+        if name in VISION_TOWERS:
+            names.append(VISION_TOWERS[name])
+        return names
 
     def read_tokens(self, root: Any) -> slice:
         """Token positions of a tower block's output that the projector reads: every token but

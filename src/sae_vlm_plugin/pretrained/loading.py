@@ -239,15 +239,22 @@ def check_same_model(sae: SAE, model: VisionModel) -> None:
     (a CLIP SAE on SigLIP: R^2 -2).
 
     Names are compared after resolving local paths (``models/clip`` and its absolute path are
-    one model) and toy names; a hub id and a local copy of it differ. LLaVA is compared by
-    family only: its vision tower is a CLIP, whose SAEs are what steers it. A model built from
+    one model) and toy names; a hub id and a local copy of it differ. An SAE steers LLaVA when
+    it names that LLaVA or the encoder its vision tower came from (``LlavaFamily.tower_names``).
+    A model built from
     a module without a name (``VisionModel(module)``), or an SAE trained on one (its metadata
     then records the class name, e.g. ``CLIPVisionModel``), is compared by family only.
     """
     family = _meta(sae.cfg.metadata, "family")
     trained_on = _meta(sae.cfg.metadata, "model_name")
     if model.family.name == "llava":
-        if family in (None, "", "clip", "llava"):
+        towers = model.family.tower_names(model.source_module, model.model_name)  # type: ignore[attr-defined]
+        if family in (None, "", "clip", "llava") and (
+            not trained_on
+            or _is_class_name(str(trained_on))
+            or not _has_name(model)
+            or _model_key(str(trained_on)) in {_model_key(name) for name in towers}
+        ):
             return
     elif (not family or family == model.family.name) and (
         not trained_on

@@ -21,20 +21,40 @@ import math
 from pathlib import Path
 from typing import Any
 
+from sae_vlm_plugin.arguments import non_negative_int, positive_int
 from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
 
 
 def _values(text: str) -> list[float]:
+    """Comma-separated finite numbers, at least one; an empty item is refused, not dropped."""
+    items = text.split(",")
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as error:
+        values = [float(item) for item in items]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
         raise argparse.ArgumentTypeError(
-            f"expects comma-separated numbers, got {text!r}"
-        ) from error
+            f"expected comma-separated numbers, e.g. 0,30,40; got {text!r}"
+        )
+    return values
 
 
 def _latent(text: str) -> int | str:
-    return int(text) if text.strip().lstrip("-").isdigit() else text
+    """A latent index, or a concept word (text with a letter): never an empty or blank text,
+    and never a number that is not an integer (``1.5``)."""
+    stripped = text.strip()
+    if stripped.lstrip("-").isdigit():
+        return int(stripped)
+    try:
+        float(stripped)
+        number = True
+    except ValueError:
+        number = False
+    if number or not any(c.isalpha() for c in stripped):
+        raise argparse.ArgumentTypeError(
+            f"expected a latent index (an integer) or a concept word, got {text!r}"
+        )
+    return stripped
 
 
 def add_steer_commands(commands: argparse._SubParsersAction) -> None:
@@ -85,7 +105,7 @@ def _add_steer(commands: argparse._SubParsersAction) -> None:
         "--tokens", default="all", choices=["all", "image", "patches", "cls"], help="tokens edited"
     )
     parser.add_argument("--hook", help="hook to steer (default: the SAE's, else LLaVA's layer)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ...")
     parser.set_defaults(handler=_cmd_steer)
 
@@ -120,9 +140,13 @@ def _add_steerability(commands: argparse._SubParsersAction) -> None:
         help="concept labels (default: the SAE folder's): each latent's answers are scored "
         "against its label by the labels' text tower",
     )
-    parser.add_argument("--random-directions", type=int, default=32, help="null units")
-    parser.add_argument("--batch-size", type=int, default=256, help="rows per generate")
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument(
+        "--random-directions", type=non_negative_int, default=32, help="null units (default: 32)"
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=256, help="rows per generate (default: 256)"
+    )
+    parser.add_argument("--max-new-tokens", type=positive_int, default=16)
     parser.add_argument("--hook", help="hook to steer (default: the SAE's)")
     parser.add_argument("--out", help="where to write steerability.json (default: the SAE folder)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ...")
@@ -238,6 +262,7 @@ def _latent_unit(args: argparse.Namespace, sae: Any, model: Any, hook: str, late
 def _cmd_steerability(args: argparse.Namespace) -> int:
     import time
 
+    from sae_vlm_plugin.dashboard.cli import latent_ids
     from sae_vlm_plugin.naming.labels import LatentLabels, labels_beside
     from sae_vlm_plugin.naming.text_tower import load_text_tower
     from sae_vlm_plugin.naming.vocabulary import load_vocabulary
@@ -253,6 +278,7 @@ def _cmd_steerability(args: argparse.Namespace) -> int:
     if out is None:
         raise ValueError(f"--sae {args.sae!r} is not a directory: pass --out for the census")
     sae = load_sae_argument(args.sae, args.device or "cpu", args.registry)
+    latents = None if args.latents is None else latent_ids(args.latents, int(sae.cfg.d_sae))
     model, processor = load_llava(args.model, args.device)
     labels_path = args.labels or labels_beside(args.sae)
     labels = tower = None
@@ -266,7 +292,7 @@ def _cmd_steerability(args: argparse.Namespace) -> int:
         processor,
         sae,
         activity,
-        args.latents,
+        latents,
         prompts=prompts,
         multiples=args.multiples,
         vocabulary=vocabulary,
