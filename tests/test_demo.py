@@ -38,7 +38,7 @@ def test_world_demo_reports_every_finding_and_is_deterministic_for_a_seed(
     # Bit for bit: with MS's thread governor on, a call on shared cores runs on fewer threads,
     # which can move float64 sums in their last bit (sae_vlm_plugin.threads).
     monkeypatch.setenv("SAE_VLM_ADAPTIVE_THREADS", "0")
-    args = ["demo", "--n-images", "600", "--steps", "200", "--seeds", "2"]
+    args = ["demo", "--n-images", "600", "--steps", "200", "--seeds", "1"]
     assert cli_main([*args, "--out", str(tmp_path / "a")]) == 0
     printed = capsys.readouterr().out
     assert cli_main([*args, "--out", str(tmp_path / "b")]) == 0
@@ -55,8 +55,8 @@ def test_world_demo_reports_every_finding_and_is_deterministic_for_a_seed(
     sae = SAE.load_from_disk(tmp_path / "a" / "run" / "final")
     assert sae.cfg.metadata.training_architecture == "paper_matryoshka_batchtopk"
     steering = json.loads((tmp_path / "a" / "steering" / "steering.json").read_text())
-    assert [run["seed"] for run in steering["seeds"]] == [0, 1]
-    assert [run["seed"] for run in a["seeds"]] == [0, 1]
+    assert [run["seed"] for run in steering["seeds"]] == [0]
+    assert [run["seed"] for run in a["seeds"]] == [0]
     assert "held in" in a["findings"][0]["figure"]
     assert (tmp_path / "a" / "dashboard" / "index.html").exists()
     labels = LatentLabels.load(tmp_path / "a" / "run" / "final")  # named next to the SAE
