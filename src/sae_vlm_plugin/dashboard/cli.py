@@ -64,6 +64,11 @@ def add_dashboard_command(commands: argparse._SubParsersAction) -> None:
         "--labels",
         help="concept labels (`sae-vlm name`; default: the SAE folder's latent_labels.json)",
     )
+    parser.add_argument(
+        "--steerability",
+        help="a steerability census (`sae-vlm steerability`; default: the SAE folder's "
+        "steerability.json): a 'steers' column and each latent's steered answers",
+    )
     parser.add_argument("--neuronpedia", action="store_true", help="also write OUT/neuronpedia/")
     parser.add_argument("--saedashboard", action="store_true", help="also write OUT/saedashboard/")
     parser.add_argument("--batch-size", type=positive_int, default=64)
@@ -104,6 +109,14 @@ def latent_ids(ranges: tuple[range, ...], d_sae: int) -> list[int]:
     return [latent for latents in ranges for latent in latents]
 
 
+def _census_beside(sae: str) -> Path | None:
+    """The steerability census in an SAE folder (``sae-vlm steerability`` writes it), or None."""
+    from sae_vlm_plugin.steering.census import FILE_NAME
+
+    path = Path(sae) / FILE_NAME
+    return path if path.is_file() else None
+
+
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     # A foreign --out or a busy --port fails now, not after the (long) build; serving starts
     # once it is done.
@@ -137,6 +150,7 @@ def _build(args: argparse.Namespace) -> None:
     model_name = model_name_argument(args.model, sae)
     model = VisionModel(model_name, family=args.family, device=args.device)
     labels = args.labels or labels_beside(args.sae)
+    census = args.steerability or _census_beside(args.sae)
     found = collect_dashboard(
         sae,
         model,
@@ -148,6 +162,7 @@ def _build(args: argparse.Namespace) -> None:
         latents=latent_ids(args.latents, sae.cfg.d_sae) if args.latents else None,
         heatmaps={"auto": None, "on": True, "off": False}[args.heatmaps],
         concept_labels=labels,
+        steerability=census,
         batch_size=args.batch_size,
         progress=True,
         force=args.force,
