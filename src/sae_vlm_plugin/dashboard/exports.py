@@ -160,9 +160,10 @@ def _write_explanations(data: DashboardData, out: Path, model_id: str, source: s
     census = str(data.meta.get("steering census", ""))
     for r, entry in enumerate(data.steering or []):
         if entry and entry.get("word"):
+            rank = "" if entry["p"] is None else f" (p {entry['p']:.3f} against random directions)"
             description = (
                 f"clamped, adds '{entry['word']}' to {entry['score']:.0%} of answers at "
-                f"{entry['multiple']}x (p {entry['p']:.3f} against random directions)"
+                f"{entry['multiple']}x{rank}"
                 + (f"; one-word answer: {entry['one_word']}" if entry.get("one_word") else "")
             )
             explanations.append(explanation(r, description, census, STEERING_EXPLANATION_TYPE))

@@ -96,7 +96,8 @@ class UnitSteering:
     multiple, ``T`` the text tower on an answer's first ``LABEL_WORDS`` words: how much closer to
     its label the answers moved."""
     p_null: float | None = None
-    """Rank against the random directions for ``top_word`` (None: nothing gained)."""
+    """Rank against the random directions for ``top_word`` (None: nothing gained, or no random
+    directions in the census)."""
     steers: bool = False
     note: str = ""
     """Why a latent was not steered (not active on the read tokens)."""
@@ -390,7 +391,7 @@ def _best(unit: UnitSteering) -> str:
 def _rank_against_nulls(units: list[UnitSteering]) -> None:
     nulls = [u for u in units if u.kind == "random_direction" and u.answers]
     for unit in units:
-        if not unit.answers or unit.top_word is None:
+        if not unit.answers or unit.top_word is None or not nulls:
             continue
         exceed = sum(n.word_score(unit.top_word) >= unit.score for n in nulls)
         unit.p_null = (1 + exceed) / (1 + len(nulls))
