@@ -204,5 +204,7 @@ def test_an_sae_of_another_encoder_does_not_steer_llava_without_force():
     with pytest.raises(ValueError, match="trained on openai/clip-vit-base-patch32"):
         steer(llava, sae_of_clip_b32, {0: 1.0})
     steer(llava, sae_of_clip_b32, {0: 1.0}, force=True).remove()
-    for name in ("toy-clip", str(toy_model_path("toy-clip")), "toy-llava"):  # its own tower
-        steer(llava, sae(name), {0: 1.0}).remove()
+    by_path = VisionModel(str(toy_model_path("toy-llava")))  # the same LLaVA, named by its folder
+    for model in (llava, by_path):
+        for name in ("toy-clip", str(toy_model_path("toy-clip")), "toy-llava"):  # its own tower
+            steer(model, sae(name), {0: 1.0}).remove()

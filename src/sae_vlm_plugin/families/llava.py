@@ -14,6 +14,7 @@ Paths are found by structure: ``model.vision_tower`` in transformers 4.5x / 5.x,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -133,16 +134,15 @@ class LlavaFamily(VisionFamily):
             self.language_model_path(root): "language_model",
         }
 
-    def tower_names(self, root: Any, name: str) -> list[str]:
+    def tower_names(self, root: Any, name: str, key: Callable[[str], str] = str) -> list[str]:
         """Names an SAE may give for the vision tower of the LLaVA called ``name``: the LLaVA
         itself, the tower's own ``_name_or_path`` when its config keeps one, and the encoder
-        ``VISION_TOWERS`` lists for it."""
+        ``VISION_TOWERS`` lists for it (names compared after ``key``, e.g. a local path's)."""
         names = [name]
         tower = getattr(getattr(root.config, "vision_config", None), "_name_or_path", "")
         if tower:
             names.append(str(tower))
-        if name in VISION_TOWERS:
-            names.append(VISION_TOWERS[name])
+        names += [t for llava, t in VISION_TOWERS.items() if key(llava) == key(name)]
         return names
 
     def read_tokens(self, root: Any) -> slice:

@@ -248,7 +248,8 @@ def check_same_model(sae: SAE, model: VisionModel) -> None:
     family = _meta(sae.cfg.metadata, "family")
     trained_on = _meta(sae.cfg.metadata, "model_name")
     if model.family.name == "llava":
-        towers = model.family.tower_names(model.source_module, model.model_name)  # type: ignore[attr-defined]
+        llava_family: Any = model.family
+        towers = llava_family.tower_names(model.source_module, model.model_name, _model_key)
         if family in (None, "", "clip", "llava") and (
             not trained_on
             or _is_class_name(str(trained_on))
