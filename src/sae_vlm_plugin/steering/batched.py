@@ -123,16 +123,21 @@ def generate_rows(
     from sae_vlm_plugin.steering.activity import read_tokens_of
 
     site = resolve_site(model, hook, "all")
+    if model.family.name != "llava":
+        raise ValueError(
+            f"{model.model_name} is a {model.family.name} encoder: it generates no text"
+        )
     tokens, _ = read_tokens_of(model, hook)
-    fan_out = model.family.name != "llava" or len(_llava_read_blocks(model)) == 1
-    dtype = next(model.source_module.parameters()).dtype
+    fan_out = len(_llava_read_blocks(model)) == 1
+    param = next(model.source_module.parameters())
     text = [format_prompt(processor, prompt)]
-    first = processor(images=[images[0]], text=text, return_tensors="pt")
-    pixels = processor.image_processor(list(images), return_tensors="pt")["pixel_values"].to(dtype)
+    first = processor(images=[images[0]], text=text, return_tensors="pt").to(param.device)
+    pixels = processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+    pixels = pixels.to(device=param.device, dtype=param.dtype)
     answers: list[str] = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        image_index = torch.tensor([image for image, _ in chunk])
+        image_index = torch.tensor([image for image, _ in chunk], device=param.device)
         inputs = {
             key: value.expand(len(chunk), *value.shape[1:])
             for key, value in first.items()
@@ -143,7 +148,7 @@ def generate_rows(
             inputs["pixel_values"] = pixels[distinct]
         else:
             inputs["pixel_values"] = pixels[image_index]
-            image_index = torch.arange(len(chunk))
+            image_index = torch.arange(len(chunk), device=param.device)
         edits = [edit for _, edit in chunk]
         module = RowSteeringModule(sae, edits, site.point.d_model, image_index, tokens)
         with _attach(model, site, module, "rows"):
