@@ -23,7 +23,8 @@ from harness import Figure, time_side_by_side
 
 from sae_vlm_plugin import ActivationCache, VisionModel
 from sae_vlm_plugin.activations import HookBatch
-from sae_vlm_plugin.cache import CACHE_FORMAT, CACHE_VERSION, CacheSettings, _write_shard
+from sae_vlm_plugin.cache.format import CACHE_FORMAT, CACHE_VERSION, CacheSettings
+from sae_vlm_plugin.cache.shards import write_shard
 
 DEVICES = ("cpu", "cuda")
 
@@ -190,7 +191,7 @@ def _synthetic_cache(directory: str, n_rows: int, d_in: int) -> ActivationCache:
             torch.zeros(count, dtype=torch.long),
         )
         path = root / hook / f"shard_{shard:06d}.safetensors"
-        _write_shard(path, [part], d_in, "float16", [], cache_id)
+        write_shard(path, [part], d_in, "float16", [], cache_id)
     (root / "cache.json").write_text(
         json.dumps(
             {

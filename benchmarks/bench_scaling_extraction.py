@@ -41,8 +41,8 @@ from pathlib import Path
 import torch
 from harness import Figure
 
-import tiny_models as tm
 from sae_vlm_plugin import ActivationCache
+from sae_vlm_plugin.tiny import models as tm
 
 BENCHMARK = "scaling_extraction"
 

@@ -31,7 +31,7 @@ BENCHMARK = "steering"
 def _small_llava() -> Any:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from sae_vlm_plugin.demo.tiny_llava import tiny_llava
+    from sae_vlm_plugin.tiny.llava import tiny_llava
 
     vision = CLIPVisionConfig(
         hidden_size=256,
@@ -208,7 +208,7 @@ def run(quick: bool) -> list[Figure]:
 
 
 def _run(quick: bool) -> list[Figure]:
-    import tiny_models
+    from sae_vlm_plugin.tiny import models as tiny_models
 
     tiny = tiny_models.llava_model()
     tokenizer = tiny_models.llava_tokenizer()

@@ -22,8 +22,8 @@ import torch
 from bench_extraction import _clip, _synthetic_cache
 from harness import Figure, time_side_by_side
 
-import tiny_models as tm
 from sae_vlm_plugin import VisionModel
+from sae_vlm_plugin.tiny import models as tm
 from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 from sae_vlm_plugin.training.sweep import VisionSAESweepRunner

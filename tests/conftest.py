@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import tiny_models
+from sae_vlm_plugin.tiny import models as tiny_models
 
 
 @pytest.fixture(params=sorted(tiny_models.VISION_BUILDERS))

@@ -13,7 +13,7 @@ import torch
 from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
-import tiny_models as tm
+from sae_vlm_plugin.tiny import models as tm
 
 HOOK = "blocks.1.hook_resid_post"
 CHROMIUM = "/usr/bin/chromium"

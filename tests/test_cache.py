@@ -19,15 +19,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import torch
 
-import tiny_models as tm
 from sae_vlm_plugin import ActivationCache, VisionModel, extract_activations, extract_to_cache
 from sae_vlm_plugin.cli import main as cli_main
+from sae_vlm_plugin.tiny import models as tm
 
 if TYPE_CHECKING:
     from transformers import CLIPVisionModel
 
 BLOCK = "blocks.1.hook_resid_post"
-TESTS_DIR = Path(__file__).resolve().parent
 
 
 @pytest.fixture
@@ -85,9 +84,8 @@ def test_storage_dtype(tmp_path, model, dtype, torch_dtype):
 
 KILLABLE_EXTRACTION = textwrap.dedent(
     """
-    import sys, time
-    sys.path.insert(0, {tests_dir!r})
-    import tiny_models as tm
+    import time
+    from sae_vlm_plugin.tiny import models as tm
     from sae_vlm_plugin import VisionModel, extract_to_cache
 
     model = VisionModel(tm.clip_vision_model())
@@ -117,9 +115,7 @@ def test_killed_extraction_resumes_to_exactly_the_uninterrupted_rows(tmp_path, m
     reference = extract_to_cache(model, image_folder, hooks, tmp_path / "reference", **options)
 
     out = tmp_path / "interrupted"
-    script = KILLABLE_EXTRACTION.format(
-        tests_dir=str(TESTS_DIR), images=str(image_folder), block=BLOCK, out=str(out)
-    )
+    script = KILLABLE_EXTRACTION.format(images=str(image_folder), block=BLOCK, out=str(out))
     process = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     deadline = time.monotonic() + 120
     try:
@@ -303,11 +299,11 @@ def test_a_second_rank_does_not_replace_the_cache_rank_0_just_started(
     # The interleaving, made certain: rank 1 opens the manifest once rank 0 has made its hook
     # folder, and rank 0 writes its first shard after that.
     one = extract_to_cache(model, image_folder, BLOCK, tmp_path / "one", images_per_shard=4)
-    import sae_vlm_plugin.cache as cache_module
+    import sae_vlm_plugin.cache.write as cache_module
 
     ranks = _ThreadRanks()
     opened = threading.Event()
-    open_manifest, write_shard = cache_module._open_manifest, cache_module._write_shard
+    open_manifest, write_shard = cache_module._open_manifest, cache_module.write_shard
 
     def rank_1_opens_late(root: Path, *args: Any, **kwargs: Any) -> Any:
         if ranks.rank == 1:
@@ -326,7 +322,7 @@ def test_a_second_rank_does_not_replace_the_cache_rank_0_just_started(
 
     monkeypatch.setattr(cache_module, "DataParallel", SimpleNamespace(current=ranks.current))
     monkeypatch.setattr(cache_module, "_open_manifest", rank_1_opens_late)
-    monkeypatch.setattr(cache_module, "_write_shard", rank_0_writes_late)
+    monkeypatch.setattr(cache_module, "write_shard", rank_0_writes_late)
     errors: list[BaseException] = []
 
     def extract(rank: int) -> None:

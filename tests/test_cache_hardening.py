@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import tiny_models as tm
 from sae_vlm_plugin import ActivationCache, VisionModel, extract_to_cache
 from sae_vlm_plugin.cli import main as cli_main
+from sae_vlm_plugin.tiny import models as tm
 
 BLOCK = "blocks.1.hook_resid_post"
 OPTIONS = {"tokens": "random_k", "k": 2, "batch_size": 2, "images_per_shard": 3, "progress": False}
@@ -322,8 +322,8 @@ def test_an_older_cache_with_a_relative_model_path_resumes_and_records_it_absolu
 
 
 def test_a_text_tower_by_relative_path_is_named_as_its_vision_model(tmp_path, monkeypatch):
+    from sae_vlm_plugin.families.toy_models import toy_model_path
     from sae_vlm_plugin.naming.text_tower import load_text_tower
-    from sae_vlm_plugin.toy.models import toy_model_path
 
     monkeypatch.chdir(tmp_path)
     shutil.copytree(toy_model_path("toy-clip"), tmp_path / "models" / "clip")

@@ -11,12 +11,12 @@ import re
 import pytest
 import torch
 
-import tiny_models as tm
 from dashboard_helpers import EXTERNAL_URL, HOOK, chromium, random_sae, status
 from sae_vlm_plugin import VisionModel
 from sae_vlm_plugin.dashboard import build_dashboard, data_from_codes
 from sae_vlm_plugin.dashboard.data import N_BINS, decoder_neighbours
 from sae_vlm_plugin.metrics.evaluation import evaluate_sae
+from sae_vlm_plugin.tiny import models as tm
 
 N_IMAGES = 60
 D_SAE = 64
@@ -287,9 +287,9 @@ def test_cli_dashboard_title_min_support_and_unreadable_images(tmp_path, image_f
     assert "--skip-unreadable" in error
     extra = ["--skip-unreadable", "--title", "My <SAE>", "--min-support", "3", "--saedashboard"]
     assert main([*argv, *extra]) == 0
-    printed = capsys.readouterr().out
-    assert "skipped 1 unreadable image(s)" in printed
-    assert "loads d3 and plotly from a CDN" in printed
+    printed = capsys.readouterr()
+    assert "skipped 1 unreadable image(s)" in printed.err
+    assert "loads d3 and plotly from a CDN" in printed.out
     assert "<title>My &lt;SAE&gt;</title>" in (out / "index.html").read_text()
     page_data = (out / "data" / "index.js").read_text()
     assert '"min_support": 3' in page_data or '"min_support":3' in page_data
@@ -460,7 +460,7 @@ def test_a_huge_latent_range_is_refused_without_being_built():
     its latents exists (peak memory here: a few KB, not a list of millions)."""
     import tracemalloc
 
-    from sae_vlm_plugin.dashboard.cli import latent_ids, parse_latents
+    from sae_vlm_plugin.command_line import latent_ids, parse_latents
     from sae_vlm_plugin.dashboard.data import check_latents
 
     tracemalloc.start()

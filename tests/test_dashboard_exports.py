@@ -10,7 +10,6 @@ import subprocess
 import pytest
 import torch
 
-import tiny_models as tm
 from dashboard_helpers import EXTERNAL_URL, random_sae
 from sae_vlm_plugin import VisionModel
 from sae_vlm_plugin.dashboard import (
@@ -19,6 +18,7 @@ from sae_vlm_plugin.dashboard import (
     export_saedashboard,
     saedashboard_data,
 )
+from sae_vlm_plugin.tiny import models as tm
 
 N_IMAGES = 40
 
@@ -125,7 +125,7 @@ def test_cli_dashboard_with_exports_and_server(tmp_path, image_folder, capsys):
     import argparse
     import urllib.request
 
-    from sae_vlm_plugin.dashboard.cli import add_dashboard_command
+    from sae_vlm_plugin.dashboard.commands import add_commands
     from sae_vlm_plugin.dashboard.serve import start_server
 
     checkpoint = tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "ckpt")
@@ -133,7 +133,7 @@ def test_cli_dashboard_with_exports_and_server(tmp_path, image_folder, capsys):
     sae_dir = tmp_path / "sae"
     random_sae(16, "patches").save_model(sae_dir)
     parser = argparse.ArgumentParser()
-    add_dashboard_command(parser.add_subparsers(dest="command"))
+    add_commands(parser.add_subparsers(dest="command"))
     out = tmp_path / "dash"
     args = parser.parse_args(
         [

@@ -17,9 +17,9 @@ import torch.multiprocessing as mp
 import yaml
 from sae_lens import SAE
 
-import tiny_models as tm
 from sae_vlm_plugin import VisionModel
 from sae_vlm_plugin.distributed import DataParallel
+from sae_vlm_plugin.tiny import models as tm
 from sae_vlm_plugin.tokens import TokenSelection
 from sae_vlm_plugin.training.batch_reduction import LocalBatch, ShardedBatch
 from sae_vlm_plugin.training.image_stream import image_activation_batches

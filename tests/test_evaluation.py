@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-import tiny_models as tm
 from sae_vlm_plugin import VisionModel, extract_to_cache
 from sae_vlm_plugin.metrics.evaluation import (
     MonosemanticityEvaluator,
@@ -15,6 +14,7 @@ from sae_vlm_plugin.metrics.evaluation import (
     write_report,
 )
 from sae_vlm_plugin.metrics.monosemanticity import monosemanticity_score
+from sae_vlm_plugin.tiny import models as tm
 from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 

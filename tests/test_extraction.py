@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import tiny_models as tm
 from sae_vlm_plugin import TokenSelection, VisionModel, extract_activations, open_image_source
 from sae_vlm_plugin.images import BACKGROUND, ImageReadError, to_rgb
+from sae_vlm_plugin.tiny import models as tm
 
 BLOCK = "blocks.1.hook_resid_post"
 
@@ -167,7 +167,7 @@ def test_image_sources_folder_paths_pil_and_dataset_agree(image_folder, syntheti
     torch.testing.assert_close(a, b)
 
 
-def test_unreadable_image_is_named_or_skipped_and_counted(tmp_path, capsys):
+def test_unreadable_image_is_named_or_skipped_and_counted(tmp_path, caplog):
     good = tm.synthetic_image("circle", "red")
     good.save(tmp_path / "a.png")
     (tmp_path / "b.png").write_bytes(b"not an image at all")
@@ -177,7 +177,7 @@ def test_unreadable_image_is_named_or_skipped_and_counted(tmp_path, capsys):
         extract_activations(model, tmp_path, BLOCK, progress=False)
     out = extract_activations(model, tmp_path, BLOCK, skip_unreadable=True)
     assert out[BLOCK].shape == (2, tm.WIDTH)
-    assert "skipped 1 unreadable image(s) of 3" in capsys.readouterr().out
+    assert "skipped 1 unreadable image(s) of 3" in caplog.text
 
 
 def test_empty_and_wrong_sources_raise(tmp_path):

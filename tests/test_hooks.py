@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-import tiny_models as tm
 from sae_vlm_plugin import VisionModel, list_families, register_family
 from sae_vlm_plugin.families.base import first_output
 from sae_vlm_plugin.families.clip import ClipFamily
+from sae_vlm_plugin.tiny import models as tm
 
 TRANSFORMERS_BUILDS = [
     "clip_vision",

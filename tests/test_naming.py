@@ -154,7 +154,7 @@ def test_a_text_longer_than_the_text_towers_context_is_named():
 
 
 def test_models_without_a_text_tower_are_refused(tmp_path, world):
-    import tiny_models as tm
+    from sae_vlm_plugin.tiny import models as tm
 
     path = tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "vision_only")
     with pytest.raises(ValueError, match="has no text tower"):
@@ -259,11 +259,11 @@ def test_concept_probes_on_the_toy_clip_are_named_and_found(toy_clip, world, con
     with_latent = [c for c in checks if c.latent is not None]
     named = [c.concept for c in with_latent if c.named_right]
     found = [c.concept for c in with_latent if c.found_right]
-    # Probe j is word j's latent; report what the text tower got right.
-    print(f"probes: {len(with_latent)}/23 pure, named {len(named)}, found {len(found)}")
-    assert len(with_latent) >= 18
-    assert len(named) >= 0.8 * len(with_latent)
-    assert len(found) >= 0.8 * len(with_latent)
+    # Probe j is word j's latent; each failure says what the text tower got right.
+    summary = f"probes: {len(with_latent)}/23 pure, named {len(named)}, found {len(found)}"
+    assert len(with_latent) >= 18, summary
+    assert len(named) >= 0.8 * len(with_latent), summary
+    assert len(found) >= 0.8 * len(with_latent), summary
     red = WORDS.index("red")
     assert labels.best_label(red) == "red"
     assert find_latents(concept_sae, "red", labels=labels)[0].latent == red

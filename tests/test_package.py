@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -226,10 +228,41 @@ def test_a_device_this_machine_lacks_is_a_one_line_error(command, tmp_path, monk
 def test_the_library_refuses_a_device_this_machine_lacks():
     import torch
 
-    import tiny_models as tm
     from sae_vlm_plugin import VisionModel
+    from sae_vlm_plugin.tiny import models as tm
 
     with pytest.raises(ValueError, match="'banana' is not a device"):
         VisionModel(tm.clip_vision_model(), device="banana")
     with pytest.raises(ValueError, match="not available on this machine"):
         VisionModel(tm.clip_vision_model(), device=f"cuda:{torch.cuda.device_count()}")
+
+
+def _type_checking_imports(package: str) -> dict[str, str]:
+    """``name -> module`` of the ``from M import N as N`` lines in a package's
+    ``if TYPE_CHECKING:`` block, read from its source (what IDEs and mypy see)."""
+    import ast
+    import importlib.util
+
+    origin = importlib.util.find_spec(package).origin
+    tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+    names: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+            for statement in node.body:
+                assert isinstance(statement, ast.ImportFrom), ast.unparse(statement)
+                for alias in statement.names:
+                    assert alias.asname == alias.name, f"{alias.name} is not re-exported as itself"
+                    names[alias.name] = statement.module
+    return names
+
+
+@pytest.mark.parametrize("package", ["sae_vlm_plugin", "sae_vlm_plugin.cache"])
+def test_type_checking_block_names_every_lazy_public_name_from_its_module(package):
+    """Type checkers see exactly the names the lazy table serves, from the module it loads."""
+    module = importlib.import_module(package)
+    lazy = module._LAZY_API
+    assert _type_checking_imports(package) == lazy
+    for name, defining in lazy.items():
+        value = getattr(module, name)
+        assert getattr(value, "__module__", defining) == defining, name
+    assert sorted(set(module.__all__) - {"__version__"}) == sorted(lazy)

@@ -23,7 +23,6 @@ from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from safetensors.torch import save_file
 
-import tiny_models
 from dictionary_learning_reference import (
     GROUP_FRACTIONS,
     batchtopk_state,
@@ -34,10 +33,11 @@ from dictionary_learning_reference import (
 )
 from sae_vlm_plugin.model import VisionModel
 from sae_vlm_plugin.pretrained import registry
-from sae_vlm_plugin.pretrained.commands import add_pretrained_commands
+from sae_vlm_plugin.pretrained.commands import add_commands
 from sae_vlm_plugin.pretrained.loading import check_attachable, export_sae, load_sae
 from sae_vlm_plugin.pretrained.registry import register_releases
 from sae_vlm_plugin.pretrained.sae_lens_bridge import is_plugin_lookup
+from sae_vlm_plugin.tiny import models as tiny_models
 from sae_vlm_plugin.tokens import TokenSelection
 
 HOOK = "blocks.1.hook_resid_post"
@@ -471,7 +471,7 @@ def test_export_writes_a_folder_plain_sae_lens_loads(tmp_path, sandbox):
 
 def test_command_line_lists_validates_and_exports(tmp_path, sandbox, capsys):
     parser = argparse.ArgumentParser()
-    add_pretrained_commands(parser.add_subparsers())
+    add_commands(parser.add_subparsers())
 
     def run(*argv: str) -> str:
         args = parser.parse_args(argv)

@@ -24,11 +24,11 @@ import pytest
 import torch
 from PIL import Image
 
-import tiny_models as tm
 from sae_vlm_plugin import VisionModel, extract_activations, extract_to_cache
 from sae_vlm_plugin.activations import resolve_hooks
 from sae_vlm_plugin.families.base import first_output
 from sae_vlm_plugin.steering import default_hook, steer
+from sae_vlm_plugin.tiny import models as tm
 from sae_vlm_plugin.tokens import TokenSelection
 
 pytestmark = pytest.mark.slow
@@ -641,7 +641,7 @@ def test_llava_reads_block_22_of_24_and_feeds_576_image_tokens(llava):
     assert model.family.name == "llava"
     expected = [f"vision.blocks.{layer}.hook_resid_post" for layer in range(24)]
     assert model.hook_points == [*expected, "hook_vision_features", "hook_projector_out"]
-    assert model.family.vision_feature_layers(model.source_module) == [22]
+    assert model.family.read_blocks(model.source_module) == [22]
     assert default_hook(model) == "vision.blocks.22.hook_resid_post"
     projector = llava.tiny.model.model.multi_modal_projector
     assert (projector.linear_1.in_features, projector.linear_1.out_features) == (1024, 4096)

@@ -16,15 +16,14 @@ import pytest
 import torch
 from sae_lens import SAE
 
-import tiny_models as tm
 from sae_vlm_plugin import VisionModel, extract_to_cache
 from sae_vlm_plugin.cli import main as cli_main
+from sae_vlm_plugin.tiny import models as tm
 from sae_vlm_plugin.training.presets import list_presets, preset_config
 from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 
 HOOK = "blocks.1.hook_resid_post"
-TESTS_DIR = Path(__file__).resolve().parent
 
 
 def _config(run_dir: Path, cache: Path, **overrides) -> VisionSAERunnerConfig:
@@ -140,8 +139,7 @@ def test_training_from_images_extracts_on_the_fly(tmp_path):
 
 KILLABLE_TRAINING = textwrap.dedent(
     """
-    import sys, time
-    sys.path.insert(0, {tests_dir!r})
+    import time
     from sae_vlm_plugin.cache import ActivationCache
     from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
     from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
@@ -164,7 +162,7 @@ def test_a_killed_run_resumes_to_the_same_final_weights(tmp_path, tiny_cache):
         _config(tmp_path / "reference", tiny_cache), progress=False
     ).run()
     cfg = _config(tmp_path / "killed", tiny_cache)
-    script = KILLABLE_TRAINING.format(tests_dir=str(TESTS_DIR), config=cfg.to_dict())
+    script = KILLABLE_TRAINING.format(config=cfg.to_dict())
     process = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
     deadline = time.monotonic() + 180
     try:

@@ -11,12 +11,12 @@ import yaml
 from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
-import tiny_models as tm
 from sae_vlm_plugin import VisionModel
 from sae_vlm_plugin.cli import main
 from sae_vlm_plugin.pretrained import registry
 from sae_vlm_plugin.pretrained.loading import check_attachable, load_sae
 from sae_vlm_plugin.pretrained.sae_argument import load_sae_argument, parse_sae_spec
+from sae_vlm_plugin.tiny import models as tm
 
 HOOK = "blocks.1.hook_resid_post"
 COMMANDS_WITH_SAE = {

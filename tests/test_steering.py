@@ -7,7 +7,6 @@ import pytest
 import torch
 from PIL import Image
 
-import tiny_models
 from sae_vlm_plugin.model import VisionModel
 from sae_vlm_plugin.steering import (
     default_hook,
@@ -16,6 +15,7 @@ from sae_vlm_plugin.steering import (
     steer,
     steer_direction,
 )
+from sae_vlm_plugin.tiny import models as tiny_models
 
 LATENT = 3
 VALUE = 40.0

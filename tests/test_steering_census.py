@@ -187,7 +187,7 @@ def test_answer_reading():
 
 @pytest.mark.slow
 def test_census_best_red_latent_inserts_red_through_a_plain_nnsight_edit(toy, tmp_path):
-    from sae_vlm_plugin.demo.run import DemoConfig, train_demo_sae
+    from sae_vlm_plugin.demo.shared import DemoConfig, train_demo_sae
     from sae_vlm_plugin.toy import ATTRIBUTE_VALUES, ATTRIBUTES
 
     module, processor, llava = toy

@@ -8,10 +8,9 @@ import pathlib
 import pytest
 import torch
 
-import tiny_models
 from sae_vlm_plugin.model import VisionModel
 from sae_vlm_plugin.steering import steer
-from sae_vlm_plugin.steering.commands import add_steer_commands
+from sae_vlm_plugin.steering.commands import add_commands
 from sae_vlm_plugin.steering.evaluation import (
     INSERTION_PROMPTS,
     ONE_WORD_PROMPT,
@@ -24,6 +23,7 @@ from sae_vlm_plugin.steering.evaluation import (
     sweep,
     white_image,
 )
+from sae_vlm_plugin.tiny import models as tiny_models
 
 PAPER = pathlib.Path("/work/shared/reference/paper-pach2025-sae-vlm.txt")
 
@@ -145,7 +145,7 @@ def test_steer_command(tmp_path, capsys):
     _sae().save_model(tmp_path / "sae")
 
     parser = argparse.ArgumentParser()
-    add_steer_commands(parser.add_subparsers())
+    add_commands(parser.add_subparsers())
     base = ["steer", "--model", str(tmp_path / "llava"), "--sae", str(tmp_path / "sae")]
     args = parser.parse_args(
         [

@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
-import tiny_models as tm
 from sae_vlm_plugin import VisionModel, extract_to_cache
 from sae_vlm_plugin.cache import ActivationCache
 from sae_vlm_plugin.cli import main as cli_main
 from sae_vlm_plugin.distributed import DataParallel
+from sae_vlm_plugin.tiny import models as tm
 from sae_vlm_plugin.training.data_parallel import wrap_for_ddp
 from sae_vlm_plugin.training.job import JsonlLog
 from sae_vlm_plugin.training.runner import VisionSAETrainingRunner

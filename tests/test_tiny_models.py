@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-import tiny_models as tm
+from sae_vlm_plugin.tiny import models as tm
 
 # Encoders whose token sequence starts with a CLS token.
 HAS_CLS = {

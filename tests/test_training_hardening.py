@@ -318,8 +318,8 @@ def test_a_sweep_trains_only_its_unfinished_saes(tmp_path, tiny_cache):
 @pytest.fixture(scope="module")
 def random_2_cache(tmp_path_factory) -> Path:
     """Two random tokens of each of 64 synthetic images (``random_2@seed0``)."""
-    import tiny_models as tm
     from sae_vlm_plugin import VisionModel, extract_to_cache
+    from sae_vlm_plugin.tiny import models as tm
 
     images, _ = tm.synthetic_images(64)
     out = tmp_path_factory.mktemp("cache") / "random"

@@ -16,71 +16,97 @@ from typing import TYPE_CHECKING, Any
 
 from sae_vlm_plugin._import_hooks import when_imported
 from sae_vlm_plugin._lazy import lazy_attribute
+from sae_vlm_plugin._version import __version__
 from sae_vlm_plugin.pretrained.registry import register_pretrained
-
-__version__ = "0.1.0"
 
 # Public name -> module that defines it. Resolved on first attribute access (PEP 562).
 _LAZY_API: dict[str, str] = {
-    "ActivationCache": "sae_vlm_plugin.cache",
-    "MonosemanticityEvaluator": "sae_vlm_plugin.metrics.evaluation",
-    "MonosemanticityResult": "sae_vlm_plugin.metrics.monosemanticity",
-    "PretrainedSAE": "sae_vlm_plugin.pretrained.loading",
+    "extract_activations": "sae_vlm_plugin.activations",
+    "ActivationCache": "sae_vlm_plugin.cache.read",
+    "verify_cache": "sae_vlm_plugin.cache.verify",
+    "extract_to_cache": "sae_vlm_plugin.cache.write",
+    "build_dashboard": "sae_vlm_plugin.dashboard.build",
+    "export_neuronpedia": "sae_vlm_plugin.dashboard.exports",
+    "export_saedashboard": "sae_vlm_plugin.dashboard.exports",
+    "environment_report": "sae_vlm_plugin.environment",
+    "VisionFamily": "sae_vlm_plugin.families.base",
+    "list_families": "sae_vlm_plugin.families.registry",
+    "register_family": "sae_vlm_plugin.families.registry",
+    "ImageSource": "sae_vlm_plugin.images",
+    "open_image_source": "sae_vlm_plugin.images",
+    "alignment_score": "sae_vlm_plugin.metrics.alignment",
+    "score_benchmark": "sae_vlm_plugin.metrics.alignment",
     "TopKCodes": "sae_vlm_plugin.metrics.codes",
+    "image_embeddings": "sae_vlm_plugin.metrics.embeddings",
+    "MonosemanticityEvaluator": "sae_vlm_plugin.metrics.evaluation",
     "evaluate_sae": "sae_vlm_plugin.metrics.evaluation",
     "hierarchy_by_level": "sae_vlm_plugin.metrics.hierarchy",
-    "image_embeddings": "sae_vlm_plugin.metrics.embeddings",
-    "jaccard_uniqueness": "sae_vlm_plugin.metrics.uniqueness",
+    "MonosemanticityResult": "sae_vlm_plugin.metrics.monosemanticity",
     "monosemanticity_score": "sae_vlm_plugin.metrics.monosemanticity",
-    "score_benchmark": "sae_vlm_plugin.metrics.alignment",
     "top_activations": "sae_vlm_plugin.metrics.top_activations",
-    "VisionSAERunnerConfig": "sae_vlm_plugin.training.runner_config",
-    "VisionSAETrainingRunner": "sae_vlm_plugin.training.runner",
-    "VisionSAESweepRunner": "sae_vlm_plugin.training.sweep",
-    "sweep_from_file": "sae_vlm_plugin.training.sweep_config",
-    "sweep_from_presets": "sae_vlm_plugin.training.sweep_config",
-    "alignment_score": "sae_vlm_plugin.metrics.alignment",
-    "build_dashboard": "sae_vlm_plugin.dashboard",
-    "check_attachable": "sae_vlm_plugin.pretrained.loading",
-    "export_neuronpedia": "sae_vlm_plugin.dashboard",
-    "export_saedashboard": "sae_vlm_plugin.dashboard",
-    "diffmean_vector": "sae_vlm_plugin.steering.edits",
-    "generate": "sae_vlm_plugin.steering.edits",
-    "steer": "sae_vlm_plugin.steering.edits",
+    "jaccard_uniqueness": "sae_vlm_plugin.metrics.uniqueness",
+    "VisionModel": "sae_vlm_plugin.model",
     "LatentLabels": "sae_vlm_plugin.naming.labels",
     "find_latents": "sae_vlm_plugin.naming.name",
     "name_latents": "sae_vlm_plugin.naming.name",
-    "steer_direction": "sae_vlm_plugin.steering.edits",
-    "steerability": "sae_vlm_plugin.steering.census",
-    "SteerabilityReport": "sae_vlm_plugin.steering.census",
-    "latent_activity": "sae_vlm_plugin.steering.activity",
+    "PretrainedSAE": "sae_vlm_plugin.pretrained.loading",
+    "check_attachable": "sae_vlm_plugin.pretrained.loading",
     "export_sae": "sae_vlm_plugin.pretrained.loading",
-    "list_presets": "sae_vlm_plugin.training.presets",
-    "list_releases": "sae_vlm_plugin.pretrained.registry",
     "load_sae": "sae_vlm_plugin.pretrained.loading",
-    "preset_config": "sae_vlm_plugin.training.presets",
+    "list_releases": "sae_vlm_plugin.pretrained.registry",
     "register_releases": "sae_vlm_plugin.pretrained.registry",
+    "latent_activity": "sae_vlm_plugin.steering.activity",
+    "SteerabilityReport": "sae_vlm_plugin.steering.census",
+    "steerability": "sae_vlm_plugin.steering.census",
+    "diffmean_vector": "sae_vlm_plugin.steering.edits",
+    "generate": "sae_vlm_plugin.steering.edits",
+    "steer": "sae_vlm_plugin.steering.edits",
+    "steer_direction": "sae_vlm_plugin.steering.edits",
     "TokenSelection": "sae_vlm_plugin.tokens",
-    "VisionFamily": "sae_vlm_plugin.families.base",
-    "VisionModel": "sae_vlm_plugin.model",
-    "environment_report": "sae_vlm_plugin.environment",
-    "extract_activations": "sae_vlm_plugin.activations",
-    "extract_to_cache": "sae_vlm_plugin.cache",
-    "list_families": "sae_vlm_plugin.families.registry",
-    "open_image_source": "sae_vlm_plugin.images",
-    "register_family": "sae_vlm_plugin.families.registry",
+    "list_presets": "sae_vlm_plugin.training.presets",
+    "preset_config": "sae_vlm_plugin.training.presets",
+    "VisionSAETrainingRunner": "sae_vlm_plugin.training.runner",
+    "VisionSAERunnerConfig": "sae_vlm_plugin.training.runner_config",
+    "VisionSAESweepRunner": "sae_vlm_plugin.training.sweep",
+    "sweep_from_file": "sae_vlm_plugin.training.sweep_config",
+    "sweep_from_presets": "sae_vlm_plugin.training.sweep_config",
 }
 
 if TYPE_CHECKING:
     from sae_vlm_plugin.activations import extract_activations as extract_activations
-    from sae_vlm_plugin.cache import ActivationCache as ActivationCache
-    from sae_vlm_plugin.cache import extract_to_cache as extract_to_cache
+    from sae_vlm_plugin.cache.read import ActivationCache as ActivationCache
+    from sae_vlm_plugin.cache.verify import verify_cache as verify_cache
+    from sae_vlm_plugin.cache.write import extract_to_cache as extract_to_cache
+    from sae_vlm_plugin.dashboard.build import build_dashboard as build_dashboard
+    from sae_vlm_plugin.dashboard.exports import export_neuronpedia as export_neuronpedia
+    from sae_vlm_plugin.dashboard.exports import export_saedashboard as export_saedashboard
     from sae_vlm_plugin.environment import environment_report as environment_report
     from sae_vlm_plugin.families.base import VisionFamily as VisionFamily
     from sae_vlm_plugin.families.registry import list_families as list_families
     from sae_vlm_plugin.families.registry import register_family as register_family
+    from sae_vlm_plugin.images import ImageSource as ImageSource
     from sae_vlm_plugin.images import open_image_source as open_image_source
+    from sae_vlm_plugin.metrics.alignment import alignment_score as alignment_score
+    from sae_vlm_plugin.metrics.alignment import score_benchmark as score_benchmark
+    from sae_vlm_plugin.metrics.codes import TopKCodes as TopKCodes
+    from sae_vlm_plugin.metrics.embeddings import image_embeddings as image_embeddings
+    from sae_vlm_plugin.metrics.evaluation import (
+        MonosemanticityEvaluator as MonosemanticityEvaluator,
+    )
+    from sae_vlm_plugin.metrics.evaluation import evaluate_sae as evaluate_sae
+    from sae_vlm_plugin.metrics.hierarchy import hierarchy_by_level as hierarchy_by_level
+    from sae_vlm_plugin.metrics.monosemanticity import (
+        MonosemanticityResult as MonosemanticityResult,
+    )
+    from sae_vlm_plugin.metrics.monosemanticity import (
+        monosemanticity_score as monosemanticity_score,
+    )
+    from sae_vlm_plugin.metrics.top_activations import top_activations as top_activations
+    from sae_vlm_plugin.metrics.uniqueness import jaccard_uniqueness as jaccard_uniqueness
     from sae_vlm_plugin.model import VisionModel as VisionModel
+    from sae_vlm_plugin.naming.labels import LatentLabels as LatentLabels
+    from sae_vlm_plugin.naming.name import find_latents as find_latents
+    from sae_vlm_plugin.naming.name import name_latents as name_latents
     from sae_vlm_plugin.pretrained.loading import PretrainedSAE as PretrainedSAE
     from sae_vlm_plugin.pretrained.loading import check_attachable as check_attachable
     from sae_vlm_plugin.pretrained.loading import export_sae as export_sae
@@ -98,9 +124,7 @@ if TYPE_CHECKING:
     from sae_vlm_plugin.training.presets import list_presets as list_presets
     from sae_vlm_plugin.training.presets import preset_config as preset_config
     from sae_vlm_plugin.training.runner import VisionSAETrainingRunner as VisionSAETrainingRunner
-    from sae_vlm_plugin.training.runner_config import (
-        VisionSAERunnerConfig as VisionSAERunnerConfig,
-    )
+    from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig as VisionSAERunnerConfig
     from sae_vlm_plugin.training.sweep import VisionSAESweepRunner as VisionSAESweepRunner
     from sae_vlm_plugin.training.sweep_config import sweep_from_file as sweep_from_file
     from sae_vlm_plugin.training.sweep_config import sweep_from_presets as sweep_from_presets

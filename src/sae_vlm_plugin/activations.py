@@ -6,9 +6,10 @@ batches to disk. Several hooks come from one pass, which stops after the deepest
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -18,6 +19,11 @@ from sae_vlm_plugin.hooks import HookPoint
 from sae_vlm_plugin.images import ImageReadError, ImageSource, open_image_source
 from sae_vlm_plugin.model import VisionModel
 from sae_vlm_plugin.tokens import TokenSelection
+
+if TYPE_CHECKING:
+    from sae_vlm_plugin.images import ImageInput
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -170,7 +176,7 @@ def iter_extracted_batches(
 
 def extract_activations(
     model: VisionModel | torch.nn.Module | str,
-    images: Any,
+    images: ImageInput,
     hooks: str | Sequence[str],
     tokens: str | TokenSelection = "cls",
     batch_size: int = 32,
@@ -188,32 +194,61 @@ def extract_activations(
     seeded by ``seed`` and the image id). Rows are grouped by image in source order. Each batch
     is one forward pass that stops after the deepest requested hook.
     """
-    from tqdm.auto import tqdm
-
     vision_model = model if isinstance(model, VisionModel) else VisionModel(model)
     selection = TokenSelection.parse(tokens, k=k, seed=seed)
     source = open_image_source(images)
     points = resolve_hooks(vision_model, hooks, selection)
     collected: dict[str, list[torch.Tensor]] = {p.name: [] for p in points}
     n_skipped = 0
-    bar = tqdm(total=len(source), desc="extract", unit="img", disable=not progress)
-    for batch in iter_extracted_batches(
+    for batch in iter_source_batches(
         vision_model,
         source,
         points,
         selection,
-        range(len(source)),
         batch_size,
         skip_unreadable=skip_unreadable,
         num_workers=num_workers,
+        progress=progress,
     ):
         n_skipped += len(batch.skipped)
         for name, rows in batch.hooks.items():
             collected[name].append(rows.activations.float().cpu())
-        bar.update(len(batch.image_indices) + len(batch.skipped))
-    bar.close()
-    if n_skipped and progress:
-        print(f"skipped {n_skipped} unreadable image(s) of {len(source)}")
-    if all(not parts for parts in collected.values()):
-        raise ValueError(f"no readable images in {source.description}")
+    if n_skipped:
+        logger.warning("skipped %d unreadable image(s) of %d", n_skipped, len(source))
     return {name: torch.cat(parts) for name, parts in collected.items()}
+
+
+def iter_source_batches(
+    model: VisionModel,
+    source: ImageSource,
+    points: Sequence[HookPoint],
+    tokens: TokenSelection,
+    batch_size: int,
+    *,
+    skip_unreadable: bool = False,
+    num_workers: int = 0,
+    progress: bool = True,
+    description: str = "extract",
+) -> Iterator[ExtractedBatch]:
+    """Every image of ``source`` once, in order (``iter_extracted_batches`` over all of it), under
+    a progress bar; ValueError at the end if no image was readable. Batches whose images were
+    all skipped are yielded too (``hooks`` empty), so a caller can count ``skipped``."""
+    from tqdm.auto import tqdm
+
+    any_readable = False
+    with tqdm(total=len(source), desc=description, unit="img", disable=not progress) as bar:
+        for batch in iter_extracted_batches(
+            model,
+            source,
+            points,
+            tokens,
+            range(len(source)),
+            batch_size,
+            skip_unreadable=skip_unreadable,
+            num_workers=num_workers,
+        ):
+            bar.update(len(batch.image_indices) + len(batch.skipped))
+            any_readable = any_readable or bool(batch.hooks)
+            yield batch
+    if not any_readable:
+        raise ValueError(f"no readable images in {source.description}")

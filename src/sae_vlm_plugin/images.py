@@ -12,11 +12,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, Union
 
 import numpy as np
 import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
@@ -109,7 +112,19 @@ class ImageSource:
             raise ImageReadError(self.ids[index], error) from error
 
 
-def open_image_source(images: Any, *, description: str | None = None) -> ImageSource:
+ImageInput: TypeAlias = Union[
+    "ImageSource",
+    str,
+    os.PathLike[str],
+    Sequence[str | os.PathLike[str] | Image.Image],
+    torch.Tensor,
+    "Dataset",
+]
+"""What every API that takes images accepts (``open_image_source`` turns it into an
+``ImageSource``): a source, a folder, image paths, PIL images, a pixel tensor, an HF dataset."""
+
+
+def open_image_source(images: ImageInput, *, description: str | None = None) -> ImageSource:
     """An ``ImageSource`` from any supported input.
 
     Accepts: an ``ImageSource`` (returned as is), a folder path (an ImageNet-style tree ``root/<class>/<image>`` or a flat folder),

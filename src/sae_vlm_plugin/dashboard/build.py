@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -21,6 +21,12 @@ from sae_vlm_plugin.dashboard.thumbnails import write_thumbnails
 from sae_vlm_plugin.images import ImageSource, open_image_source
 from sae_vlm_plugin.metrics.evaluation import MIN_SUPPORT
 
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+    from sae_vlm_plugin.images import ImageInput
+    from sae_vlm_plugin.model import VisionModel
+
 
 @dataclass
 class CollectedDashboard:
@@ -34,9 +40,9 @@ class CollectedDashboard:
 
 
 def build_dashboard(
-    sae: Any,
-    model: Any,
-    images: Any,
+    sae: SAE,
+    model: VisionModel,
+    images: ImageInput,
     out_dir: str | Path,
     *,
     thumbnail_size: int = 112,
@@ -67,9 +73,9 @@ def default_title(data: DashboardData) -> str:
 
 
 def collect_dashboard(
-    sae: Any,
-    model: Any,
-    images: Any,
+    sae: SAE,
+    model: VisionModel,
+    images: ImageInput,
     *,
     embeddings: Tensor | None = None,
     scoring_encoder: Any = "dinov2",

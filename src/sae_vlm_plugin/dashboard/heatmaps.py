@@ -8,17 +8,22 @@ of the latents that rank that image among their top images are kept.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from sae_vlm_plugin.images import ImageSource
 
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+    from sae_vlm_plugin.model import VisionModel
+
 
 def patch_heatmaps(
-    sae: Any,
-    model: Any,
+    sae: SAE,
+    model: VisionModel,
     source: ImageSource,
     hook: str,
     latents: Tensor,

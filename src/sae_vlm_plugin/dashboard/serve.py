@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import http.server
+import logging
 import mimetypes
 import os
 import re
@@ -20,6 +21,8 @@ import time
 import urllib.parse
 from http import HTTPStatus
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 _THUMBNAIL = r"thumbs/\d+/[0-9a-f]{20}\.jpg"
 DASHBOARD_FILES = re.compile(
@@ -141,7 +144,7 @@ def serve_dashboard(
     threading.Thread(target=server.serve_forever, daemon=True).start()
     host, port = server.server_address[:2]
     host = host.decode() if isinstance(host, bytes) else host
-    print(f"serving on http://{host}:{port}/ (Ctrl-C stops)")
+    logger.info("serving on http://%s:%s/ (Ctrl-C stops)", host, port)
     try:
         if seconds is None:
             while True:

@@ -14,9 +14,9 @@ from typing import Any
 from sae_vlm_plugin._lazy import lazy_attribute
 
 _LAZY: dict[str, str] = {
-    "DemoConfig": "sae_vlm_plugin.demo.run",
+    "DemoConfig": "sae_vlm_plugin.demo.shared",
     "format_summary": "sae_vlm_plugin.demo.run",
-    "label_embeddings": "sae_vlm_plugin.demo.run",
+    "label_embeddings": "sae_vlm_plugin.demo.shared",
     "run_demo": "sae_vlm_plugin.demo.run",
     "small_clip": "sae_vlm_plugin.demo.run",
     "verdict": "sae_vlm_plugin.demo.run",

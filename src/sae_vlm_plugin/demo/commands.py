@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from sae_vlm_plugin.arguments import non_negative_int, positive_int
+from sae_vlm_plugin.command_line import add_command, non_negative_int, positive_int
 
 
-def add_demo_command(commands: argparse._SubParsersAction) -> None:
-    demo = commands.add_parser(
+def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
+    demo = add_command(
+        commands,
         "demo",
+        _cmd_demo,
         help="the paper's findings end to end, offline, on the trained toy world",
         description="Run the plugin's pipeline on the shipped toy CLIP and toy LLaVA and "
         "measure the paper's findings; --random uses random weights, --model/--images a real "
@@ -50,7 +53,6 @@ def add_demo_command(commands: argparse._SubParsersAction) -> None:
         help="image encoder MS scores with, with --model/--images/--random: dinov2 | clip | a hub "
         "id | a local model (default: dinov2 for --images, label embeddings for generated images)",
     )
-    demo.set_defaults(handler=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

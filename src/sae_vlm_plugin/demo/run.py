@@ -3,7 +3,7 @@
 Default: the trained toy world (``demo/world.py``): the shipped toy CLIP and toy LLaVA on
 toy-world images, with the paper's findings measured against the world's ground truth.
 ``--random``: a small CLIP vision transformer with RANDOM weights, built from a config, and
-synthetic concept images (3 shapes x 3 colours x 3 textures, ``demo/synthetic.py``) - the pipeline
+synthetic concept images (3 shapes x 3 colours x 3 textures, ``tiny/images.py``) - the pipeline
 without learned features, for speed checks. With ``--model`` and ``--images`` the same steps run
 on a real checkpoint and an image folder (MS then uses the DINOv2 scoring encoder, as in the
 paper).
@@ -24,24 +24,22 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from sae_vlm_plugin.demo.findings import concept_purity
-
-DEFAULT_N_IMAGES = 810
-DEFAULT_WORLD_IMAGES = 10_000
-DEFAULT_STEPS = 600
-WORLD_STEPS = 5000
-"""The trained world's default: the inference threshold is an EMA of the batch's smallest kept
-activation with decay 0.999 (a memory of about 1000 steps) from step ``steps // 5``, so 600
-steps leave it far from converged; 5000 take under half a minute here."""
-DEFAULT_IMAGE_SIZE = 32
-TOP_IMAGES = 16
+from sae_vlm_plugin.demo.shared import (
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_N_IMAGES,
+    TOP_IMAGES,
+    DemoConfig,
+    chance_purity,
+    label_embeddings,
+    mean_std,
+    train_demo_sae,
+)
 
 
 def small_clip() -> torch.nn.Module:
@@ -59,53 +57,6 @@ def small_clip() -> torch.nn.Module:
     )
     torch.manual_seed(0)
     return CLIPVisionModelWithProjection(config).eval()
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """What the demo runs on and where it writes."""
-
-    out_dir: Path
-    """Output directory (cache, run, evaluation and ``summary.json``)."""
-    model: str | None = None
-    """Hub id / path / ``open_clip:...``; None: the toy CLIP (or, with ``random``, the small
-    random CLIP)."""
-    images: str | None = None
-    """Image folder; None generates toy-world (or, with ``random``, synthetic concept) images."""
-    random: bool = False
-    """Run on random weights and synthetic concept images instead of the trained world."""
-    n_images: int | None = None
-    """Images to generate (ignored with ``images``); default 10,000 world images to train the
-    SAEs on (2000 others measure them) / 810 synthetic."""
-    seed: int = 10
-    """Seed of the generated world images; the toy models were trained and held out on seeds
-    0-3, so the default images are new to them."""
-    layer: int | None = None
-    """Block to read; None takes the second-to-last (LLaVA's choice)."""
-    scoring_encoder: str | None = None
-    """The image encoder MS scores with (``"dinov2"``, ``"clip"``, a hub id or a local model).
-    None: DINOv2 for an image folder, label embeddings for generated images. The trained world
-    scores with the toy CLIP's own embeddings and refuses another."""
-    expansion_factor: int = 4
-    k: int = 8
-    training_steps: int | None = None
-    """SAE training steps; default ``WORLD_STEPS`` on the trained world, 600 otherwise."""
-    batch_size: int = 128
-    seeds: int = 5
-    """SAE seeds each trained-world finding is measured over (0 .. seeds-1)."""
-    progress: bool = True
-
-
-def label_embeddings(attributes: Sequence[tuple[str, ...]]) -> torch.Tensor:
-    """Unit vectors whose cosine is the fraction of attribute values two items share."""
-    n_attributes = len(attributes[0])
-    vocab = [sorted({item[a] for item in attributes}) for a in range(n_attributes)]
-    offsets = [sum(len(v) for v in vocab[:a]) for a in range(n_attributes)]
-    embeddings = torch.zeros(len(attributes), sum(len(v) for v in vocab))
-    for row, item in enumerate(attributes):
-        for a, value in enumerate(item):
-            embeddings[row, offsets[a] + vocab[a].index(value)] = 1.0
-    return embeddings / n_attributes**0.5
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
@@ -127,58 +78,16 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     return summary
 
 
-def train_demo_sae(
-    model: Any,
-    images: Any,
-    hook: str,
-    out: Path,
-    config: DemoConfig,
-    tokens: str,
-    default_steps: int = DEFAULT_STEPS,
-    seed: int = 0,
-    run_name: str = "run",
-) -> tuple[Any, Any]:
-    """Cache ``tokens`` of ``hook`` under ``out/cache`` (once: a finished cache is reused) and
-    train the paper's Matryoshka-BatchTopK SAE with ``seed`` on them into ``out/run_name``;
-    returns ``(sae, runner config)``."""
-    from sae_vlm_plugin.cache import extract_to_cache
-    from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
-    from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
-
-    cache = extract_to_cache(
-        model, images, hook, out / "cache", tokens=tokens, progress=config.progress
-    )
-    steps = config.training_steps or default_steps
-    run_config = VisionSAERunnerConfig(
-        cache_path=str(cache.path),
-        hook_name=hook,
-        architecture="paper_matryoshka_batchtopk",
-        expansion_factor=config.expansion_factor,
-        k=config.k,
-        run_dir=str(out / run_name),
-        seed=seed,
-        training_steps=steps,
-        batch_size=config.batch_size,
-        warmup_steps=steps // 10,
-        threshold_start_step=steps // 5,
-        dead_feature_threshold=config.batch_size * steps // 4,
-        n_batches_for_scaling=4,
-        log_every_steps=50,
-        checkpoint_every_steps=0,
-    )
-    return VisionSAETrainingRunner(run_config, progress=config.progress).run(), run_config
-
-
 def _run_pipeline_demo(config: DemoConfig) -> dict[str, Any]:
     """The random-weights path (``--random``) and the real-checkpoint path (``--model`` /
     ``--images``): extract, train, MS, purity on synthetic images, dashboard, steering."""
     from sae_vlm_plugin.dashboard import build_dashboard
-    from sae_vlm_plugin.demo.synthetic import concept_images
     from sae_vlm_plugin.images import open_image_source
     from sae_vlm_plugin.metrics.embeddings import load_scoring_encoder
     from sae_vlm_plugin.metrics.evaluation import evaluate_sae
     from sae_vlm_plugin.metrics.top_activations import top_activations
     from sae_vlm_plugin.model import VisionModel
+    from sae_vlm_plugin.tiny.images import concept_images
 
     started = time.perf_counter()
     out = Path(config.out_dir)
@@ -263,10 +172,10 @@ STEERING_PROMPT = "write a poem about love ."
 def steering_demo(model: Any, sae: Any, report: Any, hook: str, path: Path) -> dict[str, Any]:
     """Clamp the SAE's highest-MS latent on every image token of a tiny LLaVA whose vision
     tower is ``model``'s encoder; write the Figure-6-style sweep on a white image to ``path``."""
-    from sae_vlm_plugin.demo.tiny_llava import tiny_llava
     from sae_vlm_plugin.model import VisionModel
     from sae_vlm_plugin.steering.edits import steer
     from sae_vlm_plugin.steering.evaluation import sweep, white_image
+    from sae_vlm_plugin.tiny.llava import tiny_llava
 
     module, processor = tiny_llava(model.source_module)
     llava = VisionModel(module)
@@ -294,18 +203,6 @@ def steering_demo(model: Any, sae: Any, report: Any, hook: str, path: Path) -> d
     }
     path.write_text(json.dumps(result, indent=2))
     return result
-
-
-def chance_purity(
-    attributes: Sequence[tuple[str, ...]],
-    purity: Callable[[torch.Tensor, Sequence[tuple[str, ...]]], float] = concept_purity,
-) -> float:
-    """``purity`` of random 16-image sets (the baseline a neuron that ignores concepts gets)."""
-    generator = torch.Generator().manual_seed(0)
-    sets = torch.stack(
-        [torch.randperm(len(attributes), generator=generator)[:TOP_IMAGES] for _ in range(200)]
-    )
-    return purity(sets, attributes)
 
 
 def _nan_to_none(value: Any) -> Any:
@@ -375,8 +272,3 @@ def verdict(summary: dict[str, Any]) -> str:
     if not won:
         return "the SAE latents do NOT beat the raw neurons: " + " and ".join(lost) + "."
     return f"the SAE latents beat the raw neurons on {' and '.join(won)}, but NOT on {' and '.join(lost)}."
-
-
-def mean_std(stats: dict[str, float]) -> str:
-    """``"mean+-std"`` of a statistics dict, to 3 decimals."""
-    return f"{stats['mean']:.3f}+-{stats['std']:.3f}"

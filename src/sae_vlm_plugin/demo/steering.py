@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from sae_vlm_plugin.demo.findings import Finding
+from sae_vlm_plugin.demo.shared import WORLD_STEPS, label_embeddings, train_demo_sae
 from sae_vlm_plugin.steering.census import (
     CENSUS_MULTIPLES,
     CENSUS_PROMPTS,
@@ -171,7 +172,6 @@ class _Context:
 def _steering_sae(
     clip: Any, train_images: list[Any], hook: str, out: Path, config: Any, seed: int
 ) -> Any:
-    from sae_vlm_plugin.demo.run import WORLD_STEPS, train_demo_sae
 
     sae, _ = train_demo_sae(
         clip,
@@ -319,7 +319,6 @@ def _dashboard(
 ) -> Path:
     """The steering SAE's dashboard, with its concept labels and census."""
     from sae_vlm_plugin.dashboard import build_dashboard
-    from sae_vlm_plugin.demo.run import label_embeddings
 
     attributes = [o.attributes for o in objects]
     return build_dashboard(

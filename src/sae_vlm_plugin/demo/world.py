@@ -35,8 +35,16 @@ from sae_vlm_plugin.demo.findings import (
     seed_findings,
     single_concept_purity,
 )
+from sae_vlm_plugin.demo.shared import (
+    DEFAULT_WORLD_IMAGES,
+    TOP_IMAGES,
+    WORLD_STEPS,
+    chance_purity,
+    label_embeddings,
+    mean_std,
+    train_demo_sae,
+)
 
-TOP_IMAGES = 16
 EVAL_IMAGES = 2000
 
 
@@ -47,7 +55,6 @@ def run_world_demo(config: Any) -> dict[str, Any]:
     returns the summary (``run_demo`` writes it to ``summary.json``): seed 0's measures in
     full, every seed's figures under ``"seeds"``, and each finding held in how many seeds."""
     from sae_vlm_plugin.dashboard import build_dashboard
-    from sae_vlm_plugin.demo.run import DEFAULT_WORLD_IMAGES, chance_purity, label_embeddings
     from sae_vlm_plugin.demo.steering import steering_findings
     from sae_vlm_plugin.metrics.embeddings import image_embeddings
     from sae_vlm_plugin.model import VisionModel
@@ -148,7 +155,6 @@ def _measure_seed(world: _World, seed: int) -> dict[str, Any]:
     """Train the CLS SAE with ``seed`` (seed 0 in ``out/run``, others in ``out/run-seed{n}``)
     and measure every finding's figure on it."""
     from sae_vlm_plugin.demo.naming import naming_finding
-    from sae_vlm_plugin.demo.run import WORLD_STEPS, label_embeddings, train_demo_sae
     from sae_vlm_plugin.metrics.evaluation import evaluate_sae, ms_statistics
     from sae_vlm_plugin.metrics.monosemanticity import monosemanticity_score
     from sae_vlm_plugin.metrics.top_activations import top_activations
@@ -270,7 +276,6 @@ def _steering_lines(steering: dict[str, Any], outputs: dict[str, str]) -> list[s
 
 def format_world_summary(summary: dict[str, Any]) -> str:
     """The trained-world demo's report: the measures side by side, then every finding."""
-    from sae_vlm_plugin.demo.run import mean_std
 
     rec = summary["reconstruction"]
     lines = [

@@ -29,6 +29,11 @@ class VisionFamily(ABC):
     """One line shown by ``list_families()``: which builds the family covers."""
     model_types: tuple[str, ...] = ()
     """transformers ``config.model_type`` values this family loads by hub id / path."""
+    generates_text: bool = False
+    """Whether a language model reads the vision tower and generates text (LLaVA)."""
+    tower_prefix: str = ""
+    """Prefix of the vision tower's hook names (``"vision."`` where a language model sits on
+    top, so ``vision.blocks.22.hook_resid_post``)."""
 
     @abstractmethod
     def matches(self, module: torch.nn.Module) -> bool:
@@ -59,6 +64,23 @@ class VisionFamily(ABC):
     @abstractmethod
     def load(self, name: str, **kwargs: Any) -> tuple[torch.nn.Module, Preprocessor]:
         """Load a checkpoint by hub id or local path, with its own preprocessing."""
+
+    def read_blocks(self, root: torch.nn.Module) -> list[int]:
+        """The tower blocks whose output a language model reads (none for an encoder alone)."""
+        return []
+
+    def read_tokens(self, root: torch.nn.Module) -> slice:
+        """The token positions of a read block's output that the language model reads."""
+        return slice(None)
+
+    def read_setting(self, root: torch.nn.Module) -> str:
+        """The model's own setting that chooses the read blocks, for messages (``""``: none)."""
+        return ""
+
+    def tower_names(self, root: Any, name: str, key: Callable[[str], str] = str) -> list[str]:
+        """Names an SAE may give for the model called ``name`` (compared after ``key``): the
+        model itself; a family with a language model adds its vision tower's encoders."""
+        return [name]
 
     @abstractmethod
     def default_preprocessor(self, root: torch.nn.Module) -> Preprocessor:

@@ -51,9 +51,17 @@ def tower_read_block(n_layers: int, vision_feature_layer: int) -> int:
 
 
 class LlavaFamily(VisionFamily):
+    """LLaVA; ``tower_family`` answers which family the vision tower is (the registry passes its
+    ``detect_family``, so this module does not import the registry that imports it)."""
+
     name = "llava"
     description = "transformers LlavaForConditionalGeneration (vision tower + projector + LM)"
     model_types = ("llava",)
+    generates_text = True
+    tower_prefix = "vision."
+
+    def __init__(self, tower_family: Callable[[torch.nn.Module], VisionFamily]) -> None:
+        self.tower_family = tower_family
 
     def matches(self, module: torch.nn.Module) -> bool:
         return type(module).__name__ in ("LlavaForConditionalGeneration", "LlavaModel")
@@ -68,15 +76,13 @@ class LlavaFamily(VisionFamily):
         return _shallowest(root, "language_model")
 
     def _tower_family(self, root: Any) -> VisionFamily:
-        from sae_vlm_plugin.families.registry import detect_family
-
-        return detect_family(module_at(root, self.tower_path(root)))
+        return self.tower_family(module_at(root, self.tower_path(root)))
 
     def blocks_path(self, root: Any) -> str:
         tower = module_at(root, self.tower_path(root))
         return join(self.tower_path(root), self._tower_family(root).blocks_path(tower))
 
-    def vision_feature_layers(self, root: Any) -> list[int]:
+    def read_blocks(self, root: Any) -> list[int]:
         """The tower blocks the projector reads (one for llava-1.5; a list for some variants)."""
         config = root.config
         layers = config.vision_feature_layer
@@ -91,8 +97,8 @@ class LlavaFamily(VisionFamily):
         hooks = {}
         for name, hook in tower_hooks.items():
             if name.startswith("blocks."):
-                hooks[f"vision.{name}"] = HookPoint(
-                    f"vision.{name}",
+                hooks[self.tower_prefix + name] = HookPoint(
+                    self.tower_prefix + name,
                     join(tower_path, hook.module_path),
                     hook.d_model,
                     True,
@@ -144,6 +150,9 @@ class LlavaFamily(VisionFamily):
             names.append(str(tower))
         names += [t for llava, t in VISION_TOWERS.items() if key(llava) == key(name)]
         return names
+
+    def read_setting(self, root: Any) -> str:
+        return f"vision_feature_layer={root.config.vision_feature_layer}"
 
     def read_tokens(self, root: Any) -> slice:
         """Token positions of a tower block's output that the projector reads: every token but

@@ -35,7 +35,7 @@ def model_reference(name: str, *, strict: bool = True) -> str:
     A local path that does not exist raises ``FileNotFoundError`` (else transformers would try
     it on the hub and report a connection error); with ``strict=False`` it is returned as
     given (a name recorded elsewhere, whose directory may have moved)."""
-    from sae_vlm_plugin.toy.models import TOY_MODELS
+    from sae_vlm_plugin.families.toy_models import TOY_MODELS
 
     if name in TOY_MODELS or not is_local_path(name):
         return name
@@ -58,7 +58,7 @@ def _ensure_builtins() -> None:
 
     # LLaVA first: its vision tower is a CLIP build and must not be mistaken for one.
     for family in (
-        llava.LlavaFamily(),
+        llava.LlavaFamily(tower_family=detect_family),
         clip.ClipFamily(),
         siglip.SiglipFamily(),
         aimv2.Aimv2Family(),
@@ -116,9 +116,9 @@ def load_by_name(
 
     open_clip names start with ``open_clip:`` or ``hf-hub:``; anything else is a transformers
     checkpoint whose ``config.model_type`` picks the family. The shipped toy models load by
-    their registered names (``"toy-clip"``, see ``sae_vlm_plugin.toy.models``).
+    their registered names (``"toy-clip"``, see ``sae_vlm_plugin.families.toy_models``).
     """
-    from sae_vlm_plugin.toy.models import resolve_model_name
+    from sae_vlm_plugin.families.toy_models import resolve_model_name
 
     name = resolve_model_name(model_reference(name))
     chosen = get_family(family) if family is not None else family_for_model(name)
@@ -132,7 +132,7 @@ def family_for_model(name: str) -> VisionFamily:
     open_clip names start with ``open_clip:`` or ``hf-hub:``; anything else is a transformers
     checkpoint whose ``config.model_type`` picks the family (the toy names resolve first).
     """
-    from sae_vlm_plugin.toy.models import resolve_model_name
+    from sae_vlm_plugin.families.toy_models import resolve_model_name
 
     _ensure_builtins()
     name = resolve_model_name(model_reference(name))

@@ -6,15 +6,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sae_vlm_plugin.arguments import non_negative_int
+from sae_vlm_plugin.command_line import add_command, non_negative_int
 from sae_vlm_plugin.ownership import owned_directory
 from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
 
 
-def add_metric_commands(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     """Add ``evaluate`` and ``alignment`` to the ``sae-vlm`` subcommands."""
-    evaluate = commands.add_parser(
+    evaluate = add_command(
+        commands,
         "evaluate",
+        _cmd_evaluate,
         help="MS, R^2, L0, dead latents, uniqueness of an SAE vs the raw neurons of its hook",
         description="The paper's evaluation of an SAE on an image folder: MonoSemanticity Score "
         "of its latents and of the raw neurons of the same hook, per Matryoshka group; "
@@ -41,10 +43,11 @@ def add_metric_commands(commands: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--out", default="evaluation", help="output directory")
     evaluate.add_argument("--device")
-    evaluate.set_defaults(handler=_cmd_evaluate)
 
-    alignment = commands.add_parser(
+    alignment = add_command(
+        commands,
         "alignment",
+        _cmd_alignment,
         help="agreement of MS with the paper's user study (Table A1), from its pairs.csv",
     )
     alignment.add_argument("--pairs", required=True, help="the released benchmark's pairs.csv")
@@ -54,7 +57,6 @@ def add_metric_commands(commands: argparse._SubParsersAction) -> None:
         help="an MS column, e.g. dino or clip (repeatable; default: every MS column of the file)",
     )
     alignment.add_argument("--bin-by", help="bin by this MS column's distance (Table A1(a): dino)")
-    alignment.set_defaults(handler=_cmd_alignment)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

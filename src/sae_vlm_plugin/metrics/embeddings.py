@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from sae_vlm_plugin.images import ImageInput
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ class ImageEmbeddings:
 
 
 def image_embeddings(
-    images: Any,
+    images: ImageInput,
     encoder: str | Any = "dinov2",
     *,
     hook: str | None = None,

@@ -16,7 +16,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -35,6 +35,12 @@ from sae_vlm_plugin.metrics.sae_activations import (
 )
 from sae_vlm_plugin.metrics.top_activations import TopActivations, top_activations
 from sae_vlm_plugin.metrics.uniqueness import jaccard_uniqueness
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+    from sae_vlm_plugin.images import ImageInput
+    from sae_vlm_plugin.model import VisionModel
 
 MS_THRESHOLDS = (0.5, 0.75, 0.9)
 TOP_IMAGES = 16
@@ -67,7 +73,7 @@ def ms_statistics(result: MonosemanticityResult) -> dict[str, float]:
     return stats
 
 
-def _group_bounds(sae: Any) -> list[tuple[int, int]]:
+def _group_bounds(sae: SAE) -> list[tuple[int, int]]:
     fractions = sae.cfg.metadata.get("group_fractions")
     if not fractions:
         return []
@@ -112,9 +118,9 @@ class EvaluationReport:
 
 
 def evaluate_sae(
-    sae: Any,
-    model: Any,
-    images: Any,
+    sae: SAE,
+    model: VisionModel,
+    images: ImageInput,
     *,
     scoring_encoder: Any = "dinov2",
     embeddings: Tensor | None = None,
@@ -177,12 +183,12 @@ def evaluate_sae(
     uniqueness = _uniqueness(top) if with_uniqueness else {}
     hierarchy = []
     if taxonomy is not None:
-        labels = open_image_source(images).labels
+        labels = source.labels
         if labels is None:
             raise ValueError(
                 "a taxonomy needs labelled images (an ImageNet-style class-folder tree)"
             )
-        by_id = dict(zip(open_image_source(images).ids, labels, strict=True))
+        by_id = dict(zip(source.ids, labels, strict=True))
         classes = taxonomy.class_indices([by_id[i] for i in data.image_ids])
         widths = [stop for _, stop in _group_bounds(sae)] or [sae.cfg.d_sae]
         hierarchy = table_a8(top, classes, taxonomy, widths, sae_scores.scores)
@@ -253,8 +259,8 @@ def _evaluation_tokens(given: str | None, trained_on: str | None) -> tuple[str, 
 
 
 def _readable_activations(
-    sae: Any,
-    model: Any,
+    sae: SAE,
+    model: VisionModel,
     source: ImageSource,
     hook: str,
     tokens: str,
@@ -370,8 +376,8 @@ class MonosemanticityEvaluator:
     @classmethod
     def from_images(
         cls,
-        model: Any,
-        images: Any,
+        model: VisionModel,
+        images: ImageInput,
         hook: str,
         tokens: str,
         *,
@@ -387,7 +393,7 @@ class MonosemanticityEvaluator:
             rows, scored.embeddings[[keep[i] for i in rows.image_ids]], min_support=min_support
         )
 
-    def __call__(self, sae: Any, step: int, activation_scaler: Any) -> dict[str, float]:
+    def __call__(self, sae: SAE, step: int, activation_scaler: Any) -> dict[str, float]:
         rows = self.rows.rows.to(device=sae.W_enc.device, dtype=sae.W_enc.dtype)
         codes = encode_rows(lambda x: sae.encode(activation_scaler(x)), rows)
         result = monosemanticity_score(

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from sae_vlm_plugin.images import ImageInput
+    from sae_vlm_plugin.model import VisionModel
 
 Encoder = Callable[[Tensor], Tensor]
 """``(rows, d_in) -> (rows, d_sae)`` codes (an SAE's inference encode, maybe after scaling)."""
@@ -39,8 +43,8 @@ class HookRows:
 
 
 def hook_rows(
-    model: Any,
-    images: Any,
+    model: VisionModel,
+    images: ImageInput,
     hook: str,
     tokens: Any,
     batch_size: int = 64,
@@ -63,8 +67,8 @@ def hook_rows(
 
 
 def _image_batches(
-    model: Any,
-    images: Any,
+    model: VisionModel,
+    images: ImageInput,
     hook: str,
     tokens: Any,
     batch_size: int,
@@ -73,36 +77,29 @@ def _image_batches(
 ) -> Iterator[tuple[list[str], Tensor, Tensor]]:
     """Per batch of readable images: their ids, ``hook``'s rows under ``tokens`` and each row's
     image as a position in those ids; raises ValueError if no image is readable."""
-    from tqdm.auto import tqdm
-
-    from sae_vlm_plugin.activations import iter_extracted_batches, resolve_hooks
+    from sae_vlm_plugin.activations import iter_source_batches, resolve_hooks
     from sae_vlm_plugin.images import open_image_source
     from sae_vlm_plugin.tokens import TokenSelection
 
     selection = TokenSelection.parse(tokens.split("@")[0]) if isinstance(tokens, str) else tokens
     source = open_image_source(images)
     points = resolve_hooks(model, [hook], selection)
-    any_readable = False
-    with tqdm(total=len(source), desc="activations", unit="img", disable=not progress) as bar:
-        for batch in iter_extracted_batches(
-            model,
-            source,
-            points,
-            selection,
-            range(len(source)),
-            batch_size,
-            skip_unreadable=skip_unreadable,
-        ):
-            bar.update(len(batch.image_indices) + len(batch.skipped))
-            if not batch.hooks:
-                continue
-            part = batch.hooks[hook]
-            local = {int(index): i for i, index in enumerate(batch.image_indices)}
-            positions = torch.tensor([local[int(i)] for i in part.image_index])
-            any_readable = True
-            yield [source.ids[i] for i in batch.image_indices], part.activations, positions
-    if not any_readable:
-        raise ValueError(f"no readable images in {source.description}")
+    for batch in iter_source_batches(
+        model,
+        source,
+        points,
+        selection,
+        batch_size,
+        skip_unreadable=skip_unreadable,
+        progress=progress,
+        description="activations",
+    ):
+        if not batch.hooks:
+            continue
+        part = batch.hooks[hook]
+        local = {int(index): i for i, index in enumerate(batch.image_indices)}
+        positions = torch.tensor([local[int(i)] for i in part.image_index])
+        yield [source.ids[i] for i in batch.image_indices], part.activations, positions
 
 
 @dataclass(frozen=True)
@@ -130,8 +127,8 @@ class ImageActivations:
 
 
 def image_activations(
-    model: Any,
-    images: Any,
+    model: VisionModel,
+    images: ImageInput,
     hook: str,
     tokens: Any,
     encode: Encoder,

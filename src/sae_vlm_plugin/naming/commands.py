@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
-from sae_vlm_plugin.arguments import positive_int
+from sae_vlm_plugin.command_line import add_command, positive_int
 from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
 
 
-def add_naming_commands(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     """Add ``name`` and ``find`` to the ``sae-vlm`` subcommands."""
-    name = commands.add_parser(
+    name = add_command(
+        commands,
         "name",
+        _cmd_name,
         help="label every SAE latent with concept words through a CLIP text tower",
         description="Score concept words against each latent (the centred mean CLIP embedding "
         "of its top images, or its decoder direction for SAEs on image_embeds) and write the "
@@ -53,10 +56,9 @@ def add_naming_commands(commands: argparse._SubParsersAction) -> None:
     name.add_argument("--tokens", help="token selection (default: the SAE's metadata)")
     name.add_argument("--out", help="where to write the labels (default: the SAE directory)")
     name.add_argument("--device")
-    name.set_defaults(handler=_cmd_name)
 
-    find = commands.add_parser(
-        "find", help="the latents whose concept labels best match a text query"
+    find = add_command(
+        commands, "find", _cmd_find, help="the latents whose concept labels best match a text query"
     )
     find.add_argument("query", help="text, e.g. pencil")
     find.add_argument("--sae", help="SAE directory whose labels to search")
@@ -65,7 +67,6 @@ def add_naming_commands(commands: argparse._SubParsersAction) -> None:
         "--text-model", help="embeds a query outside the vocabulary (default: the labels')"
     )
     find.add_argument("--top", type=positive_int, default=10)
-    find.set_defaults(handler=_cmd_find)
 
 
 def _cmd_name(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -33,13 +33,19 @@ from sae_vlm_plugin.naming.labels import LABELS_FILE, LatentLabels, LatentMatch,
 from sae_vlm_plugin.naming.text_tower import IMAGE_HOOKS, TextTower, load_text_tower
 from sae_vlm_plugin.naming.vocabulary import load_vocabulary
 
+if TYPE_CHECKING:
+    from sae_lens import SAE
+
+    from sae_vlm_plugin.images import ImageInput
+    from sae_vlm_plugin.model import VisionModel
+
 SCORERS = ("top_images", "decoder")
 
 
 def name_latents(
-    sae: Any,
-    model: Any,
-    images: Any = None,
+    sae: SAE,
+    model: VisionModel,
+    images: ImageInput | None = None,
     vocabulary: str | Path | Sequence[str] | None = None,
     *,
     text_model: str | Any | TextTower | None = None,
@@ -119,7 +125,7 @@ def name_latents(
     )
 
 
-def _text_tower(model: Any, text_model: Any, templates: Sequence[str] | None) -> TextTower:
+def _text_tower(model: VisionModel, text_model: Any, templates: Sequence[str] | None) -> TextTower:
     """``text_model`` as a ``TextTower``; by default the SAE's own model when it has a text tower."""
     if isinstance(text_model, TextTower):
         if templates is None:
@@ -138,9 +144,9 @@ def _text_tower(model: Any, text_model: Any, templates: Sequence[str] | None) ->
 
 
 def _top_image_vectors(
-    sae: Any,
-    model: Any,
-    images: Any,
+    sae: SAE,
+    model: VisionModel,
+    images: ImageInput,
     hook: str,
     tokens: str,
     tower: TextTower,
@@ -172,7 +178,7 @@ def _top_image_vectors(
     return torch.nn.functional.normalize(means, dim=-1), rows.n_images
 
 
-def _decoder_vectors(sae: Any, model: Any, hook: str, tower: TextTower) -> Tensor:
+def _decoder_vectors(sae: SAE, model: VisionModel, hook: str, tower: TextTower) -> Tensor:
     """``(d_sae, d)`` unit decoder directions, for an SAE on the tower's own image embedding."""
     if hook != tower.image_hook or str(model.model_name) != tower.name:
         raise ValueError(
@@ -184,7 +190,7 @@ def _decoder_vectors(sae: Any, model: Any, hook: str, tower: TextTower) -> Tenso
 
 
 def find_latents(
-    sae: Any,
+    sae: SAE,
     query: str,
     *,
     labels: LatentLabels | str | Path | None = None,

@@ -114,7 +114,7 @@ def _load_transformers(name: str) -> tuple[Any, Any, Any]:
     from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoTokenizer
 
     from sae_vlm_plugin.families._transformers import ImageProcessorPreprocessor
-    from sae_vlm_plugin.toy.models import resolve_model_name
+    from sae_vlm_plugin.families.toy_models import resolve_model_name
 
     path = resolve_model_name(name)
     model_type = AutoConfig.from_pretrained(path).model_type

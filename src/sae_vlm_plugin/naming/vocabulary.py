@@ -49,10 +49,6 @@ def load_vocabulary(spec: str | Path | Sequence[str] | None = None) -> list[str]
 
 
 def _shipped(name: str) -> list[str]:
-    if name == "toy":
-        from sae_vlm_plugin.toy.world import ATTRIBUTE_VALUES
-
-        return [value for values in ATTRIBUTE_VALUES.values() for value in values]
     return _read(VOCABULARY_DIR / f"{name}.txt")
 
 

@@ -7,11 +7,13 @@ parser; each action sets ``handler`` (``args -> exit code``) like the other subc
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
+from sae_vlm_plugin.command_line import add_command
 from sae_vlm_plugin.pretrained.sae_argument import add_registry_option
 
 
-def add_pretrained_commands(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     """Add ``pretrained`` (with actions ``list``, ``validate``, ``export``) to ``commands``."""
     pretrained = commands.add_parser(
         "pretrained",
@@ -21,19 +23,22 @@ def add_pretrained_commands(commands: argparse._SubParsersAction) -> None:
     )
     actions = pretrained.add_subparsers(dest="pretrained_action", required=True, metavar="ACTION")
 
-    listing = actions.add_parser("list", help="releases, or the SAEs of one release")
+    listing = add_command(actions, "list", _cmd_list, help="releases, or the SAEs of one release")
     listing.add_argument("release", nargs="?", help="show this release's SAEs")
     add_registry_option(listing)
-    listing.set_defaults(handler=_cmd_list)
 
-    validate = actions.add_parser(
-        "validate", help="check registry YAML files against the schema and SAELens' names"
+    validate = add_command(
+        actions,
+        "validate",
+        _cmd_validate,
+        help="check registry YAML files against the schema and SAELens' names",
     )
     validate.add_argument("files", nargs="+", help="registry YAML files")
-    validate.set_defaults(handler=_cmd_validate)
 
-    export = actions.add_parser(
+    export = add_command(
+        actions,
         "export",
+        _cmd_export,
         help="write a registered SAE in SAELens format (cfg.json + sae_weights.safetensors)",
         description="Load an SAE through its converter and save it for SAE.load_from_disk, with "
         "its vision metadata in cfg.json.",
@@ -43,7 +48,6 @@ def add_pretrained_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("out", help="output folder")
     export.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     add_registry_option(export)
-    export.set_defaults(handler=_cmd_export)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

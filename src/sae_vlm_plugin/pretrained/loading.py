@@ -247,9 +247,8 @@ def check_same_model(sae: SAE, model: VisionModel) -> None:
     """
     family = _meta(sae.cfg.metadata, "family")
     trained_on = _meta(sae.cfg.metadata, "model_name")
-    if model.family.name == "llava":
-        llava_family: Any = model.family
-        towers = llava_family.tower_names(model.source_module, model.model_name, _model_key)
+    if model.family.generates_text:
+        towers = model.family.tower_names(model.source_module, model.model_name, _model_key)
         if family in (None, "", "clip", "llava") and (
             not trained_on
             or _is_class_name(str(trained_on))
@@ -287,7 +286,7 @@ def _is_class_name(name: str) -> bool:
 def _model_key(name: str) -> str:
     """A model name to compare: the resolved path of a local directory (or toy name), else the
     name itself (a hub id)."""
-    from sae_vlm_plugin.toy.models import resolve_model_name
+    from sae_vlm_plugin.families.toy_models import resolve_model_name
 
     path = Path(resolve_model_name(name)).expanduser()
     return str(path.resolve()) if path.exists() else name

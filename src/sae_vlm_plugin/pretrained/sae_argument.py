@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sae_vlm_plugin.command_line import looks_like_path
+
 SAE_HELP = "SAE directory (e.g. RUN/final), RELEASE:SAE_ID or RELEASE/SAE_ID"
 
 
@@ -36,12 +38,6 @@ def add_registry_option(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="also register the releases of this YAML file (repeatable)",
     )
-
-
-def looks_like_path(spec: str) -> bool:
-    """Whether ``spec`` names a directory rather than a release: it exists, or it is written as
-    a path (``./``, ``../``, ``/``, ``~``), which no release name is."""
-    return Path(spec).expanduser().exists() or spec.startswith((".", "/", "~"))
 
 
 def parse_sae_spec(spec: str) -> Path | tuple[str, str]:

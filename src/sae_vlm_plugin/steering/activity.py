@@ -19,7 +19,7 @@ others, saying where they fire.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -27,6 +27,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from sae_lens import SAE
 
+    from sae_vlm_plugin.images import ImageInput
     from sae_vlm_plugin.model import VisionModel
 
 MIN_READ_SHARE = 0.05
@@ -90,8 +91,9 @@ class LatentActivity:
 def read_tokens_of(model: VisionModel, hook: str) -> tuple[slice, str]:
     """The token positions of ``hook`` that ``model``'s language model reads, and the name of
     the others: LLaVA's tower blocks under its select strategy; every token elsewhere."""
-    if model.family.name == "llava" and hook.startswith("vision.blocks."):
-        read: slice = model.family.read_tokens(model.source_module)  # type: ignore[attr-defined]
+    family = model.family
+    if family.generates_text and hook.startswith(family.tower_prefix + "blocks."):
+        read = family.read_tokens(model.source_module)
         return read, "" if read == slice(None) else "CLS"
     return slice(None), ""
 
@@ -99,7 +101,7 @@ def read_tokens_of(model: VisionModel, hook: str) -> tuple[slice, str]:
 def latent_activity(
     sae: SAE,
     model: VisionModel,
-    images: Any,
+    images: ImageInput,
     hook: str | None = None,
     batch_size: int = 64,
     progress: bool = False,

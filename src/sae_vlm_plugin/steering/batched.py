@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from sae_vlm_plugin.steering.edits import _attach, _llava_read_blocks, generate, resolve_site
+from sae_vlm_plugin.steering.edits import _attach, generate, resolve_site
 from sae_vlm_plugin.steering.evaluation import format_prompt
 
 if TYPE_CHECKING:
@@ -123,12 +123,12 @@ def generate_rows(
     from sae_vlm_plugin.steering.activity import read_tokens_of
 
     site = resolve_site(model, hook, "all")
-    if model.family.name != "llava":
+    if not model.family.generates_text:
         raise ValueError(
             f"{model.model_name} is a {model.family.name} encoder: it generates no text"
         )
     tokens, _ = read_tokens_of(model, hook)
-    fan_out = len(_llava_read_blocks(model)) == 1
+    fan_out = len(model.family.read_blocks(model.source_module)) == 1
     param = next(model.source_module.parameters())
     text = [format_prompt(processor, prompt)]
     first = processor(images=[images[0]], text=text, return_tensors="pt").to(param.device)

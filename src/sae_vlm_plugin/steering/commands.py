@@ -21,7 +21,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sae_vlm_plugin.arguments import non_negative_int, positive_int
+from sae_vlm_plugin.command_line import (
+    add_command,
+    latent_ids,
+    non_negative_int,
+    parse_latents,
+    positive_int,
+)
 from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
 
 
@@ -57,15 +63,17 @@ def _latent(text: str) -> int | str:
     return stripped
 
 
-def add_steer_commands(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     """Add ``steer`` and ``steerability`` to ``commands`` (the ``sae-vlm`` subparsers)."""
     _add_steer(commands)
     _add_steerability(commands)
 
 
 def _add_steer(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "steer",
+        _cmd_steer,
         help="sweep one SAE latent on LLaVA and print the generations side by side",
         description="Generate LLaVA's answer to a prompt about an image without any SAE and "
         "with the SAE spliced in at its hook and one latent set to each value (paper Fig. 6).",
@@ -107,14 +115,13 @@ def _add_steer(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--hook", help="hook to steer (default: the SAE's, else LLaVA's layer)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ...")
-    parser.set_defaults(handler=_cmd_steer)
 
 
 def _add_steerability(commands: argparse._SubParsersAction) -> None:
-    from sae_vlm_plugin.dashboard.cli import parse_latents
-
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "steerability",
+        _cmd_steerability,
         help="clamp every SAE latent in LLaVA's vision tower and measure what the answers gain",
         description="A steerability census: each latent (and random directions of matched norm, "
         "the null) clamped on the tokens the language model reads, on neutral images, with "
@@ -150,15 +157,14 @@ def _add_steerability(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--hook", help="hook to steer (default: the SAE's)")
     parser.add_argument("--out", help="where to write steerability.json (default: the SAE folder)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ...")
-    parser.set_defaults(handler=_cmd_steerability)
 
 
 def load_llava(name: str, device: str | None = None) -> tuple[Any, Any]:
     """``(VisionModel, processor)`` of a LLaVA checkpoint (hub id or local folder)."""
     from transformers import AutoProcessor
 
+    from sae_vlm_plugin.families.toy_models import resolve_model_name
     from sae_vlm_plugin.model import VisionModel
-    from sae_vlm_plugin.toy.models import resolve_model_name
 
     model = VisionModel(name, family="llava", device=device)
     return model, AutoProcessor.from_pretrained(resolve_model_name(name))
@@ -262,7 +268,6 @@ def _latent_unit(args: argparse.Namespace, sae: Any, model: Any, hook: str, late
 def _cmd_steerability(args: argparse.Namespace) -> int:
     import time
 
-    from sae_vlm_plugin.dashboard.cli import latent_ids
     from sae_vlm_plugin.naming.labels import LatentLabels, labels_beside
     from sae_vlm_plugin.naming.text_tower import load_text_tower
     from sae_vlm_plugin.naming.vocabulary import load_vocabulary

@@ -174,14 +174,15 @@ def default_hook(model: VisionModel, sae: SAE | None = None) -> str:
     hook name ``blocks.L.hook_resid_post`` maps to ``vision.blocks.L...`` on LLaVA), else, for
     LLaVA, the block the projector reads."""
     name = getattr(getattr(getattr(sae, "cfg", None), "metadata", None), "hook_name", None)
+    family, root = model.family, model.source_module
     if name:
-        if _is_llava(model) and name not in model.hook_points:
+        if family.tower_prefix and name not in model.hook_points:
             parsed = parse_block_hook(name)
             if parsed is not None and parsed[0] == "":
-                return block_hook_name(parsed[1], "vision.")
+                return block_hook_name(parsed[1], family.tower_prefix)
         return str(name)
-    if _is_llava(model):
-        return block_hook_name(max(_llava_read_blocks(model)), "vision.")
+    if family.read_blocks(root):
+        return block_hook_name(max(family.read_blocks(root)), family.tower_prefix)
     raise ValueError(
         f"the SAE's metadata names no hook_name and {model.model_name} "
         f"({model.family.name}) has no default steering hook; pass hook= (one of "
@@ -200,33 +201,16 @@ def resolve_site(model: VisionModel, hook: str, tokens: TokenSpec = "all") -> St
     if not isinstance(model, VisionModel):
         raise TypeError(f"steering needs a sae_vlm_plugin.VisionModel, got {type(model).__name__}")
     point = model.hook_point(hook)
-    if _is_llava(model):
-        parsed = parse_block_hook(hook)
-        read = _llava_read_blocks(model)
-        if parsed is not None and parsed[1] > max(read):
-            raise ValueError(
-                f"{hook!r} runs after vision block {max(read)}, the last block LLaVA's projector "
-                f"reads (vision_feature_layer={_llava_config(model).vision_feature_layer}):"
-                f" steering it changes nothing downstream; steer "
-                f"{block_hook_name(max(read), 'vision.')!r} (or an earlier block)"
-            )
+    family, root = model.family, model.source_module
+    read = family.read_blocks(root)
+    parsed = parse_block_hook(hook)
+    if read and parsed is not None and parsed[1] > max(read):
+        raise ValueError(
+            f"{hook!r} runs after vision block {max(read)}, the last block the language model "
+            f"reads ({family.read_setting(root)}): steering it changes nothing downstream; steer "
+            f"{block_hook_name(max(read), family.tower_prefix)!r} (or an earlier block)"
+        )
     return SteeringSite(point, point.module_path, _token_selection(model, point, tokens))
-
-
-def _is_llava(model: VisionModel) -> bool:
-    return model.family.name == "llava"
-
-
-def _llava_config(model: VisionModel) -> Any:
-    return getattr(model.source_module, "config", None)
-
-
-def _llava_read_blocks(model: VisionModel) -> list[int]:
-    return list(model.family.vision_feature_layers(model.source_module))  # type: ignore[attr-defined]
-
-
-def _llava_read_tokens(model: VisionModel) -> slice:
-    return model.family.read_tokens(model.source_module)  # type: ignore[attr-defined]
 
 
 def _token_selection(
@@ -247,13 +231,13 @@ def _token_selection(
                 raise ValueError(f"hook {point.name!r} of {model.model_name} has no CLS token")
             return slice(0, 1)
         if tokens == "image":
-            if not _is_llava(model):
+            if not model.family.generates_text:
                 raise ValueError(
                     "tokens='image' (the tokens LLaVA's projector turns into image tokens) "
                     f"applies to LLaVA only; {model.model_name} is {model.family.name}"
                 )
-            if point.name.startswith("vision.blocks."):
-                read = _llava_read_tokens(model)
+            if point.name.startswith(model.family.tower_prefix + "blocks."):
+                read = model.family.read_tokens(model.source_module)
                 return None if read == slice(None) else read
             return None
         raise ValueError(
@@ -513,7 +497,7 @@ def generate(model: VisionModel, **kwargs: Any) -> torch.Tensor:
     To read values during generation, trace it instead:
     ``with model.trace(**inputs, fn=model.source_module.generate, max_new_tokens=8) as tr:``.
     """
-    if not _is_llava(model):
+    if not model.family.generates_text:
         raise ValueError(
             f"{model.model_name} is a {model.family.name} encoder and cannot generate text: "
             "steer its forward pass with model.trace(...) instead"

@@ -14,7 +14,12 @@ its vision tower).
   ``llava_training.py``).
 """
 
-from sae_vlm_plugin.toy.models import TOY_MODELS, load_toy_clip, load_toy_llava, toy_model_path
+from sae_vlm_plugin.families.toy_models import (
+    TOY_MODELS,
+    load_toy_clip,
+    load_toy_llava,
+    toy_model_path,
+)
 from sae_vlm_plugin.toy.world import (
     ATTRIBUTE_VALUES,
     ATTRIBUTES,

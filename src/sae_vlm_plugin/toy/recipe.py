@@ -17,7 +17,7 @@ What is hashed, per model (``RECIPE_SOURCES`` and ``_llava_imported_values``):
   hashed as values, not as the file they live in, so that other edits of that module (or a move
   of the names) do not mark the weights stale.
 
-Not hashed, as no change there alters training: ``toy/models.py`` and ``toy/__init__.py``
+Not hashed, as no change there alters training: ``families/toy_models.py`` and ``toy/__init__.py``
 (loading and names), ``metrics/hierarchy.py`` (``taxonomy()`` only, which training never calls).
 The installed libraries (torch, transformers, tokenizers, Pillow) are not package sources;
 ``training.json`` records the torch version that trained.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,10 +26,13 @@ from sae_vlm_plugin.images import open_image_source
 from sae_vlm_plugin.model import VisionModel
 from sae_vlm_plugin.tokens import TokenSelection
 
+if TYPE_CHECKING:
+    from sae_vlm_plugin.images import ImageInput
+
 
 def image_activation_batches(
     model: VisionModel,
-    images: Any,
+    images: ImageInput,
     hook: str,
     tokens: TokenSelection,
     batch_size: int,

@@ -381,7 +381,7 @@ class TrainingJob:
         return SAE.load_from_disk(self.run_dir / "final", device=self.device)
 
     def _save_inference_sae(self) -> None:
-        from sae_vlm_plugin import __version__
+        from sae_vlm_plugin._version import __version__
         from sae_vlm_plugin.environment import library_versions
 
         trainer, cfg, source = self.trainer, self.cfg, self.source

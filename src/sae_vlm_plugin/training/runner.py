@@ -17,11 +17,14 @@ and trains it as a sweep of one (``sweep.VisionSAESweepRunner``; per-SAE work in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sae_vlm_plugin.training.job import Evaluator
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 from sae_vlm_plugin.training.sweep import VisionSAESweepRunner
+
+if TYPE_CHECKING:
+    from sae_vlm_plugin.model import VisionModel
 
 
 class VisionSAETrainingRunner:
@@ -34,7 +37,7 @@ class VisionSAETrainingRunner:
         self,
         cfg: VisionSAERunnerConfig,
         *,
-        model: Any = None,
+        model: VisionModel | None = None,
         evaluator: Evaluator | None = None,
         progress: bool = True,
     ) -> None:

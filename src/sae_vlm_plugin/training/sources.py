@@ -5,12 +5,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sae_vlm_plugin.distributed import DataParallel
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+
+if TYPE_CHECKING:
+    from sae_vlm_plugin.model import VisionModel
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,9 @@ class ActivationSource:
 
 
 def activation_source(
-    cfg: VisionSAERunnerConfig, model: Any = None, parallel: DataParallel | None = None
+    cfg: VisionSAERunnerConfig,
+    model: VisionModel | None = None,
+    parallel: DataParallel | None = None,
 ) -> ActivationSource:
     """The activation stream ``cfg`` describes (``model``: an already built ``VisionModel``;
     ``parallel``: this process' rank, whose share of each batch the stream yields)."""

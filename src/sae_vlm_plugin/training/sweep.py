@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,9 @@ from sae_vlm_plugin.threads import ThreadGovernor
 from sae_vlm_plugin.training.job import Evaluator, TrainingJob
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 from sae_vlm_plugin.training.sources import ActivationSource, activation_source
+
+if TYPE_CHECKING:
+    from sae_vlm_plugin.model import VisionModel
 
 SHARED_SETTINGS = (
     "cache_path",
@@ -70,7 +73,7 @@ class VisionSAESweepRunner:
         self,
         configs: Sequence[VisionSAERunnerConfig],
         *,
-        model: Any = None,
+        model: VisionModel | None = None,
         evaluator: Evaluator | None = None,
         progress: bool = True,
     ) -> None:

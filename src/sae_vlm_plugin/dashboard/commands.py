@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
-from sae_vlm_plugin.arguments import (
+from sae_vlm_plugin.command_line import (
+    add_command,
+    latent_ids,
     non_negative_float,
     non_negative_int,
+    parse_latents,
     port_number,
     positive_int,
 )
@@ -21,10 +25,12 @@ from sae_vlm_plugin.ownership import owned_directory
 from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
 
 
-def add_dashboard_command(commands: argparse._SubParsersAction) -> None:
+def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     """Add ``dashboard`` to ``commands``."""
-    parser = commands.add_parser(
+    parser = add_command(
+        commands,
         "dashboard",
+        _cmd_dashboard,
         help="write a static offline HTML dashboard of an SAE's latents on images",
         description="Evaluate an SAE on images (MS, top images, density, patch heatmaps) and "
         "write a self-contained dashboard folder (open index.html, no network needed); "
@@ -82,31 +88,6 @@ def add_dashboard_command(commands: argparse._SubParsersAction) -> None:
         type=non_negative_float,
         help="stop serving after this many seconds (default: Ctrl-C)",
     )
-    parser.set_defaults(handler=_cmd_dashboard)
-
-
-def parse_latents(text: str) -> tuple[range, ...]:
-    """``"0-3,7"`` -> ``(range(0, 4), range(7, 8))``: the ranges only, so that a huge range is
-    refused against the SAE's width (``latent_ids``) before any list of it exists."""
-    ranges = []
-    for part in text.split(","):
-        first, dash, last = part.strip().partition("-")
-        if not (first.isdigit() and (last.isdigit() or not dash)):
-            raise argparse.ArgumentTypeError(f"bad latent list {text!r}; e.g. 0-99,512")
-        ranges.append(range(int(first), int(last or first) + 1))
-        if not ranges[-1]:
-            raise argparse.ArgumentTypeError(f"bad latent range {part.strip()!r}: it is empty")
-    return tuple(ranges)
-
-
-def latent_ids(ranges: tuple[range, ...], d_sae: int) -> list[int]:
-    """The latents of ``parse_latents``' ranges, after checking every one is below ``d_sae``."""
-    for latents in ranges:
-        if latents[-1] >= d_sae:
-            raise ValueError(
-                f"latent {latents[-1]} is out of range; valid latents are 0..{d_sae - 1}"
-            )
-    return [latent for latents in ranges for latent in latents]
 
 
 def _census_beside(sae: str) -> Path | None:

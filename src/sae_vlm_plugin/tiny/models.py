@@ -9,7 +9,7 @@ one convention so that tests can be written once for all families:
 - residual width ``WIDTH``, ``N_LAYERS`` blocks.
 
 The open_clip SigLIP model needs a timm trunk; timm builds trunks by registered name, so this
-module registers ``tiny_siglip_vit_test`` with timm the first time it is needed (tests only).
+module registers ``tiny_siglip_vit_test`` with timm the first time it is needed.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
 
-from sae_vlm_plugin.demo import synthetic
-from sae_vlm_plugin.demo.tiny_llava import IMAGE_TOKEN, word_tokenizer
+from sae_vlm_plugin.tiny import images as synthetic
+from sae_vlm_plugin.tiny.llava import IMAGE_TOKEN, word_tokenizer
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
@@ -77,7 +78,7 @@ def clip_vision_model():
     return _seeded(lambda: CLIPVisionModel(clip_vision_config()))
 
 
-def save_clip_checkpoint(module: torch.nn.Module, directory: Path) -> Path:
+def save_clip_checkpoint(module: Any, directory: Path) -> Path:
     """Save a CLIP vision ``module`` and a ``CLIPImageProcessor`` sized to its input into
     ``directory``: what ``VisionModel(str(directory))`` and ``--model DIRECTORY`` load."""
     from transformers import CLIPImageProcessor
@@ -203,7 +204,7 @@ def _register_tiny_siglip_trunk() -> None:
         del pretrained
         for factory_only in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
             kwargs.pop(factory_only, None)
-        args = {
+        args: dict[str, Any] = {
             "img_size": IMAGE_SIZE,
             "patch_size": PATCH_SIZE,
             "embed_dim": WIDTH,
@@ -350,7 +351,7 @@ COLOURS = synthetic.COLOURS
 
 
 def synthetic_image(shape: str, colour: str, size: int = IMAGE_SIZE, seed: int = 0) -> Image.Image:
-    """A solid ``shape`` in ``colour`` on a noisy background (``sae_vlm_plugin.demo.synthetic``)."""
+    """A solid ``shape`` in ``colour`` on a noisy background (``sae_vlm_plugin.tiny.images``)."""
     return synthetic.concept_image(synthetic.Concept(shape, colour), size=size, seed=seed)
 
 

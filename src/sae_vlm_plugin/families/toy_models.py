@@ -1,4 +1,8 @@
-"""The shipped toy models, by name or directory.
+"""The shipped toy models' names, and where their weights live.
+
+Lower floors (the family registry, SAE loading, naming, steering) resolve the names
+``"toy-clip"`` / ``"toy-llava"`` here, without importing the toy world (``sae_vlm_plugin.toy``)
+that sits above them; the weights themselves stay in ``toy/weights``.
 
 ``VisionModel("toy-clip")`` and ``VisionModel("toy-llava")`` load the trained toy models
 through the same code path as a hub checkpoint (``transformers`` ``from_pretrained`` on their
@@ -11,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHTS_DIR = Path(__file__).parents[1] / "toy" / "weights"
 TOY_MODELS: dict[str, str] = {"toy-clip": "clip", "toy-llava": "llava"}
 """Registered toy model names -> their directory under ``WEIGHTS_DIR``."""
 

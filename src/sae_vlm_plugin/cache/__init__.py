@@ -1,0 +1,56 @@
+"""A resumable on-disk activation cache, and the batch provider SAELens' ``SAETrainer`` reads.
+
+Layout of a cache directory::
+
+    cache.json                      settings, per-hook widths, progress, library versions
+    images.json                     image ids and labels, in source order
+    <hook name>/shard_000000.safetensors
+                                    rows of images [s * images_per_shard, (s + 1) * images_per_shard):
+                                    ``activations`` (rows, d_in), ``image_index``, ``token_index``
+
+Shards cover fixed image ranges and are written atomically (temporary file, then rename), so an
+extraction killed at any point and started again with the same settings redoes only the shards
+that are missing: the result has exactly the rows of an uninterrupted run. A directory holding a
+run with different settings is refused, and so is a resume with other weights or over images
+changed under the same names: ``cache.json`` records a fingerprint of the model's weights
+(``weights_fingerprint``) and of the images' contents (``ImageSource.fingerprint``) when it is
+created.
+
+Under ``torch.distributed`` (e.g. ``torchrun --nproc-per-node N sae-vlm extract ...``) rank ``r``
+of ``N`` takes the shards ``s`` with ``s % N == r``; rank 0 writes the manifest and, once every
+rank is done, marks the cache complete. Shards are the same files a single process writes, so
+the finished cache is identical, and a rerun after any rank died redoes only missing shards.
+
+The package: ``format`` (names, settings, manifest), ``shards`` (one shard file), ``write``
+(``extract_to_cache``), ``read`` (``ActivationCache``), ``verify`` (``verify_cache``),
+``commands`` (``sae-vlm extract`` and ``sae-vlm cache verify``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sae_vlm_plugin._lazy import lazy_attribute
+
+_LAZY_API: dict[str, str] = {
+    "ActivationCache": "sae_vlm_plugin.cache.read",
+    "CacheReport": "sae_vlm_plugin.cache.verify",
+    "CacheSettings": "sae_vlm_plugin.cache.format",
+    "extract_to_cache": "sae_vlm_plugin.cache.write",
+    "verify_cache": "sae_vlm_plugin.cache.verify",
+    "weights_fingerprint": "sae_vlm_plugin.cache.format",
+}
+
+if TYPE_CHECKING:
+    from sae_vlm_plugin.cache.format import CacheSettings as CacheSettings
+    from sae_vlm_plugin.cache.format import weights_fingerprint as weights_fingerprint
+    from sae_vlm_plugin.cache.read import ActivationCache as ActivationCache
+    from sae_vlm_plugin.cache.verify import CacheReport as CacheReport
+    from sae_vlm_plugin.cache.verify import verify_cache as verify_cache
+    from sae_vlm_plugin.cache.write import extract_to_cache as extract_to_cache
+
+__all__ = sorted(_LAZY_API)
+
+
+def __getattr__(name: str) -> Any:
+    return lazy_attribute(__name__, _LAZY_API, name, globals())

@@ -1,0 +1,130 @@
+"""What every package's ``commands.py`` shares: ``add_command`` (a subcommand and its handler),
+``print_table``, the argument types, and the checks that run before any command imports torch
+or SAELens.
+
+A handler takes the parsed ``argparse.Namespace`` and returns the exit status; a user's mistake
+raises ``ValueError`` / ``OSError``, which ``sae-vlm`` prints as one line and exits 2 with
+(``cli.main``). A mistyped number, a missing file or a misspelt device is then said in a fraction of a second,
+not after the seconds that importing the libraries (and loading a model) take. The argparse
+types reject a bad number as argparse rejects a bad flag; ``check_arguments`` looks at the
+arguments every command shares by name (``--device``, ``--images``, ``--sae`` ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sae_vlm_plugin.devices import check_device, check_device_name
+
+Handler = Callable[[argparse.Namespace], int]
+"""A subcommand: parsed arguments in, exit status out."""
+
+
+def add_command(
+    commands: argparse._SubParsersAction[Any],
+    name: str,
+    handler: Handler,
+    *,
+    help: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name`` (its one-line ``help`` also describes it unless a
+    longer ``description`` is given), which runs ``handler``."""
+    parser = commands.add_parser(name, help=help, description=description or help)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def print_table(rows: dict[str, str]) -> None:
+    """Two aligned columns: key, value."""
+    width = max(map(len, rows), default=0)
+    for key, value in rows.items():
+        print(f"{key:<{width}}  {value}")
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether an ``--sae`` value names a directory rather than a release: it exists, or it is
+    written as a path (``./``, ``../``, ``/``, ``~``), which no release name is."""
+    return Path(spec).expanduser().exists() or spec.startswith((".", "/", "~"))
+
+
+def _number(convert: Callable[[str], float], low: float, what: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, 1, "an integer >= 1")
+non_negative_int = _number(int, 0, "an integer >= 0")
+non_negative_float = _number(float, 0, "a number >= 0")
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535."""
+    port = int(non_negative_int(text))
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0..65535, got {text!r}")
+    return port
+
+
+def parse_latents(text: str) -> tuple[range, ...]:
+    """``"0-3,7"`` -> ``(range(0, 4), range(7, 8))``: the ranges only, so that a huge range is
+    refused against the SAE's width (``latent_ids``) before any list of it exists."""
+    ranges = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not (first.isdigit() and (last.isdigit() or not dash)):
+            raise argparse.ArgumentTypeError(f"bad latent list {text!r}; e.g. 0-99,512")
+        ranges.append(range(int(first), int(last or first) + 1))
+        if not ranges[-1]:
+            raise argparse.ArgumentTypeError(f"bad latent range {part.strip()!r}: it is empty")
+    return tuple(ranges)
+
+
+def latent_ids(ranges: tuple[range, ...], d_sae: int) -> list[int]:
+    """The latents of ``parse_latents``' ranges, after checking every one is below ``d_sae``."""
+    for latents in ranges:
+        if latents[-1] >= d_sae:
+            raise ValueError(
+                f"latent {latents[-1]} is out of range; valid latents are 0..{d_sae - 1}"
+            )
+    return [latent for latents in ranges for latent in latents]
+
+
+PATH_ARGUMENTS = {
+    "images": "image folder",
+    "pairs": "pairs file",
+    "config": "config file",
+    "cache_path": "activation cache",
+    "cache_dir": "activation cache",
+}
+"""Arguments (by their ``args`` name) that name a file or folder that must exist."""
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """ValueError / FileNotFoundError for what is wrong with the shared arguments: a device
+    not spelled as one, a path in ``PATH_ARGUMENTS`` or an ``--sae`` directory that does not
+    exist, then a device this machine lacks (the one check that imports torch)."""
+    device = getattr(args, "device", None)
+    check_device_name(device)
+    for name, what in PATH_ARGUMENTS.items():
+        value = getattr(args, name, None)
+        if isinstance(value, str) and not Path(value).expanduser().exists():
+            flag = {"cache_path": "--cache", "cache_dir": "cache"}.get(name, "--" + name)
+            raise FileNotFoundError(f"{flag}: no such {what}: {value}")
+    sae = getattr(args, "sae", None)
+    if isinstance(sae, str) and looks_like_path(sae) and not Path(sae).expanduser().is_dir():
+        raise FileNotFoundError(f"no such SAE directory: {sae}")
+    check_device(device)  # whether this machine has it: imports torch, so it comes last

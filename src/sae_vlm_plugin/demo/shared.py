@@ -1,0 +1,129 @@
+"""What the demo's paths share: its configuration, defaults, and the helpers every path uses
+(label embeddings, training one SAE, chance purity, number formatting)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sae_vlm_plugin.demo.findings import concept_purity
+from sae_vlm_plugin.metrics.evaluation import TOP_IMAGES
+
+DEFAULT_N_IMAGES = 810
+DEFAULT_WORLD_IMAGES = 10_000
+DEFAULT_STEPS = 600
+WORLD_STEPS = 5000
+"""The trained world's default: the inference threshold is an EMA of the batch's smallest kept
+activation with decay 0.999 (a memory of about 1000 steps) from step ``steps // 5``, so 600
+steps leave it far from converged; 5000 take under half a minute here."""
+DEFAULT_IMAGE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs on and where it writes."""
+
+    out_dir: Path
+    """Output directory (cache, run, evaluation and ``summary.json``)."""
+    model: str | None = None
+    """Hub id / path / ``open_clip:...``; None: the toy CLIP (or, with ``random``, the small
+    random CLIP)."""
+    images: str | None = None
+    """Image folder; None generates toy-world (or, with ``random``, synthetic concept) images."""
+    random: bool = False
+    """Run on random weights and synthetic concept images instead of the trained world."""
+    n_images: int | None = None
+    """Images to generate (ignored with ``images``); default 10,000 world images to train the
+    SAEs on (2000 others measure them) / 810 synthetic."""
+    seed: int = 10
+    """Seed of the generated world images; the toy models were trained and held out on seeds
+    0-3, so the default images are new to them."""
+    layer: int | None = None
+    """Block to read; None takes the second-to-last (LLaVA's choice)."""
+    scoring_encoder: str | None = None
+    """The image encoder MS scores with (``"dinov2"``, ``"clip"``, a hub id or a local model).
+    None: DINOv2 for an image folder, label embeddings for generated images. The trained world
+    scores with the toy CLIP's own embeddings and refuses another."""
+    expansion_factor: int = 4
+    k: int = 8
+    training_steps: int | None = None
+    """SAE training steps; default ``WORLD_STEPS`` on the trained world, 600 otherwise."""
+    batch_size: int = 128
+    seeds: int = 5
+    """SAE seeds each trained-world finding is measured over (0 .. seeds-1)."""
+    progress: bool = True
+
+
+def label_embeddings(attributes: Sequence[tuple[str, ...]]) -> torch.Tensor:
+    """Unit vectors whose cosine is the fraction of attribute values two items share."""
+    n_attributes = len(attributes[0])
+    vocab = [sorted({item[a] for item in attributes}) for a in range(n_attributes)]
+    offsets = [sum(len(v) for v in vocab[:a]) for a in range(n_attributes)]
+    embeddings = torch.zeros(len(attributes), sum(len(v) for v in vocab))
+    for row, item in enumerate(attributes):
+        for a, value in enumerate(item):
+            embeddings[row, offsets[a] + vocab[a].index(value)] = 1.0
+    return embeddings / n_attributes**0.5
+
+
+def train_demo_sae(
+    model: Any,
+    images: Any,
+    hook: str,
+    out: Path,
+    config: DemoConfig,
+    tokens: str,
+    default_steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    run_name: str = "run",
+) -> tuple[Any, Any]:
+    """Cache ``tokens`` of ``hook`` under ``out/cache`` (once: a finished cache is reused) and
+    train the paper's Matryoshka-BatchTopK SAE with ``seed`` on them into ``out/run_name``;
+    returns ``(sae, runner config)``."""
+    from sae_vlm_plugin.cache import extract_to_cache
+    from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
+    from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+
+    cache = extract_to_cache(
+        model, images, hook, out / "cache", tokens=tokens, progress=config.progress
+    )
+    steps = config.training_steps or default_steps
+    run_config = VisionSAERunnerConfig(
+        cache_path=str(cache.path),
+        hook_name=hook,
+        architecture="paper_matryoshka_batchtopk",
+        expansion_factor=config.expansion_factor,
+        k=config.k,
+        run_dir=str(out / run_name),
+        seed=seed,
+        training_steps=steps,
+        batch_size=config.batch_size,
+        warmup_steps=steps // 10,
+        threshold_start_step=steps // 5,
+        dead_feature_threshold=config.batch_size * steps // 4,
+        n_batches_for_scaling=4,
+        log_every_steps=50,
+        checkpoint_every_steps=0,
+    )
+    return VisionSAETrainingRunner(run_config, progress=config.progress).run(), run_config
+
+
+def chance_purity(
+    attributes: Sequence[tuple[str, ...]],
+    purity: Callable[[torch.Tensor, Sequence[tuple[str, ...]]], float] = concept_purity,
+) -> float:
+    """``purity`` of random 16-image sets (the baseline a neuron that ignores concepts gets)."""
+    generator = torch.Generator().manual_seed(0)
+    sets = torch.stack(
+        [torch.randperm(len(attributes), generator=generator)[:TOP_IMAGES] for _ in range(200)]
+    )
+    return purity(sets, attributes)
+
+
+def mean_std(stats: dict[str, float]) -> str:
+    """``"mean+-std"`` of a statistics dict, to 3 decimals."""
+    return f"{stats['mean']:.3f}+-{stats['std']:.3f}"
