@@ -133,7 +133,7 @@ __all__ = ["__version__", *sorted(_LAZY_API)]
 
 
 def _register_training_architectures() -> None:
-    from sae_vlm_plugin.training.registration import register_training_architectures
+    from sae_vlm_plugin.training.architectures.registration import register_training_architectures
 
     register_training_architectures()
 

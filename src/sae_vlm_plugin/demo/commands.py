@@ -56,7 +56,8 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from sae_vlm_plugin.demo.run import DemoConfig, format_summary, run_demo
+    from sae_vlm_plugin.demo.run import format_summary, run_demo
+    from sae_vlm_plugin.demo.shared import DemoConfig
 
     summary = run_demo(
         DemoConfig(

@@ -1,7 +1,7 @@
 """The content hash of what determines the shipped toy models (their recipe).
 
 ``python -m sae_vlm_plugin.toy.train`` records ``recipe_sha256(model)`` in each model's
-``training.json``; ``tests/test_toy.py`` recomputes it and fails, naming the command to retrain,
+``training.json``; ``tests/toy/test_toy.py`` recomputes it and fails, naming the command to retrain,
 when the training code, the world or the recipe changed since the weights were trained. The
 slow retraining test runs only then (or when asked for), so CI does not retrain on every run.
 

@@ -121,7 +121,7 @@ def build_training_sae(cfg: VisionSAERunnerConfig, d_in: int) -> Any:
         PaperMatryoshkaBatchTopKTrainingSAEConfig,
         group_sizes_from_fractions,
     )
-    from sae_vlm_plugin.training.config import PAPER_GROUP_FRACTIONS
+    from sae_vlm_plugin.training.architectures.config import PAPER_GROUP_FRACTIONS
 
     d_sae = cfg.sae_width(d_in)
     common: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, "k": cfg.k, "device": cfg.device}

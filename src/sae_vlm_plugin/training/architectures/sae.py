@@ -42,11 +42,11 @@ from sae_lens.saes.sae import TrainingSAE, TrainStepInput, TrainStepOutput
 from torch import nn
 from typing_extensions import override
 
-from sae_vlm_plugin.training.batch_reduction import LocalBatch, ShardedBatch
-from sae_vlm_plugin.training.config import (
+from sae_vlm_plugin.training.architectures.config import (
     PaperBatchTopKTrainingSAEConfig,
     PaperMatryoshkaBatchTopKTrainingSAEConfig,
 )
+from sae_vlm_plugin.training.batch_reduction import LocalBatch, ShardedBatch
 from sae_vlm_plugin.training.selection import auxiliary_entries, batch_topk
 from sae_vlm_plugin.training.sparse_ops import (
     ActivePattern,

@@ -6,13 +6,13 @@ from typing import Any
 
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY, register_sae_training_class
 
-from sae_vlm_plugin.training.config import (
+from sae_vlm_plugin.training.architectures.config import (
     PAPER_BATCHTOPK_ARCHITECTURE,
     PAPER_MATRYOSHKA_BATCHTOPK_ARCHITECTURE,
     PaperBatchTopKTrainingSAEConfig,
     PaperMatryoshkaBatchTopKTrainingSAEConfig,
 )
-from sae_vlm_plugin.training.paper_sae import (
+from sae_vlm_plugin.training.architectures.sae import (
     PaperBatchTopKTrainingSAE,
     PaperMatryoshkaBatchTopKTrainingSAE,
 )

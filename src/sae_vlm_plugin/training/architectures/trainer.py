@@ -25,7 +25,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from torch.optim import Adam
 from torch.optim.lr_scheduler import LambdaLR
 
-from sae_vlm_plugin.training.paper_sae import PaperBatchTopKTrainingSAE
+from sae_vlm_plugin.training.architectures.sae import PaperBatchTopKTrainingSAE
 from sae_vlm_plugin.training.schedule import paper_lr_factor
 
 
