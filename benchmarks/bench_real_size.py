@@ -1,5 +1,5 @@
 """The paper's architectures at their published sizes (random weights, built from their configs
-as ``tests/test_real_shapes.py`` builds them): extraction and the x64 training step.
+as ``sae_vlm_plugin.tiny.real_size`` builds them): extraction and the x64 training step.
 
 - extraction, per family: ``extract_to_cache`` from a folder of real-size JPEGs (decode +
   preprocess + the forward, stopped after the hook + fp16 shard write) against the bare
@@ -34,7 +34,7 @@ from harness import Figure, peak_memory_gib, reset_peak_memory, time_side_by_sid
 DEVICES = ("cpu", "cuda")
 BENCHMARK = "real_size"
 ENCODERS = (
-    # name, builder in tests/test_real_shapes.py (open_clip: its model name), image size, CLS
+    # name, builder in sae_vlm_plugin.tiny.real_size (open_clip: its model name), image size, CLS
     ("CLIP ViT-L/14-336", "clip_vit_l14_336", 336, True),
     ("SigLIP so400m/14-384", "siglip_so400m_384", 384, False),
     ("AIMv2-L/14-224", "aimv2_large_224", 224, False),
@@ -50,7 +50,7 @@ class _EndOfPass(Exception):
 
 
 def _build(builder: str) -> torch.nn.Module:
-    import test_real_shapes as real
+    from sae_vlm_plugin.tiny import real_size as real
 
     if builder.startswith("open_clip:"):
         return real.open_clip_model(builder.removeprefix("open_clip:"))()

@@ -287,9 +287,9 @@ def test_cli_dashboard_title_min_support_and_unreadable_images(tmp_path, image_f
     assert "--skip-unreadable" in error
     extra = ["--skip-unreadable", "--title", "My <SAE>", "--min-support", "3", "--saedashboard"]
     assert main([*argv, *extra]) == 0
-    printed = capsys.readouterr()
-    assert "skipped 1 unreadable image(s)" in printed.err
-    assert "loads d3 and plotly from a CDN" in printed.out
+    printed = capsys.readouterr().out
+    assert "skipped 1 unreadable image(s)" in printed
+    assert "loads d3 and plotly from a CDN" in printed
     assert "<title>My &lt;SAE&gt;</title>" in (out / "index.html").read_text()
     page_data = (out / "data" / "index.js").read_text()
     assert '"min_support": 3' in page_data or '"min_support":3' in page_data

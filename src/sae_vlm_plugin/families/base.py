@@ -32,6 +32,8 @@ class VisionFamily(ABC):
     generates_text: bool = False
     """Whether a language model reads the vision tower and generates text (LLaVA)."""
     tower_prefix: str = ""
+    reader: str = ""
+    """What reads the vision tower, for messages (``"LLaVA's projector"``)."""
     """Prefix of the vision tower's hook names (``"vision."`` where a language model sits on
     top, so ``vision.blocks.22.hook_resid_post``)."""
 

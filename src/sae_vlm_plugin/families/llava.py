@@ -59,6 +59,7 @@ class LlavaFamily(VisionFamily):
     model_types = ("llava",)
     generates_text = True
     tower_prefix = "vision."
+    reader = "LLaVA's projector"
 
     def __init__(self, tower_family: Callable[[torch.nn.Module], VisionFamily]) -> None:
         self.tower_family = tower_family

@@ -206,7 +206,7 @@ def resolve_site(model: VisionModel, hook: str, tokens: TokenSpec = "all") -> St
     parsed = parse_block_hook(hook)
     if read and parsed is not None and parsed[1] > max(read):
         raise ValueError(
-            f"{hook!r} runs after vision block {max(read)}, the last block the language model "
+            f"{hook!r} runs after vision block {max(read)}, the last block {family.reader} "
             f"reads ({family.read_setting(root)}): steering it changes nothing downstream; steer "
             f"{block_hook_name(max(read), family.tower_prefix)!r} (or an earlier block)"
         )
