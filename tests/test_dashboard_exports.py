@@ -41,8 +41,7 @@ def test_neuronpedia_batches_round_trip_through_its_classes(collected, tmp_path)
         collected.source,
         tmp_path,
         model_id="tiny-clip",
-        layer=1,
-        sae_set="test",
+        source_set="test",
         positions=collected.positions,
         features_per_batch=4,
     )
@@ -76,8 +75,7 @@ def test_neuronpedia_embedded_images(collected, tmp_path):
         collected.source,
         tmp_path,
         model_id="m",
-        layer=1,
-        sae_set="s",
+        source_set="s",
         positions=collected.positions,
         embed_images=True,
     )
@@ -194,7 +192,9 @@ def test_exports_without_heatmaps_or_neighbours_from_a_pixel_tensor(tmp_path):
     assert len(list((tmp_path / "dash" / "thumbs" / "16").glob("*.jpg"))) == len(
         data.top_indices[data.top_indices >= 0].unique()
     )
-    (path,) = export_neuronpedia(data, source, tmp_path / "np", model_id="m", layer=0, sae_set="s")
+    (path,) = export_neuronpedia(
+        data, source, tmp_path / "np", model_id="m", source_set="s", layer=0
+    )
     batch = NeuronpediaDashboardBatch(**json.loads(path.read_text()))
     assert all(len(a.tokens) == 1 for f in batch.features for a in f.activations)
     paths = export_saedashboard(data, source, tmp_path / "sd", hook_point="hook_pooled")
@@ -205,7 +205,7 @@ def test_exports_without_heatmaps_or_neighbours_from_a_pixel_tensor(tmp_path):
 def test_neuronpedia_explanations_carry_the_steering_census(collected, tmp_path):
     import dataclasses
 
-    from sae_vlm_plugin.dashboard.exports import STEERING_EXPLANATION_TYPE
+    from sae_vlm_plugin.dashboard.neuronpedia import STEERING_EXPLANATION_TYPE
 
     steering = [None] * collected.data.n_latents
     steering[2] = {"note": "", "steers": True, "word": "red", "score": 0.9, "multiple": "8",
@@ -213,13 +213,14 @@ def test_neuronpedia_explanations_carry_the_steering_census(collected, tmp_path)
     steering[3] = {"note": "fires only on CLS", "steers": False}
     data = dataclasses.replace(collected.data, steering=steering, meta={"steering census": "h"})
     paths = export_neuronpedia(
-        data, collected.source, tmp_path, model_id="m", layer=0, sae_set="s",
+        data, collected.source, tmp_path, model_id="m", source_set="s", layer=0,
         positions=collected.positions,
     )  # fmt: skip
     explanations = json.loads(paths[-1].read_text())
     assert explanations == [
         {
             "modelId": "m",
+            "source": "0-s",
             "layer": "0-s",
             "index": str(int(data.latents[2])),
             "description": "clamped, adds 'red' to 90% of answers at 8x (p 0.030 against "

@@ -18,8 +18,10 @@ _LAZY: dict[str, str] = {
     "write_from_data": "sae_vlm_plugin.dashboard.build",
     "DashboardData": "sae_vlm_plugin.dashboard.data",
     "data_from_codes": "sae_vlm_plugin.dashboard.data",
-    "export_neuronpedia": "sae_vlm_plugin.dashboard.exports",
+    "export_neuronpedia": "sae_vlm_plugin.dashboard.neuronpedia",
     "export_saedashboard": "sae_vlm_plugin.dashboard.exports",
+    "neuronpedia_features": "sae_vlm_plugin.dashboard.neuronpedia",
+    "neuronpedia_source": "sae_vlm_plugin.dashboard.neuronpedia",
     "saedashboard_data": "sae_vlm_plugin.dashboard.exports",
     "write_dashboard": "sae_vlm_plugin.dashboard.html",
 }

@@ -70,6 +70,20 @@ def add_dashboard_command(commands: argparse._SubParsersAction) -> None:
         "steerability.json): a 'steers' column and each latent's steered answers",
     )
     parser.add_argument("--neuronpedia", action="store_true", help="also write OUT/neuronpedia/")
+    parser.add_argument(
+        "--source-set",
+        help="Neuronpedia source set name (default: TOKENS-sae-vlm-D_SAE); the source is LAYER-SET",
+    )
+    parser.add_argument(
+        "--layer",
+        type=int,
+        help="Neuronpedia layer (default: the hook's block; needed for hooks outside the blocks)",
+    )
+    parser.add_argument(
+        "--embed-images",
+        action="store_true",
+        help="put the Neuronpedia images in the batches as data URLs (default: OUT/neuronpedia/thumbs/)",
+    )
     parser.add_argument("--saedashboard", action="store_true", help="also write OUT/saedashboard/")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--device", help="e.g. cuda, cpu")
@@ -137,11 +151,8 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> None:
     """The dashboard and the exports ``args`` ask for."""
     from sae_vlm_plugin.dashboard.build import collect_dashboard, default_title, write_from_data
-    from sae_vlm_plugin.dashboard.exports import (
-        CDN_NOTE,
-        export_neuronpedia,
-        export_saedashboard,
-    )
+    from sae_vlm_plugin.dashboard.exports import CDN_NOTE, export_saedashboard
+    from sae_vlm_plugin.dashboard.neuronpedia import default_source_set, export_neuronpedia
     from sae_vlm_plugin.model import VisionModel
     from sae_vlm_plugin.naming.labels import labels_beside
     from sae_vlm_plugin.pretrained.sae_argument import load_sae_argument, model_name_argument
@@ -182,15 +193,15 @@ def _build(args: argparse.Namespace) -> None:
         print(f"skipped {found.data.meta['n_unreadable']} unreadable image(s)")
     hook = found.data.meta["hook"]
     if args.neuronpedia:
-        layer = int(hook.split(".")[1]) if hook.startswith("blocks.") else 0
         paths = export_neuronpedia(
             found.data,
             found.source,
             out / "neuronpedia",
             model_id=str(model_name),
-            layer=layer,
-            sae_set=Path(args.sae).name,
+            source_set=args.source_set or default_source_set(found.data.meta),
+            layer=args.layer,
             positions=found.positions,
+            embed_images=args.embed_images,
         )
         print(f"neuronpedia: {len(paths)} batch files in {out / 'neuronpedia'}")
     if args.saedashboard:

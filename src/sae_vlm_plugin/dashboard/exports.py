@@ -1,20 +1,18 @@
-"""Exports of dashboard data to Neuronpedia's batch feature JSON and to SAEDashboard's data
-classes, both built from (and validated by) the real ``sae_dashboard`` classes.
+"""Export of dashboard data to SAEDashboard's data classes, built from (and validated by) the
+real ``sae_dashboard`` classes, and the image-as-sequence helpers the Neuronpedia export shares.
 
 Neither tool knows images, so an image becomes a "sequence": its first token is the image
 reference (a path relative to the export folder, or a ``data:`` URI) with the image's activation;
 for patch-token SAEs the following tokens are ``patch r,c`` with the latent's activation on each
-patch (from the heatmaps, in activation units). Similar latents by decoder cosine go into the
-correlated-features table (SAEDashboard's ``correlated_features_cossim`` - and its ``pearson``
-column, which its HTML table displays - and Neuronpedia's ``correlated_features_l1``, where
-Neuronpedia's own converter puts the cosine).
+patch (from the heatmaps, in activation units). Similar latents by decoder cosine go into
+SAEDashboard's correlated-features table (``correlated_features_cossim``, and its ``pearson``
+column, which its HTML table displays).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,14 +31,14 @@ CDN_NOTE = (
 offline, and a blank page would otherwise look like a bug."""
 
 
-def _bar_values(data: DashboardData, r: int) -> list[float]:
+def bar_values(data: DashboardData, r: int) -> list[float]:
     """Centres of latent row ``r``'s histogram bins."""
     n_bins = int(data.histograms.shape[1])
     peak = float(data.max_activation[r])
     return [round((b + 0.5) * peak / n_bins, 5) for b in range(n_bins)]
 
 
-def _patch_values(data: DashboardData, r: int, slot: int) -> list[float]:
+def patch_values(data: DashboardData, r: int, slot: int) -> list[float]:
     """Activations of latent row ``r`` on each patch of its ``slot``-th top image, in the units
     of the heatmap's peak (the largest patch activation over its top images)."""
     if data.heatmaps is None or data.heatmap_peaks is None:
@@ -49,7 +47,7 @@ def _patch_values(data: DashboardData, r: int, slot: int) -> list[float]:
     return [round(v * peak / 255, 4) for v in data.heatmaps[r, slot].tolist()]
 
 
-def _image_refs(
+def image_refs(
     data: DashboardData,
     source: ImageSource,
     out: Path,
@@ -70,130 +68,7 @@ def _image_refs(
     return refs
 
 
-def export_neuronpedia(
-    data: DashboardData,
-    source: ImageSource,
-    out_dir: str | Path,
-    *,
-    model_id: str,
-    layer: int,
-    sae_set: str,
-    positions: dict[int, int] | None = None,
-    embed_images: bool = False,
-    features_per_batch: int = 128,
-    thumbnail_size: int = 112,
-) -> list[Path]:
-    """Write ``batch-<n>.json`` files in Neuronpedia's dashboard batch format (the
-    ``NeuronpediaDashboardBatch`` of ``sae_dashboard``); returns their paths.
-
-    Images are referenced by thumbnail paths relative to ``out_dir`` (written there), or with
-    ``embed_images`` embedded as ``data:`` URIs. With concept labels (``data.concepts``), also
-    writes ``explanations.json`` (Neuronpedia explanations; its path is returned last).
-    """
-    from sae_dashboard.neuronpedia.neuronpedia_dashboard import (
-        NeuronpediaDashboardBatch,
-        NeuronpediaDashboardFeature,
-    )
-
-    data.check()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    positions = positions if positions is not None else {p: p for p in range(len(data.image_ids))}
-    refs = _image_refs(data, source, out, positions, embed_images, thumbnail_size)
-    n_tokens = 1 + (int(data.heatmaps.shape[2]) if data.heatmaps is not None else 0)
-    written = []
-    for batch, start in enumerate(range(0, data.n_latents, features_per_batch)):
-        features = []
-        for r in range(start, min(start + features_per_batch, data.n_latents)):
-            feature: dict[str, Any] = {
-                "feature_index": int(data.latents[r]),
-                "frac_nonzero": float(data.density[r]),
-                "freq_hist_data_bar_values": _bar_values(data, r),
-                "freq_hist_data_bar_heights": [float(c) for c in data.histograms[r].tolist()],
-                "n_prompts_total": len(data.image_ids),
-                "n_tokens_in_prompt": n_tokens,
-                "dataset": source.description,
-                "activations": _np_activations(data, r, refs),
-            }
-            if data.similar_indices is not None and data.similar_values is not None:
-                feature["correlated_features_indices"] = data.similar_indices[r].tolist()
-                feature["correlated_features_l1"] = [
-                    round(v, 4) for v in data.similar_values[r].tolist()
-                ]
-            features.append(NeuronpediaDashboardFeature(**feature))
-        record = NeuronpediaDashboardBatch(model_id=model_id, layer=layer, sae_set=sae_set)
-        record.features = features
-        path = out / f"batch-{batch}.json"
-        path.write_text(json.dumps(record.to_dict(), allow_nan=False))
-        written.append(path)
-    if data.concepts is not None or data.steering is not None:
-        written.append(_write_explanations(data, out, model_id, f"{layer}-{sae_set}"))
-    return written
-
-
-EXPLANATION_TYPE = "clip-concept-cosine"
-STEERING_EXPLANATION_TYPE = "steering-census"
-
-
-def _write_explanations(data: DashboardData, out: Path, model_id: str, source: str) -> Path:
-    """``explanations.json``: Neuronpedia explanations (the fields of its explanation export:
-    ``modelId``, ``layer`` = the source id, ``index``, ``description``, ``explanationModelName``,
-    ``typeName``): per named latent its concept labels (``EXPLANATION_TYPE``), and per latent
-    the steerability census clamped, what its answers gained (``STEERING_EXPLANATION_TYPE``)."""
-
-    def explanation(r: int, description: str, model: str, kind: str) -> dict[str, str]:
-        return {
-            "modelId": model_id,
-            "layer": source,
-            "index": str(int(data.latents[r])),
-            "description": description,
-            "explanationModelName": model,
-            "typeName": kind,
-        }
-
-    explanations = []
-    text_model = str(data.meta.get("concept labels", ""))
-    for r, labels in enumerate(data.concepts or []):
-        if labels:
-            words = ", ".join(word for word, _ in labels)
-            explanations.append(explanation(r, words, text_model, EXPLANATION_TYPE))
-    census = str(data.meta.get("steering census", ""))
-    for r, entry in enumerate(data.steering or []):
-        if entry and entry.get("word"):
-            rank = "" if entry["p"] is None else f" (p {entry['p']:.3f} against random directions)"
-            description = (
-                f"clamped, adds '{entry['word']}' to {entry['score']:.0%} of answers at "
-                f"{entry['multiple']}x{rank}"
-                + (f"; one-word answer: {entry['one_word']}" if entry.get("one_word") else "")
-            )
-            explanations.append(explanation(r, description, census, STEERING_EXPLANATION_TYPE))
-    path = out / "explanations.json"
-    path.write_text(json.dumps(explanations, indent=1))
-    return path
-
-
-def _np_activations(data: DashboardData, r: int, refs: dict[int, str]) -> list[dict[str, Any]]:
-    activations = []
-    peak = float(data.max_activation[r])
-    for slot in range(data.n_top):
-        image = int(data.top_indices[r, slot])
-        if image < 0:
-            break
-        patches = _patch_values(data, r, slot)
-        activations.append(
-            {
-                "bin_min": -1,
-                "bin_max": peak,
-                "bin_contains": -1,
-                "tokens": [refs[image], *_patch_names(len(patches))],
-                "values": [round(float(data.top_values[r, slot]), 5), *patches],
-                "qualifying_token_index": 0,
-            }
-        )
-    return activations
-
-
-def _patch_names(n_patches: int) -> list[str]:
+def patch_names(n_patches: int) -> list[str]:
     side = math.isqrt(n_patches)
     return [f"patch {p // side},{p % side}" for p in range(n_patches)]
 
@@ -204,7 +79,7 @@ class _ImageVocabulary:
 
     def __init__(self, refs: list[str], n_patches: int) -> None:
         self.vocab = {ref: i for i, ref in enumerate(refs)}
-        for j, name in enumerate(_patch_names(n_patches)):
+        for j, name in enumerate(patch_names(n_patches)):
             self.vocab[name] = len(refs) + j
 
 
@@ -244,7 +119,7 @@ def saedashboard_data(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     positions = positions if positions is not None else {p: p for p in range(len(data.image_ids))}
-    refs = _image_refs(data, source, out, positions, False, thumbnail_size)
+    refs = image_refs(data, source, out, positions, False, thumbnail_size)
     n_images = len(data.image_ids)
     n_patches = int(data.heatmaps.shape[2]) if data.heatmaps is not None else 0
     names = [refs.get(p, f"image:{data.image_ids[p]}") for p in range(n_images)]
@@ -277,7 +152,7 @@ def saedashboard_data(
             image = int(data.top_indices[r, slot])
             if image < 0:
                 break
-            patches = _patch_values(data, r, slot)
+            patches = patch_values(data, r, slot)
             sequences.append(
                 SequenceData(
                     original_index=image,
@@ -305,7 +180,7 @@ def saedashboard_data(
             feature_tables_data=tables,
             acts_histogram_data=ActsHistogramData(
                 bar_heights=[float(c) for c in data.histograms[r].tolist()],
-                bar_values=_bar_values(data, r),
+                bar_values=bar_values(data, r),
                 tick_vals=[0.0, round(peak / 2, 5), round(peak, 5)],
                 title=f"ACTIVATIONS<br>DENSITY = {float(data.density[r]):.3%}"
                 + _concept_title(data, r),
