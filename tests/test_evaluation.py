@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 import tiny_models as tm
 from sae_vlm_plugin import VisionModel, extract_to_cache
@@ -14,6 +15,7 @@ from sae_vlm_plugin.metrics.evaluation import (
     evaluate_sae,
     write_report,
 )
+from sae_vlm_plugin.metrics.figures import Coverage, figure_title
 from sae_vlm_plugin.metrics.monosemanticity import monosemanticity_score
 from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
@@ -121,7 +123,15 @@ def test_report_equals_direct_computation(trained, tmp_path):
     )
     assert strict["sae"]["worst"] is None
     assert written["setup"]["tokens"] == "random_2"  # as asked
-    assert (tmp_path / "ms_sorted.png").stat().st_size > 1000
+    with Image.open(tmp_path / "ms_sorted.png") as plot:
+        said = plot.text
+    assert said["Title"] == figure_title(
+        report.setup["model"], f"{HOOK} (random_2)", report.setup["images"]
+    )
+    assert (
+        said["Description"].splitlines()[0]
+        == "SAE latents: " + Coverage.of_result(report.sae_scores).text()
+    )
 
 
 def test_training_evaluator_appears_in_the_run_log(trained, tmp_path):

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from sae_vlm_plugin.images import ImageReadError, ImageSource, open_image_source
 from sae_vlm_plugin.metrics.embeddings import image_embeddings, load_scoring_encoder
+from sae_vlm_plugin.metrics.figures import figure_title, plot_sorted_ms
 from sae_vlm_plugin.metrics.hierarchy import Taxonomy, table_a8
 from sae_vlm_plugin.metrics.monosemanticity import MonosemanticityResult, monosemanticity_score
 from sae_vlm_plugin.metrics.sae_activations import (
@@ -202,6 +203,7 @@ def evaluate_sae(
             "model": model.model_name,
             "hook": point.name,
             "tokens": tokens,
+            "images": source.description,
             "n_images": data.n_images,
             "n_unreadable": len(source) - data.n_images,
             "d_in": sae.cfg.d_in,
@@ -310,9 +312,13 @@ def write_report(report: EvaluationReport, out_dir: str | Path) -> Path:
     (out / "evaluation.json").write_text(
         json.dumps(_finite_or_none(report.to_dict()), indent=2, allow_nan=False)
     )
+    setup = report.setup
     plot_sorted_ms(
         {"SAE latents": report.sae_scores, "raw neurons (no SAE)": report.raw_scores},
         out / "ms_sorted.png",
+        title=figure_title(
+            str(setup["model"]), f"{setup['hook']} ({setup['tokens']})", str(setup["images"])
+        ),
     )
     return out
 
@@ -327,31 +333,6 @@ def _finite_or_none(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite_or_none(v) for v in value]
     return value
-
-
-def plot_sorted_ms(results: dict[str, MonosemanticityResult], path: str | Path) -> Path:
-    """MS of each neuron set, sorted descending, against the normalised neuron index."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(5, 3.2), dpi=120)
-    for label, result in results.items():
-        scores = result.scores[~torch.isnan(result.scores)].sort(descending=True).values
-        if scores.numel():
-            axis.plot(
-                torch.linspace(0, 1, scores.numel()), scores, label=f"{label} (n={scores.numel()})"
-            )
-    axis.set_xlabel("neuron index (normalised, sorted by MS)")
-    axis.set_ylabel("MonoSemanticity Score")
-    axis.set_ylim(-0.05, 1.05)
-    axis.grid(alpha=0.3)
-    axis.legend(frameon=False, fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return Path(path)
 
 
 class MonosemanticityEvaluator:
