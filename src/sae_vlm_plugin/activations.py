@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from sae_vlm_plugin.families.base import Preprocessor
 from sae_vlm_plugin.hooks import HookPoint
 from sae_vlm_plugin.images import ImageReadError, ImageSource, open_image_source
-from sae_vlm_plugin.model import VisionModel
+from sae_vlm_plugin.model import ModelLike, VisionModel, as_vision_model
 from sae_vlm_plugin.tokens import TokenSelection
 
 
@@ -169,7 +169,7 @@ def iter_extracted_batches(
 
 
 def extract_activations(
-    model: VisionModel | torch.nn.Module | str,
+    model: ModelLike,
     images: Any,
     hooks: str | Sequence[str],
     tokens: str | TokenSelection = "cls",
@@ -190,7 +190,7 @@ def extract_activations(
     """
     from tqdm.auto import tqdm
 
-    vision_model = model if isinstance(model, VisionModel) else VisionModel(model)
+    vision_model = as_vision_model(model)
     selection = TokenSelection.parse(tokens, k=k, seed=seed)
     source = open_image_source(images)
     points = resolve_hooks(vision_model, hooks, selection)

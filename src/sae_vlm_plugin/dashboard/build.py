@@ -21,6 +21,7 @@ from sae_vlm_plugin.dashboard.thumbnails import write_thumbnails
 from sae_vlm_plugin.images import ImageSource, open_image_source
 from sae_vlm_plugin.metrics.evaluation import MIN_SUPPORT
 from sae_vlm_plugin.metrics.figures import Coverage, figure_title, plot_ms_distribution
+from sae_vlm_plugin.model import ModelLike, as_vision_model
 
 
 @dataclass
@@ -69,7 +70,7 @@ def default_title(data: DashboardData) -> str:
 
 def collect_dashboard(
     sae: Any,
-    model: Any,
+    model: ModelLike,
     images: Any,
     *,
     embeddings: Tensor | None = None,
@@ -116,6 +117,7 @@ def collect_dashboard(
         ValueError: latents out of range, recorded image ids missing from ``images``, or an SAE
             whose width does not match the activations.
     """
+    model = as_vision_model(model)
     from sae_vlm_plugin.metrics.evaluation import _group_bounds, evaluate_sae
 
     d_sae = int(sae.cfg.d_sae)

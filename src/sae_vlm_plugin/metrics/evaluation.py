@@ -36,6 +36,7 @@ from sae_vlm_plugin.metrics.sae_activations import (
 )
 from sae_vlm_plugin.metrics.top_activations import TopActivations, top_activations
 from sae_vlm_plugin.metrics.uniqueness import jaccard_uniqueness
+from sae_vlm_plugin.model import ModelLike, as_vision_model
 
 MS_THRESHOLDS = (0.5, 0.75, 0.9)
 TOP_IMAGES = 16
@@ -114,7 +115,7 @@ class EvaluationReport:
 
 def evaluate_sae(
     sae: Any,
-    model: Any,
+    model: ModelLike,
     images: Any,
     *,
     scoring_encoder: Any = "dinov2",
@@ -143,6 +144,7 @@ def evaluate_sae(
     (``uniqueness`` is then empty): its cost grows with the square of the latents sharing
     an image, which a dense SAE on few images makes large.
     """
+    model = as_vision_model(model)
     from sae_vlm_plugin.pretrained.loading import check_attachable
 
     hook = hook or sae.cfg.metadata.hook_name

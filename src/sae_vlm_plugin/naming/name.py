@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sae_vlm_plugin.model import ModelLike, as_vision_model
 from sae_vlm_plugin.naming.labels import LABELS_FILE, LatentLabels, LatentMatch, labels_for
 from sae_vlm_plugin.naming.text_tower import IMAGE_HOOKS, TextTower, load_text_tower
 from sae_vlm_plugin.naming.vocabulary import load_vocabulary
@@ -38,7 +39,7 @@ SCORERS = ("top_images", "decoder")
 
 def name_latents(
     sae: Any,
-    model: Any,
+    model: ModelLike,
     images: Any = None,
     vocabulary: str | Path | Sequence[str] | None = None,
     *,
@@ -79,6 +80,7 @@ def name_latents(
         ValueError: an unknown scorer, a model without a text tower and no ``text_model``, a
             decoder scorer on an SAE that does not read the text tower's image embedding.
     """
+    model = as_vision_model(model)
     from sae_vlm_plugin.pretrained.loading import check_attachable
 
     if scorer not in SCORERS:
