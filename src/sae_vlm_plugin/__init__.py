@@ -59,6 +59,7 @@ _LAZY_API: dict[str, str] = {
     "list_releases": "sae_vlm_plugin.pretrained.registry",
     "load_sae": "sae_vlm_plugin.pretrained.loading",
     "preset_config": "sae_vlm_plugin.training.presets",
+    "publish_saes": "sae_vlm_plugin.pretrained.publish",
     "register_releases": "sae_vlm_plugin.pretrained.registry",
     "TokenSelection": "sae_vlm_plugin.tokens",
     "VisionFamily": "sae_vlm_plugin.families.base",
@@ -85,6 +86,7 @@ if TYPE_CHECKING:
     from sae_vlm_plugin.pretrained.loading import check_attachable as check_attachable
     from sae_vlm_plugin.pretrained.loading import export_sae as export_sae
     from sae_vlm_plugin.pretrained.loading import load_sae as load_sae
+    from sae_vlm_plugin.pretrained.publish import publish_saes as publish_saes
     from sae_vlm_plugin.pretrained.registry import list_releases as list_releases
     from sae_vlm_plugin.pretrained.registry import register_releases as register_releases
     from sae_vlm_plugin.steering.activity import latent_activity as latent_activity
