@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html.parser
 import json
+import re
 import shutil
 import subprocess
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import tiny_models as tm
-from dashboard_helpers import EXTERNAL_URL, random_sae
+from dashboard_helpers import EXTERNAL_URL, HOOK, chromium, random_sae
 from sae_vlm_plugin import VisionModel
 from sae_vlm_plugin.dashboard import (
     collect_dashboard,
@@ -114,9 +115,52 @@ def test_saedashboard_data_classes_and_writers(collected, tmp_path):
     )
     page = paths["html"].read_text()
     assert "TOP ACTIVATIONS" in page
-    # The page SAEDashboard writes loads its libraries from a CDN (why it needs a network);
-    # our own dashboard never does.
-    assert EXTERNAL_URL.search(page) is not None
+    assert EXTERNAL_URL.search(page) is None  # its d3 / plotly come from the export's folder
+
+
+def test_saedashboard_renders_its_own_page_from_the_saved_files_alone(collected, tmp_path):
+    from sae_dashboard.data_writing_fns import save_feature_centric_vis
+
+    from sae_vlm_plugin.dashboard import load_saedashboard
+
+    data = collected.data
+    export_saedashboard(
+        data, collected.source, tmp_path, hook_point=HOOK, positions=collected.positions,
+        html=False,
+    )  # fmt: skip
+    vis = load_saedashboard(tmp_path)  # SaeVisData.load_json with the saved setup
+    assert sorted(vis.feature_data_dict) == data.latents.tolist()
+    save_feature_centric_vis(vis, tmp_path / "again.html")
+    page = (tmp_path / "again.html").read_text()
+    assert "TOP ACTIVATIONS" in page
+    top = int(data.top_indices[0, 0])
+    thumbnail = next(t for t, i in vis.model.tokenizer.vocab.items() if i == top)
+    assert (tmp_path / thumbnail).is_file()
+    assert json.dumps(thumbnail)[1:-1] in page
+
+
+def test_saedashboard_page_shows_images_with_the_network_off(collected, tmp_path):
+    """In headless Chromium with every host unreachable: the plugin's page draws its Plotly
+    histograms and shows the top images as images; SAEDashboard's own page stays blank."""
+    from sae_dashboard.data_writing_fns import save_feature_centric_vis
+
+    paths = export_saedashboard(
+        collected.data, collected.source, tmp_path, hook_point=HOOK,
+        positions=collected.positions,
+    )  # fmt: skip
+    dom = chromium(paths["html"].as_uri(), offline=True)
+    images = re.findall(r'<img src="(thumbs/[^"]+)"[^>]*class="sae-vlm-image"', dom)
+    assert len(images) == 16  # the first latent's top images
+    assert all((tmp_path / image).is_file() for image in images)
+    assert "main-svg" in dom  # Plotly drew the activation histogram
+    save_feature_centric_vis(
+        saedashboard_data(collected.data, collected.source, tmp_path, hook_point=HOOK,
+                          positions=collected.positions),
+        tmp_path / "cdn.html",
+    )  # fmt: skip
+    blank = chromium((tmp_path / "cdn.html").as_uri(), offline=True)
+    assert "main-svg" not in blank
+    assert "sae-vlm-image" not in blank
 
 
 def test_cli_dashboard_with_exports_and_server(tmp_path, image_folder, capsys):

@@ -20,6 +20,7 @@ _LAZY: dict[str, str] = {
     "data_from_codes": "sae_vlm_plugin.dashboard.data",
     "export_neuronpedia": "sae_vlm_plugin.dashboard.neuronpedia",
     "export_saedashboard": "sae_vlm_plugin.dashboard.exports",
+    "load_saedashboard": "sae_vlm_plugin.dashboard.exports",
     "neuronpedia_features": "sae_vlm_plugin.dashboard.neuronpedia",
     "neuronpedia_source": "sae_vlm_plugin.dashboard.neuronpedia",
     "saedashboard_data": "sae_vlm_plugin.dashboard.exports",

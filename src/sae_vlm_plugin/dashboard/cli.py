@@ -151,7 +151,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> None:
     """The dashboard and the exports ``args`` ask for."""
     from sae_vlm_plugin.dashboard.build import collect_dashboard, default_title, write_from_data
-    from sae_vlm_plugin.dashboard.exports import CDN_NOTE, export_saedashboard
+    from sae_vlm_plugin.dashboard.exports import export_saedashboard
     from sae_vlm_plugin.dashboard.neuronpedia import default_source_set, export_neuronpedia
     from sae_vlm_plugin.model import VisionModel
     from sae_vlm_plugin.naming.labels import labels_beside
@@ -213,4 +213,3 @@ def _build(args: argparse.Namespace) -> None:
             positions=found.positions,
         )
         print(f"saedashboard: {written['json']}")
-        print(f"note: {CDN_NOTE}")

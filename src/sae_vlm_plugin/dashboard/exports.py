@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,12 +25,6 @@ from sae_vlm_plugin.dashboard.thumbnails import write_thumbnails
 from sae_vlm_plugin.images import ImageSource
 
 TOP_GROUP_TITLE = "TOP ACTIVATIONS"
-CDN_NOTE = (
-    "SAEDashboard's saedashboard.html loads d3 and plotly from a CDN: it renders only with a "
-    "network (saedashboard.json and the plugin's own dashboard need none)"
-)
-"""Said wherever ``saedashboard.html`` is written: unlike everything else here it is not
-offline, and a blank page would otherwise look like a bug."""
 
 
 def bar_values(data: DashboardData, r: int) -> list[float]:
@@ -73,14 +69,85 @@ def patch_names(n_patches: int) -> list[str]:
     return [f"patch {p // side},{p % side}" for p in range(n_patches)]
 
 
+SETUP_FILE = "saedashboard_setup.json"
+"""What SAEDashboard's ``SaeVisData.load_json`` needs besides ``saedashboard.json`` (its config,
+layout and a model with a tokenizer vocabulary), written next to it."""
+
+
 class _ImageVocabulary:
     """The ``tokenizer.vocab`` SAEDashboard decodes with: token ``p < n_images`` is image ``p``'s
     reference, token ``n_images + j`` is patch ``j``."""
 
-    def __init__(self, refs: list[str], n_patches: int) -> None:
-        self.vocab = {ref: i for i, ref in enumerate(refs)}
-        for j, name in enumerate(patch_names(n_patches)):
-            self.vocab[name] = len(refs) + j
+    def __init__(self, tokens: list[str]) -> None:
+        self.vocab = {token: i for i, token in enumerate(tokens)}
+
+
+@dataclass(frozen=True)
+class SAEDashboardSetup:
+    """The vocabulary and layout of an SAEDashboard export, from which SAEDashboard's own
+    config and a stand-in model (a tokenizer, no weights) are rebuilt."""
+
+    hook_point: str
+    features: list[int]
+    tokens: list[str]
+    """Token id -> text: image references, then ``patch r,c`` names."""
+    n_top: int
+    n_bins: int
+    n_similar: int
+
+    def vis_config(self) -> Any:
+        """SAEDashboard's ``SaeVisConfig`` with the one-column layout of the export: the top
+        images as sequences, the activation histogram, the decoder-cosine neighbours."""
+        from sae_dashboard.components_config import (
+            ActsHistogramConfig,
+            Column,
+            FeatureTablesConfig,
+            SequencesConfig,
+        )
+        from sae_dashboard.layout import SaeVisLayoutConfig
+        from sae_dashboard.sae_vis_data import SaeVisConfig
+
+        layout = SaeVisLayoutConfig(
+            columns=[
+                Column(
+                    SequencesConfig(
+                        stack_mode="stack-all",
+                        buffer=None,
+                        compute_buffer=True,
+                        n_quantiles=0,
+                        top_acts_group_size=self.n_top,
+                    ),
+                    ActsHistogramConfig(n_bins=self.n_bins),
+                    FeatureTablesConfig(
+                        n_rows=self.n_similar,
+                        neuron_alignment_table=False,
+                        correlated_neurons_table=False,
+                        correlated_features_table=self.n_similar > 0,
+                    ),
+                )
+            ],
+            height=750,
+        )
+        return SaeVisConfig(
+            hook_point=self.hook_point, features=self.features, feature_centric_layout=layout
+        )
+
+    def model(self) -> Any:
+        """The stand-in for SAEDashboard's ``model``: only its tokenizer is read (and this
+        setup, which ``export_saedashboard`` saves)."""
+        return SimpleNamespace(tokenizer=_ImageVocabulary(self.tokens), setup=self)
+
+
+def load_saedashboard(folder: str | Path) -> Any:
+    """An export (``export_saedashboard``'s folder) loaded by SAEDashboard's own
+    ``SaeVisData.load_json`` from the saved files alone, ready for its writers."""
+    from sae_dashboard.sae_vis_data import SaeVisData
+
+    folder = Path(folder)
+    setup = SAEDashboardSetup(**json.loads((folder / SETUP_FILE).read_text()))
+    return SaeVisData.load_json(
+        folder / "saedashboard.json", setup.vis_config(), setup.model(), encoder=None
+    )
 
 
 def saedashboard_data(
@@ -96,7 +163,8 @@ def saedashboard_data(
     the top images as sequences (``TOP ACTIVATIONS`` group), the activation histogram, the
     decoder-cosine neighbours and feature statistics. Its ``model`` is a stand-in whose
     tokenizer vocabulary names the images (thumbnail paths relative to ``out_dir``) and patches,
-    so SAEDashboard's own writers (``save_json``, ``save_feature_centric_vis``) work on it."""
+    so SAEDashboard's own writers (``save_json``, ``save_feature_centric_vis``) work on it; its
+    ``model.setup`` (``SAEDashboardSetup``) rebuilds config and vocabulary from a file."""
     from sae_dashboard.components import (
         ActsHistogramData,
         FeatureTablesData,
@@ -104,15 +172,8 @@ def saedashboard_data(
         SequenceGroupData,
         SequenceMultiGroupData,
     )
-    from sae_dashboard.components_config import (
-        ActsHistogramConfig,
-        Column,
-        FeatureTablesConfig,
-        SequencesConfig,
-    )
     from sae_dashboard.feature_data import FeatureData
-    from sae_dashboard.layout import SaeVisLayoutConfig
-    from sae_dashboard.sae_vis_data import SaeVisConfig, SaeVisData
+    from sae_dashboard.sae_vis_data import SaeVisData
     from sae_dashboard.utils_fns import FeatureStatistics
 
     data.check()
@@ -124,26 +185,13 @@ def saedashboard_data(
     n_patches = int(data.heatmaps.shape[2]) if data.heatmaps is not None else 0
     names = [refs.get(p, f"image:{data.image_ids[p]}") for p in range(n_images)]
     has_similar = data.similar_indices is not None
-    layout = SaeVisLayoutConfig(
-        columns=[
-            Column(
-                SequencesConfig(
-                    stack_mode="stack-all",
-                    buffer=None,
-                    compute_buffer=True,
-                    n_quantiles=0,
-                    top_acts_group_size=data.n_top,
-                ),
-                ActsHistogramConfig(n_bins=int(data.histograms.shape[1])),
-                FeatureTablesConfig(
-                    n_rows=int(data.similar_indices.shape[1]) if has_similar else 0,  # type: ignore[union-attr]
-                    neuron_alignment_table=False,
-                    correlated_neurons_table=False,
-                    correlated_features_table=has_similar,
-                ),
-            )
-        ],
-        height=750,
+    setup = SAEDashboardSetup(
+        hook_point=hook_point,
+        features=data.latents.tolist(),
+        tokens=names + patch_names(n_patches),
+        n_top=data.n_top,
+        n_bins=int(data.histograms.shape[1]),
+        n_similar=int(data.similar_indices.shape[1]) if has_similar else 0,  # type: ignore[union-attr]
     )
     feature_data = {}
     for r in range(data.n_latents):
@@ -199,13 +247,12 @@ def saedashboard_data(
         skew=[0.0] * data.n_latents,
         kurtosis=[0.0] * data.n_latents,
     )
-    cfg = SaeVisConfig(
-        hook_point=hook_point,
-        features=data.latents.tolist(),
-        feature_centric_layout=layout,
+    return SaeVisData(
+        cfg=setup.vis_config(),
+        feature_data_dict=feature_data,
+        feature_stats=stats,
+        model=setup.model(),
     )
-    stand_in = SimpleNamespace(tokenizer=_ImageVocabulary(names, n_patches))
-    return SaeVisData(cfg=cfg, feature_data_dict=feature_data, feature_stats=stats, model=stand_in)
 
 
 def _concept_title(data: DashboardData, r: int) -> str:
@@ -227,16 +274,21 @@ def export_saedashboard(
     positions: dict[int, int] | None = None,
     html: bool = True,
 ) -> dict[str, Path]:
-    """``saedashboard.json`` (``SaeVisData.save_json``) and, with ``html``,
-    ``saedashboard.html`` (``save_feature_centric_vis``; it loads d3/plotly from a CDN, so it
-    renders only online) in ``out_dir``."""
+    """``saedashboard.json`` (``SaeVisData.save_json``), ``SETUP_FILE`` (so that
+    ``load_saedashboard`` rebuilds it from the files alone) and, with ``html``,
+    ``saedashboard.html`` (``save_feature_centric_vis``, made offline and image-aware by
+    ``offline_page.make_offline``) in ``out_dir``."""
     from sae_dashboard.data_writing_fns import save_feature_centric_vis
+
+    from sae_vlm_plugin.dashboard.offline_page import make_offline
 
     out = Path(out_dir)
     vis = saedashboard_data(data, source, out, hook_point=hook_point, positions=positions)
-    paths = {"json": out / "saedashboard.json"}
+    paths = {"json": out / "saedashboard.json", "setup": out / SETUP_FILE}
     vis.save_json(paths["json"])
+    paths["setup"].write_text(json.dumps(asdict(vis.model.setup)))
     if html:
         paths["html"] = out / "saedashboard.html"
         save_feature_centric_vis(vis, paths["html"])
+        make_offline(paths["html"])
     return paths
