@@ -17,6 +17,7 @@ from sae_vlm_plugin.metrics.evaluation import (
 )
 from sae_vlm_plugin.metrics.figures import Coverage, figure_title
 from sae_vlm_plugin.metrics.monosemanticity import monosemanticity_score
+from sae_vlm_plugin.metrics.ms_at_k import ms_at_k
 from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 
@@ -78,6 +79,7 @@ def test_report_equals_direct_computation(trained, tmp_path):
         :, 0
     ]
     assert report.setup["min_support"] == 16  # the README's, by default (#18 item 26)
+    assert report.sae["ms_at_16"] == ms_at_k(codes.mean(1), embeddings).mean
     expected_sae = monosemanticity_score(codes.mean(1), embeddings, min_support=16)
     expected_raw = monosemanticity_score(picked.mean(1), embeddings, min_support=16)
     torch.testing.assert_close(

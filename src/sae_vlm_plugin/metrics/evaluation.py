@@ -3,7 +3,8 @@
 
 ``evaluate_sae`` reports, for the SAE's latents and for the raw neurons of the same hook (the
 paper's "No SAE" baseline): MS mean +- std, best, worst, quantiles and counts above thresholds,
-per Matryoshka group; and the SAE's R^2, L0 and dead fraction on the rows it reads. It writes
+per Matryoshka group, and beside it ``ms_at_16``, ViSAEBench's top-16 approximation
+(``ms_at_k``) on the same codes; and the SAE's R^2, L0 and dead fraction on the rows it reads. It writes
 ``evaluation.json`` and the paper's Figure 5 (MS over neurons sorted by score, against the
 normalised neuron index) as ``ms_sorted.png``. It also reports the uniqueness of the latents'
 top-16 image sets (appendix G) and, given a taxonomy of the images' classes, the mean LCA depth
@@ -26,6 +27,7 @@ from sae_vlm_plugin.metrics.embeddings import image_embeddings, load_scoring_enc
 from sae_vlm_plugin.metrics.figures import figure_title, plot_sorted_ms
 from sae_vlm_plugin.metrics.hierarchy import Taxonomy, table_a8
 from sae_vlm_plugin.metrics.monosemanticity import MonosemanticityResult, monosemanticity_score
+from sae_vlm_plugin.metrics.ms_at_k import ms_at_k
 from sae_vlm_plugin.metrics.sae_activations import (
     HookRows,
     ImageActivations,
@@ -190,8 +192,8 @@ def evaluate_sae(
         widths = [stop for _, stop in _group_bounds(sae)] or [sae.cfg.d_sae]
         hierarchy = table_a8(top, classes, taxonomy, widths, sae_scores.scores)
     report = EvaluationReport(
-        sae=ms_statistics(sae_scores),
-        raw_neurons=ms_statistics(raw_scores),
+        sae={**ms_statistics(sae_scores), "ms_at_16": ms_at_k(image_codes, embeddings).mean},
+        raw_neurons={**ms_statistics(raw_scores), "ms_at_16": ms_at_k(image_raw, embeddings).mean},
         groups=groups,
         uniqueness=uniqueness,
         hierarchy=hierarchy,
