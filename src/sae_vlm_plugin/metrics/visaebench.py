@@ -105,10 +105,11 @@ def visaebench_evaluate(
     """ViSAEBench's ``EvalResults`` for ``sae`` on ``model``'s block ``layer`` over ``images``
     (PIL, with integer class ``labels``): ``metrics`` from ``FREE_METRICS`` through
     ``visaebench.evaluate``, and ``monosemanticity`` through its ``MonosemanticityScore`` with
-    ``evaluator`` (another model, as ViSAEBench requires) at ``evaluator_layer``."""
+    ``evaluator`` (another model, as ViSAEBench requires) at ``evaluator_layer``. A metric
+    that fails raises (ViSAEBench's runner would print it and go on)."""
     import numpy as np
     import visaebench
-    from visaebench.metrics import MonosemanticityScore
+    from visaebench.metrics import METRIC_REGISTRY, MonosemanticityScore
 
     valid = (*FREE_METRICS, "monosemanticity")
     unknown = [name for name in metrics if name not in valid]
@@ -122,17 +123,19 @@ def visaebench_evaluate(
         # (its FVU takes a tensor as already flattened rows).
         shard = Path(folder) / "activations.pt"
         torch.save(patch_activations(backbone, images, layer), shard)
-        results = visaebench.evaluate(
-            bench_sae,
-            backbone=backbone,
-            activations=[shard],
-            labels=np.asarray(labels),
-            images=list(images),
-            metrics=free,
-            device=device,
-            ood_datasets={},
-            **kwargs,
-        ) if free else visaebench.EvalResults()  # fmt: skip
+        results = visaebench.EvalResults()
+        if free:
+            results = visaebench.evaluate(
+                bench_sae,
+                backbone=backbone,
+                activations=[shard],
+                labels=np.asarray(labels),
+                images=list(images),
+                metrics=free,
+                device=device,
+                ood_datasets={},
+                **kwargs,
+            )
         if "monosemanticity" in metrics:
             results.add(
                 MonosemanticityScore().compute(
@@ -144,4 +147,8 @@ def visaebench_evaluate(
                     device=device,
                 )
             )
+    produced = {result.metric_name for result in results}
+    failed = [name for name in metrics if METRIC_REGISTRY[name].name not in produced]
+    if failed:
+        raise RuntimeError(f"ViSAEBench metrics {failed} failed (its runner printed why above)")
     return results

@@ -146,9 +146,10 @@ class VisionSAERunnerConfig:
     def __post_init__(self, sae: Any, logger: Any) -> None:
         from sae_vlm_plugin.training.sae_lens_config import logger_values, sae_values
 
-        for part in (sae_values(sae) if sae is not None else {},
-                     logger_values(logger) if logger is not None else {}):  # fmt: skip
-            self._take(part)
+        if sae is not None:
+            self._take(sae_values(sae))
+        if logger is not None:
+            self._take(logger_values(logger))
         coerce_fields(self)
         check_device_name(self.device)
         from_cache = self.cache_path is not None

@@ -156,16 +156,10 @@ def runner_values(values: dict[str, Any]) -> dict[str, Any]:
 def logger_values(logger: Any) -> dict[str, Any]:
     """Runner fields from a SAELens ``LoggingConfig`` (or its dict)."""
     given = _as_dict(logger, "logger")
-    unknown = sorted(
-        set(given) - set(LOGGER_FIELDS) - set(LOGGER_DEFAULT_ONLY)
-        - {"wandb_log_frequency", "eval_every_n_wandb_logs"}
-    )  # fmt: skip
+    valid = {*LOGGER_FIELDS, *LOGGER_DEFAULT_ONLY, "wandb_log_frequency", "eval_every_n_wandb_logs"}
+    unknown = sorted(set(given) - valid)
     if unknown:
-        raise ValueError(
-            f"unknown logger settings {unknown}; valid: "
-            + ", ".join(sorted([*LOGGER_FIELDS, *LOGGER_DEFAULT_ONLY, "wandb_log_frequency",
-                                "eval_every_n_wandb_logs"]))
-        )  # fmt: skip
+        raise ValueError(f"unknown logger settings {unknown}; valid: {', '.join(sorted(valid))}")
     for name, default in LOGGER_DEFAULT_ONLY.items():
         if name in given and given[name] != default:
             raise ValueError(_default_only(f"logger.{name}", default))
