@@ -9,6 +9,8 @@ import warnings
 import pytest
 import torch
 from nnsight import NNsight, TransformersModel
+from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
+from sae_lens.saes.sae import SAEMetadata
 
 import tiny_models as tm
 from dashboard_helpers import HOOK, random_sae
@@ -71,19 +73,47 @@ def test_extraction_and_evaluation_take_the_users_wrapper():
     torch.testing.assert_close(report.sae_scores.scores, direct.sae_scores.scores, equal_nan=True)
 
 
-@pytest.fixture(scope="module")
-def llava_sae():
-    from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
-    from sae_lens.saes.sae import SAEMetadata
+def test_a_transformers_model_with_a_vision_task_is_steered_by_the_plugin():
+    """The trained toy CLIP (a CLIPModel) under TransformersModel's image-feature-extraction
+    task: the plugin steers its image tower, the user's own trace of the whole model sees it."""
+    user = TransformersModel(
+        str(toy_model_path("toy-clip")), task="image-feature-extraction", dispatch=True
+    )
+    plugin = VisionModel(user)
+    assert plugin.family.name == "clip"
+    images, _ = world_images(2, seed=1)
+    pixels = plugin.preprocess(images)
+    text = torch.zeros(2, 3, dtype=torch.long)
 
-    cfg = JumpReLUSAEConfig(d_in=128, d_sae=64, metadata=SAEMetadata(hook_name=LLAVA_HOOK))
-    sae = JumpReLUSAE(cfg)
+    def users_block():
+        with torch.no_grad(), user.trace(pixel_values=pixels, input_ids=text):
+            value = user.vision_model.encoder.layers[1].output[0].save()
+        return value
+
+    plain = users_block()
+    with steer(user, _sae(plain.shape[-1], HOOK), {3: 10.0}, force=True):
+        steered = users_block()
+        with torch.no_grad(), plugin.trace(pixel_values=pixels):
+            read = plugin.read_hook(HOOK).clone().save()
+    assert (steered - plain).abs().max() > 1
+    torch.testing.assert_close(read, steered)
+    torch.testing.assert_close(users_block(), plain)
+
+
+def _sae(d_in: int, hook: str) -> JumpReLUSAE:
+    """A JumpReLU SAE (threshold 0) whose encoder is its decoder's transpose, random rows."""
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=64, metadata=SAEMetadata(hook_name=hook)))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        sae.W_dec.copy_(torch.randn(64, 128, generator=generator))
+        sae.W_dec.copy_(torch.randn(64, d_in, generator=generator))
         sae.W_enc.copy_(sae.W_dec.T)
         sae.threshold.zero_()
     return sae
+
+
+@pytest.fixture(scope="module")
+def llava_sae():
+    return _sae(128, LLAVA_HOOK)
 
 
 def _describe(user, prompt, images):

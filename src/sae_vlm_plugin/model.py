@@ -108,16 +108,20 @@ class VisionModel(NNsight):
     def _join(self, wrapper: Envoy, root: torch.nn.Module, rename: dict[str, str]) -> None:
         """Build this envoy over ``root`` inside ``wrapper``'s tree: with its interleaver,
         ``root``'s children resolve to the wrapper's own envoys (nnsight gives a module one
-        envoy per interleaver), the root gets the wrapper's path for ``root``, and the edit
+        envoy per interleaver), the root gets the wrapper's path for ``root`` (or, for a
+        family's image tower over the model's own modules, a path of its own), and the edit
         list is the wrapper's."""
-        owner = wrapper.interleaver.envoys.get(id(root))
-        if owner is None:
+        envoys = wrapper.interleaver.envoys
+        owner = envoys.get(id(root))
+        if owner is None and not all(id(child) in envoys for child in root.children()):
             raise ValueError(
                 f"{type(root).__name__} is not a module of the nnsight model "
                 f"{type(wrapper).__name__}; wrap the model that contains it"
             )
-        super().__init__(root, path=owner.path, interleaver=wrapper.interleaver, rename=rename)
-        wrapper.interleaver.envoys[id(root)] = owner  # the user's tree keeps its envoy
+        path = owner.path if owner is not None else f"{wrapper.path}.{type(root).__name__}"
+        super().__init__(root, path=path, interleaver=wrapper.interleaver, rename=rename)
+        if owner is not None:
+            envoys[id(root)] = owner  # the user's tree keeps its envoy
         self.__dict__["_edit_owner"] = wrapper
 
     @property
