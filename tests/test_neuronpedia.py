@@ -106,3 +106,15 @@ def test_source_names_follow_the_hook_block():
         neuronpedia_source("hook_pooled", "s")
     with pytest.raises(ValueError, match="'Final_SAE' is not valid"):
         neuronpedia_source("blocks.1.hook_resid_post", "Final_SAE")
+
+
+def test_the_command_refuses_a_bad_source_set_before_building(tmp_path, image_folder, capsys):
+    from sae_vlm_plugin.cli import main
+
+    checkpoint = tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "ckpt")
+    random_sae(16, "cls", matryoshka=False).save_model(tmp_path / "sae")
+    argv = ["dashboard", "--sae", str(tmp_path / "sae"), "--images", str(image_folder)]
+    argv += ["--out", str(tmp_path / "dash"), "--model", str(checkpoint), "--neuronpedia"]
+    assert main([*argv, "--source-set", "Final_SAE"]) == 2
+    assert "source set name 'Final_SAE' is not valid" in capsys.readouterr().err
+    assert not (tmp_path / "dash" / "index.html").exists()

@@ -152,12 +152,20 @@ def _build(args: argparse.Namespace) -> None:
     """The dashboard and the exports ``args`` ask for."""
     from sae_vlm_plugin.dashboard.build import collect_dashboard, default_title, write_from_data
     from sae_vlm_plugin.dashboard.exports import export_saedashboard
-    from sae_vlm_plugin.dashboard.neuronpedia import default_source_set, export_neuronpedia
+    from sae_vlm_plugin.dashboard.neuronpedia import (
+        default_source_set,
+        export_neuronpedia,
+        neuronpedia_source,
+    )
     from sae_vlm_plugin.model import VisionModel
     from sae_vlm_plugin.naming.labels import labels_beside
     from sae_vlm_plugin.pretrained.sae_argument import load_sae_argument, model_name_argument
 
     sae = load_sae_argument(args.sae, args.device or "cpu", args.registry)
+    if args.neuronpedia:  # a bad set name or a hook without a layer fails now, not after the build
+        neuronpedia_source(
+            args.hook or sae.cfg.metadata.hook_name, args.source_set or "x", args.layer
+        )
     model_name = model_name_argument(args.model, sae)
     model = VisionModel(model_name, family=args.family, device=args.device)
     labels = args.labels or labels_beside(args.sae)
