@@ -104,3 +104,19 @@ def test_ms_at_k_by_hand():
     assert math.isnan(ms_at_k(codes, embeddings, k=3).scores[1].item())  # dead
     sparse = ms_at_k(codes.to_sparse(), embeddings, k=3).scores
     torch.testing.assert_close(sparse, ms_at_k(codes, embeddings, k=3).scores, equal_nan=True)
+
+
+def test_ms_at_k_sparse_equals_dense_on_random_codes():
+    generator = torch.Generator().manual_seed(3)
+    dense = torch.rand(60, 40, generator=generator)
+    dense[dense < 0.7] = 0
+    dense[:, 0] = torch.rand(60, generator=generator) + 0.5  # fires on every image
+    dense[:, 1] = 0  # dead
+    dense[:5, 2] = torch.rand(5, generator=generator)  # fewer than k images
+    embeddings = torch.randn(60, 12, generator=generator)
+    expected = ms_at_k(dense, embeddings, k=16, chunk=7).scores
+    got = ms_at_k(dense.to_sparse(), embeddings, k=16, chunk=7).scores
+    torch.testing.assert_close(got, expected, equal_nan=True)
+    assert math.isnan(got[1].item())
+    with pytest.raises(ValueError, match="sparse codes must be non-negative"):
+        ms_at_k((-dense).to_sparse(), embeddings)
