@@ -48,7 +48,7 @@ def main() -> None:
             "training_steps": 300,
             "warmup_steps": 30,
             "threshold_start_step": 50,
-            "dead_feature_threshold": 256 * 100,
+            "dead_after_inputs": 256 * 100,
             "n_batches_for_scaling": 2,
             "log_every_steps": 50,
             "checkpoint_every_steps": 100,

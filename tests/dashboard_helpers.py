@@ -37,8 +37,9 @@ def random_sae(d_sae: int, tokens: str, seed: int = 0, matryoshka: bool = True) 
     return sae
 
 
-def chromium(url: str, screenshot: Path | None = None) -> str:
-    """The DOM of ``url`` after its scripts ran (and a screenshot), from headless Chromium."""
+def chromium(url: str, screenshot: Path | None = None, offline: bool = False) -> str:
+    """The DOM of ``url`` after its scripts ran (and a screenshot), from headless Chromium;
+    ``offline`` sends every request for a host to a closed port and resolves no name."""
     if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
         pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
     with tempfile.TemporaryDirectory() as profile:
@@ -56,6 +57,8 @@ def chromium(url: str, screenshot: Path | None = None) -> str:
             "--virtual-time-budget=5000",
             "--window-size=1200,1000",
         ]
+        if offline:
+            base += ["--proxy-server=http://127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND"]
         if screenshot is not None:
             subprocess.run(
                 [*base, f"--screenshot={screenshot}", url],

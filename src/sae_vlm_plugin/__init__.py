@@ -26,8 +26,8 @@ _LAZY_API: dict[str, str] = {
     "verify_cache": "sae_vlm_plugin.cache.verify",
     "extract_to_cache": "sae_vlm_plugin.cache.write",
     "build_dashboard": "sae_vlm_plugin.dashboard.build",
-    "export_neuronpedia": "sae_vlm_plugin.dashboard.exports",
     "export_saedashboard": "sae_vlm_plugin.dashboard.exports",
+    "export_neuronpedia": "sae_vlm_plugin.dashboard.neuronpedia",
     "environment_report": "sae_vlm_plugin.environment",
     "VisionFamily": "sae_vlm_plugin.families.base",
     "list_families": "sae_vlm_plugin.families.registry",
@@ -53,6 +53,7 @@ _LAZY_API: dict[str, str] = {
     "check_attachable": "sae_vlm_plugin.pretrained.loading",
     "export_sae": "sae_vlm_plugin.pretrained.loading",
     "load_sae": "sae_vlm_plugin.pretrained.loading",
+    "publish_saes": "sae_vlm_plugin.pretrained.publish",
     "list_releases": "sae_vlm_plugin.pretrained.registry",
     "register_releases": "sae_vlm_plugin.pretrained.registry",
     "latent_activity": "sae_vlm_plugin.steering.activity",
@@ -78,8 +79,8 @@ if TYPE_CHECKING:
     from sae_vlm_plugin.cache.verify import verify_cache as verify_cache
     from sae_vlm_plugin.cache.write import extract_to_cache as extract_to_cache
     from sae_vlm_plugin.dashboard.build import build_dashboard as build_dashboard
-    from sae_vlm_plugin.dashboard.exports import export_neuronpedia as export_neuronpedia
     from sae_vlm_plugin.dashboard.exports import export_saedashboard as export_saedashboard
+    from sae_vlm_plugin.dashboard.neuronpedia import export_neuronpedia as export_neuronpedia
     from sae_vlm_plugin.environment import environment_report as environment_report
     from sae_vlm_plugin.families.base import VisionFamily as VisionFamily
     from sae_vlm_plugin.families.registry import list_families as list_families
@@ -111,6 +112,7 @@ if TYPE_CHECKING:
     from sae_vlm_plugin.pretrained.loading import check_attachable as check_attachable
     from sae_vlm_plugin.pretrained.loading import export_sae as export_sae
     from sae_vlm_plugin.pretrained.loading import load_sae as load_sae
+    from sae_vlm_plugin.pretrained.publish import publish_saes as publish_saes
     from sae_vlm_plugin.pretrained.registry import list_releases as list_releases
     from sae_vlm_plugin.pretrained.registry import register_releases as register_releases
     from sae_vlm_plugin.steering.activity import latent_activity as latent_activity

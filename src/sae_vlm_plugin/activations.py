@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from sae_vlm_plugin.families.base import Preprocessor
 from sae_vlm_plugin.hooks import HookPoint
 from sae_vlm_plugin.images import ImageReadError, ImageSource, open_image_source
-from sae_vlm_plugin.model import VisionModel
+from sae_vlm_plugin.model import ModelLike, VisionModel, as_vision_model
 from sae_vlm_plugin.tokens import TokenSelection
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ def iter_extracted_batches(
 
 
 def extract_activations(
-    model: VisionModel | torch.nn.Module | str,
+    model: ModelLike,
     images: ImageInput,
     hooks: str | Sequence[str],
     tokens: str | TokenSelection = "cls",
@@ -194,7 +194,7 @@ def extract_activations(
     seeded by ``seed`` and the image id). Rows are grouped by image in source order. Each batch
     is one forward pass that stops after the deepest requested hook.
     """
-    vision_model = model if isinstance(model, VisionModel) else VisionModel(model)
+    vision_model = as_vision_model(model)
     selection = TokenSelection.parse(tokens, k=k, seed=seed)
     source = open_image_source(images)
     points = resolve_hooks(vision_model, hooks, selection)

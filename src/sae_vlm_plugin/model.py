@@ -4,6 +4,13 @@ Inside ``model.trace(...)`` every family answers to the same short names (``mode
 ``model.post_norm``; LLaVA adds ``model.projector``), and ``model.hook_points`` lists the
 canonical hook names (``hooks.py``) the model offers. ``model.capture(pixels, hooks)`` reads
 several hooks in one forward pass that stops after the deepest one.
+
+A model the user already wrapped with nnsight (``NNsight(module)``, ``TransformersModel(repo,
+task=...)``, the deprecated ``VisionLanguageModel``) is adopted, not copied: the
+``VisionModel`` joins the wrapper's envoy tree (same envoys, same interleaver, same paths) and
+stores its edits in the wrapper's edit list, so a steer installed through the plugin is seen by
+the user's own ``trace`` / ``generate``, and an edit the user made is seen by the plugin - one
+model, one set of edits.
 """
 
 from __future__ import annotations
@@ -11,10 +18,11 @@ from __future__ import annotations
 import difflib
 import warnings
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from nnsight import NNsight
+from nnsight.intervention.envoy import Envoy
 
 from sae_vlm_plugin.devices import check_device
 from sae_vlm_plugin.families.base import Preprocessor, VisionFamily, first_output
@@ -31,7 +39,8 @@ class VisionModel(NNsight):
     """An nnsight model of a supported family (see ``sae_vlm_plugin.list_families()``).
 
     Args:
-        model_or_name: a built module (``CLIPVisionModel``, ``open_clip`` CLIP, LLaVA, ...) or a
+        model_or_name: a built module (``CLIPVisionModel``, ``open_clip`` CLIP, LLaVA, ...), a
+            model wrapped with nnsight (adopted with its edits, see the module docstring), or a
             hub id / local path (transformers), ``open_clip:ARCH/PRETRAINED`` or ``hf-hub:ORG/REPO``.
         family: force a family instead of detecting it from the module's structure.
         preprocess: images -> pixel tensor; defaults to the checkpoint's own processor when
@@ -42,7 +51,7 @@ class VisionModel(NNsight):
 
     def __init__(
         self,
-        model_or_name: torch.nn.Module | str,
+        model_or_name: torch.nn.Module | Envoy | str,
         *,
         family: str | None = None,
         preprocess: Preprocessor | None = None,
@@ -51,7 +60,17 @@ class VisionModel(NNsight):
         **load_kwargs: Any,
     ) -> None:
         check_device(device)  # before a model is loaded, not when it moves there
-        if isinstance(model_or_name, str):
+        wrapper = _dispatched(model_or_name) if isinstance(model_or_name, Envoy) else None
+        if wrapper is not None:
+            if load_kwargs:
+                raise TypeError(
+                    f"load arguments {sorted(load_kwargs)} need a model name, not an nnsight model"
+                )
+            module = wrapper._module
+            chosen = get_family(family) if family is not None else detect_family(module)
+            loaded_preprocess = _wrapper_preprocess(wrapper)
+            name = _wrapper_name(wrapper, module)
+        elif isinstance(model_or_name, str):
             name = model_reference(model_or_name)
             module, loaded_preprocess, chosen = load_by_name(name, family, **load_kwargs)
         else:
@@ -76,12 +95,48 @@ class VisionModel(NNsight):
             # ViT / DINOv2 layers have a submodule named ``output``; nnsight notes that it moves
             # it to ``E_output``. Nothing here uses that submodule, so the notice is only noise.
             warnings.filterwarnings("ignore", message=r".*has a submodule named 'output'")
-            super().__init__(root, rename=rename)
+            if wrapper is None:
+                super().__init__(root, rename=rename)
+            else:
+                self._join(wrapper, root, rename)
         self._family = chosen
         self._model_name = name
         self._source_module = module
         self._points = chosen.hook_points(root)
         self._preprocess = preprocess or loaded_preprocess or chosen.default_preprocessor(root)
+
+    def _join(self, wrapper: Envoy, root: torch.nn.Module, rename: dict[str, str]) -> None:
+        """Build this envoy over ``root`` inside ``wrapper``'s tree: with its interleaver,
+        ``root``'s children resolve to the wrapper's own envoys (nnsight gives a module one
+        envoy per interleaver), the root gets the wrapper's path for ``root`` (or, for a
+        family's image tower over the model's own modules, a path of its own), and the edit
+        list is the wrapper's."""
+        envoys = wrapper.interleaver.envoys
+        owner = envoys.get(id(root))
+        if owner is None and not all(id(child) in envoys for child in root.children()):
+            raise ValueError(
+                f"{type(root).__name__} is not a module of the nnsight model "
+                f"{type(wrapper).__name__}; wrap the model that contains it"
+            )
+        path = owner.path if owner is not None else f"{wrapper.path}.{type(root).__name__}"
+        super().__init__(root, path=path, interleaver=wrapper.interleaver, rename=rename)
+        if owner is not None:
+            envoys[id(root)] = owner  # the user's tree keeps its envoy
+        self.__dict__["_edit_owner"] = wrapper
+
+    @property
+    def _edits(self) -> list[Any]:
+        """nnsight's stored edits: the adopted wrapper's list when there is one."""
+        owner = self.__dict__.get("_edit_owner")
+        return owner._edits if owner is not None else self.__dict__["_own_edits"]
+
+    @_edits.setter
+    def _edits(self, edits: list[Any]) -> None:
+        owner = self.__dict__.get("_edit_owner")
+        if owner is not None:
+            owner._edits = edits
+        else:
+            self.__dict__["_own_edits"] = edits
 
     # -- what the model is --------------------------------------------------------------------
 
@@ -187,6 +242,41 @@ class VisionModel(NNsight):
             if stop:
                 tracer.stop()
         return saved
+
+
+ModelLike: TypeAlias = VisionModel | torch.nn.Module | Envoy | str
+"""What an API taking a model accepts: a ``VisionModel``, a module, an nnsight model, a name."""
+
+
+def as_vision_model(model: ModelLike) -> VisionModel:
+    """``model`` as a ``VisionModel``: itself, or a module / nnsight model / name wrapped (an
+    nnsight model is adopted with its edits, so both see the same steering)."""
+    return model if isinstance(model, VisionModel) else VisionModel(model)
+
+
+def _dispatched(wrapper: Envoy) -> Envoy:
+    """``wrapper`` with real weights: nnsight's lazily loaded models start on the meta device."""
+    if getattr(wrapper, "dispatched", True) is False:
+        wrapper.dispatch()
+    return wrapper
+
+
+def _wrapper_preprocess(wrapper: Envoy) -> Preprocessor | None:
+    """The image processor an nnsight ``TransformersModel`` loaded, if any."""
+    from sae_vlm_plugin.families._transformers import ImageProcessorPreprocessor
+
+    processor = getattr(wrapper, "image_processor", None) or getattr(
+        getattr(wrapper, "processor", None), "image_processor", None
+    )
+    return ImageProcessorPreprocessor(processor) if processor is not None else None
+
+
+def _wrapper_name(wrapper: Envoy, module: torch.nn.Module) -> str:
+    """The wrapper's repo id or path, else the module's config name or class name."""
+    loaded_from = getattr(wrapper, "repo_id", None)
+    if not isinstance(loaded_from, str):
+        loaded_from = getattr(getattr(module, "config", None), "_name_or_path", "")
+    return model_reference(loaded_from, strict=False) if loaded_from else type(module).__name__
 
 
 def _summarise(names: list[str]) -> str:

@@ -271,7 +271,7 @@ def test_min_support_defaults_agree_with_the_readme():
 def test_cli_dashboard_title_min_support_and_unreadable_images(tmp_path, image_folder, capsys):
     """#18 item 26: `dashboard --title --min-support --skip-unreadable`; an unreadable image
     without --skip-unreadable is one error line that names it and the flag; the SAEDashboard
-    export says that its HTML needs a network."""
+    export's page needs no network."""
     from sae_vlm_plugin.cli import main
 
     checkpoint = tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path / "ckpt")
@@ -289,7 +289,8 @@ def test_cli_dashboard_title_min_support_and_unreadable_images(tmp_path, image_f
     assert main([*argv, *extra]) == 0
     printed = capsys.readouterr().out
     assert "skipped 1 unreadable image(s)" in printed
-    assert "loads d3 and plotly from a CDN" in printed
+    assert "saedashboard: " in printed
+    assert "https://" not in (out / "saedashboard" / "saedashboard.html").read_text()
     assert "<title>My &lt;SAE&gt;</title>" in (out / "index.html").read_text()
     page_data = (out / "data" / "index.js").read_text()
     assert '"min_support": 3' in page_data or '"min_support":3' in page_data

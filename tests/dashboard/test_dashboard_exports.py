@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import html.parser
 import json
+import re
 import shutil
 import subprocess
 
 import pytest
 import torch
 
-from dashboard_helpers import EXTERNAL_URL, random_sae
+from dashboard_helpers import EXTERNAL_URL, HOOK, chromium, random_sae
 from sae_vlm_plugin import VisionModel
 from sae_vlm_plugin.dashboard import (
     collect_dashboard,
@@ -41,8 +42,7 @@ def test_neuronpedia_batches_round_trip_through_its_classes(collected, tmp_path)
         collected.source,
         tmp_path,
         model_id="tiny-clip",
-        layer=1,
-        sae_set="test",
+        source_set="test",
         positions=collected.positions,
         features_per_batch=4,
     )
@@ -76,8 +76,7 @@ def test_neuronpedia_embedded_images(collected, tmp_path):
         collected.source,
         tmp_path,
         model_id="m",
-        layer=1,
-        sae_set="s",
+        source_set="s",
         positions=collected.positions,
         embed_images=True,
     )
@@ -116,9 +115,52 @@ def test_saedashboard_data_classes_and_writers(collected, tmp_path):
     )
     page = paths["html"].read_text()
     assert "TOP ACTIVATIONS" in page
-    # The page SAEDashboard writes loads its libraries from a CDN (why it needs a network);
-    # our own dashboard never does.
-    assert EXTERNAL_URL.search(page) is not None
+    assert EXTERNAL_URL.search(page) is None  # its d3 / plotly come from the export's folder
+
+
+def test_saedashboard_renders_its_own_page_from_the_saved_files_alone(collected, tmp_path):
+    from sae_dashboard.data_writing_fns import save_feature_centric_vis
+
+    from sae_vlm_plugin.dashboard import load_saedashboard
+
+    data = collected.data
+    export_saedashboard(
+        data, collected.source, tmp_path, hook_point=HOOK, positions=collected.positions,
+        html=False,
+    )  # fmt: skip
+    vis = load_saedashboard(tmp_path)  # SaeVisData.load_json with the saved setup
+    assert sorted(vis.feature_data_dict) == data.latents.tolist()
+    save_feature_centric_vis(vis, tmp_path / "again.html")
+    page = (tmp_path / "again.html").read_text()
+    assert "TOP ACTIVATIONS" in page
+    top = int(data.top_indices[0, 0])
+    thumbnail = next(t for t, i in vis.model.tokenizer.vocab.items() if i == top)
+    assert (tmp_path / thumbnail).is_file()
+    assert json.dumps(thumbnail)[1:-1] in page
+
+
+def test_saedashboard_page_shows_images_with_the_network_off(collected, tmp_path):
+    """In headless Chromium with every host unreachable: the plugin's page draws its Plotly
+    histograms and shows the top images as images; SAEDashboard's own page stays blank."""
+    from sae_dashboard.data_writing_fns import save_feature_centric_vis
+
+    paths = export_saedashboard(
+        collected.data, collected.source, tmp_path, hook_point=HOOK,
+        positions=collected.positions,
+    )  # fmt: skip
+    dom = chromium(paths["html"].as_uri(), offline=True)
+    images = re.findall(r'<img src="(thumbs/[^"]+)"[^>]*class="sae-vlm-image"', dom)
+    assert len(images) == 16  # the first latent's top images
+    assert all((tmp_path / image).is_file() for image in images)
+    assert "main-svg" in dom  # Plotly drew the activation histogram
+    save_feature_centric_vis(
+        saedashboard_data(collected.data, collected.source, tmp_path, hook_point=HOOK,
+                          positions=collected.positions),
+        tmp_path / "cdn.html",
+    )  # fmt: skip
+    blank = chromium((tmp_path / "cdn.html").as_uri(), offline=True)
+    assert "main-svg" not in blank
+    assert "sae-vlm-image" not in blank
 
 
 def test_cli_dashboard_with_exports_and_server(tmp_path, image_folder, capsys):
@@ -194,7 +236,9 @@ def test_exports_without_heatmaps_or_neighbours_from_a_pixel_tensor(tmp_path):
     assert len(list((tmp_path / "dash" / "thumbs" / "16").glob("*.jpg"))) == len(
         data.top_indices[data.top_indices >= 0].unique()
     )
-    (path,) = export_neuronpedia(data, source, tmp_path / "np", model_id="m", layer=0, sae_set="s")
+    (path,) = export_neuronpedia(
+        data, source, tmp_path / "np", model_id="m", source_set="s", layer=0
+    )
     batch = NeuronpediaDashboardBatch(**json.loads(path.read_text()))
     assert all(len(a.tokens) == 1 for f in batch.features for a in f.activations)
     paths = export_saedashboard(data, source, tmp_path / "sd", hook_point="hook_pooled")
@@ -205,7 +249,7 @@ def test_exports_without_heatmaps_or_neighbours_from_a_pixel_tensor(tmp_path):
 def test_neuronpedia_explanations_carry_the_steering_census(collected, tmp_path):
     import dataclasses
 
-    from sae_vlm_plugin.dashboard.exports import STEERING_EXPLANATION_TYPE
+    from sae_vlm_plugin.dashboard.neuronpedia import STEERING_EXPLANATION_TYPE
 
     steering = [None] * collected.data.n_latents
     steering[2] = {"note": "", "steers": True, "word": "red", "score": 0.9, "multiple": "8",
@@ -213,13 +257,14 @@ def test_neuronpedia_explanations_carry_the_steering_census(collected, tmp_path)
     steering[3] = {"note": "fires only on CLS", "steers": False}
     data = dataclasses.replace(collected.data, steering=steering, meta={"steering census": "h"})
     paths = export_neuronpedia(
-        data, collected.source, tmp_path, model_id="m", layer=0, sae_set="s",
+        data, collected.source, tmp_path, model_id="m", source_set="s", layer=0,
         positions=collected.positions,
     )  # fmt: skip
     explanations = json.loads(paths[-1].read_text())
     assert explanations == [
         {
             "modelId": "m",
+            "source": "0-s",
             "layer": "0-s",
             "index": str(int(data.latents[2])),
             "description": "clamped, adds 'red' to 90% of answers at 8x (p 0.030 against "

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from sae_vlm_plugin import VisionModel, extract_to_cache
 from sae_vlm_plugin.metrics.evaluation import (
@@ -13,7 +14,9 @@ from sae_vlm_plugin.metrics.evaluation import (
     evaluate_sae,
     write_report,
 )
+from sae_vlm_plugin.metrics.figures import Coverage, figure_title
 from sae_vlm_plugin.metrics.monosemanticity import monosemanticity_score
+from sae_vlm_plugin.metrics.ms_at_k import ms_at_k
 from sae_vlm_plugin.tiny import models as tm
 from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
@@ -76,6 +79,7 @@ def test_report_equals_direct_computation(trained, tmp_path):
         :, 0
     ]
     assert report.setup["min_support"] == 16  # the README's, by default (#18 item 26)
+    assert report.sae["ms_at_16"] == ms_at_k(codes.mean(1), embeddings).mean
     expected_sae = monosemanticity_score(codes.mean(1), embeddings, min_support=16)
     expected_raw = monosemanticity_score(picked.mean(1), embeddings, min_support=16)
     torch.testing.assert_close(
@@ -121,7 +125,15 @@ def test_report_equals_direct_computation(trained, tmp_path):
     )
     assert strict["sae"]["worst"] is None
     assert written["setup"]["tokens"] == "random_2"  # as asked
-    assert (tmp_path / "ms_sorted.png").stat().st_size > 1000
+    with Image.open(tmp_path / "ms_sorted.png") as plot:
+        said = plot.text
+    assert said["Title"] == figure_title(
+        report.setup["model"], f"{HOOK} (random_2)", report.setup["images"]
+    )
+    assert (
+        said["Description"].splitlines()[0]
+        == "SAE latents: " + Coverage.of_result(report.sae_scores).text()
+    )
 
 
 def test_training_evaluator_appears_in_the_run_log(trained, tmp_path):

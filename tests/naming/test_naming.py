@@ -477,14 +477,14 @@ def test_exports_carry_the_concept_labels(labelled_dashboard, tmp_path):
         found.source,
         tmp_path / "np",
         model_id="toy-clip",
+        source_set="probes",
         layer=0,
-        sae_set="probes",
         positions=found.positions,
     )
     explanations = json.loads(paths[-1].read_text())
     entry = next(e for e in explanations if e["index"] == str(red))
     assert entry["description"] == ", ".join(w for w, _ in labels.labels(red))
-    assert entry["layer"] == "0-probes"
+    assert entry["source"] == entry["layer"] == "0-probes"
     assert entry["modelId"] == "toy-clip"
     vis = saedashboard_data(
         found.data,

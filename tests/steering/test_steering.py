@@ -217,8 +217,8 @@ def test_bad_input_errors(llava, inputs):
         steer(clip, _sae(), {0: 1.0}, hook="blocks.1.hook_resid_post", tokens="image")
     with pytest.raises(ValueError, match="one vector per image"):
         steer(clip, _sae(d_in=24), {0: 1.0}, hook="hook_image_embeds", tokens="patches")
-    with pytest.raises(TypeError, match="VisionModel"):
-        steer(torch.nn.Linear(2, 2), _sae(), {0: 1.0}, hook="x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no registered model family recognises a Linear"):
+        steer(torch.nn.Linear(2, 2), _sae(), {0: 1.0}, hook="x")
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ def _values(run_dir: Path, cache: Path, **overrides) -> dict:
         "training_steps": 20,
         "warmup_steps": 2,
         "threshold_start_step": 4,
-        "dead_feature_threshold": 64 * 20,
+        "dead_after_inputs": 64 * 20,
         "n_batches_for_scaling": 2,
         "log_every_steps": 5,
         "checkpoint_every_steps": 10,
@@ -399,7 +399,7 @@ def test_a_train_into_a_run_dir_another_run_holds_is_refused(
 
 def test_a_batch_larger_than_the_whole_cache_is_refused(tmp_path, tiny_cache, capsys):
     """#27 item 23: every batch would hold the same rows several times over."""
-    config = _write_config(tmp_path, tiny_cache, batch_size=8192, dead_feature_threshold=8192)
+    config = _write_config(tmp_path, tiny_cache, batch_size=8192, dead_after_inputs=8192)
     assert cli_main(["train", "--config", str(config)]) == 2
     error = capsys.readouterr().err
     assert "batch_size=8192 is larger than the 4080 rows of the cache" in error

@@ -36,7 +36,7 @@ def _config(run_dir: Path, cache: Path, **overrides) -> VisionSAERunnerConfig:
         "training_steps": 40,
         "warmup_steps": 5,
         "threshold_start_step": 10,
-        "dead_feature_threshold": 64 * 20,
+        "dead_after_inputs": 64 * 20,
         "n_batches_for_scaling": 4,
         "log_every_steps": 5,
         "checkpoint_every_steps": 10,

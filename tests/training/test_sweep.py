@@ -43,7 +43,7 @@ def _shared(cache: Path) -> dict:
         "training_steps": 24,
         "warmup_steps": 4,
         "threshold_start_step": 6,
-        "dead_feature_threshold": 192,
+        "dead_after_inputs": 192,
         "n_batches_for_scaling": 3,
         "log_every_steps": 6,
         "checkpoint_every_steps": 12,

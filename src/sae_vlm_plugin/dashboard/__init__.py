@@ -1,7 +1,7 @@
 """Static offline HTML dashboards of SAE latents on images, and exports to Neuronpedia's
 feature JSON and SAEDashboard's data classes.
 
-Importing this package imports nothing heavy (``sae-vlm --help`` reaches ``dashboard.cli``
+Importing this package imports nothing heavy (``sae-vlm --help`` reaches ``dashboard.commands``
 through it); each name loads its module, and torch, on first use.
 """
 
@@ -18,8 +18,11 @@ _LAZY: dict[str, str] = {
     "write_from_data": "sae_vlm_plugin.dashboard.build",
     "DashboardData": "sae_vlm_plugin.dashboard.data",
     "data_from_codes": "sae_vlm_plugin.dashboard.data",
-    "export_neuronpedia": "sae_vlm_plugin.dashboard.exports",
+    "export_neuronpedia": "sae_vlm_plugin.dashboard.neuronpedia",
     "export_saedashboard": "sae_vlm_plugin.dashboard.exports",
+    "load_saedashboard": "sae_vlm_plugin.dashboard.exports",
+    "neuronpedia_features": "sae_vlm_plugin.dashboard.neuronpedia",
+    "neuronpedia_source": "sae_vlm_plugin.dashboard.neuronpedia",
     "saedashboard_data": "sae_vlm_plugin.dashboard.exports",
     "write_dashboard": "sae_vlm_plugin.dashboard.html",
 }

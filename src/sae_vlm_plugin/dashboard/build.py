@@ -16,10 +16,12 @@ from sae_vlm_plugin.dashboard.data import (
     group_levels,
 )
 from sae_vlm_plugin.dashboard.heatmaps import patch_heatmaps
-from sae_vlm_plugin.dashboard.html import plot_ms_distribution, write_dashboard
+from sae_vlm_plugin.dashboard.html import write_dashboard
 from sae_vlm_plugin.dashboard.thumbnails import write_thumbnails
 from sae_vlm_plugin.images import ImageSource, open_image_source
 from sae_vlm_plugin.metrics.evaluation import MIN_SUPPORT
+from sae_vlm_plugin.metrics.figures import Coverage, figure_title, plot_ms_distribution
+from sae_vlm_plugin.model import ModelLike, as_vision_model
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -74,7 +76,7 @@ def default_title(data: DashboardData) -> str:
 
 def collect_dashboard(
     sae: SAE,
-    model: VisionModel,
+    model: ModelLike,
     images: ImageInput,
     *,
     embeddings: Tensor | None = None,
@@ -121,6 +123,7 @@ def collect_dashboard(
         ValueError: latents out of range, recorded image ids missing from ``images``, or an SAE
             whose width does not match the activations.
     """
+    model = as_vision_model(model)
     from sae_vlm_plugin.metrics.evaluation import _group_bounds, evaluate_sae
 
     d_sae = int(sae.cfg.d_sae)
@@ -239,7 +242,17 @@ def write_from_data(
     shown = data.top_indices[data.top_indices >= 0].unique().tolist()
     by_source = write_thumbnails(source, (positions[p] for p in shown), out, size=thumbnail_size)
     thumbs = {p: by_source[positions[p]] for p in shown}
-    plot_ms_distribution(data.scores, out / "ms_distribution.png")
+    min_support = max(2, int(data.meta.get("min_support", 2)))
+    plot_ms_distribution(
+        data.scores,
+        Coverage.of(data.scores, data.support, min_support),
+        out / "ms_distribution.png",
+        title=figure_title(
+            str(data.meta.get("model", "")),
+            f"{data.meta.get('hook', '')} ({data.meta.get('tokens', '')})",
+            source.description,
+        ),
+    )
     return write_dashboard(
         data,
         out,

@@ -1,8 +1,8 @@
 """``sae-vlm dashboard``: build the static dashboard (and exports) of an SAE from the command line,
 optionally serving it on localhost.
 
-``add_dashboard_command(subparsers)`` adds the command to the ``sae-vlm`` parser; it sets
-``handler`` (``args -> exit code``) like the other subcommands.
+``add_commands(subparsers)`` adds the command to the ``sae-vlm`` parser, as every package's
+``commands.py`` does.
 """
 
 from __future__ import annotations
@@ -76,6 +76,20 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         "steerability.json): a 'steers' column and each latent's steered answers",
     )
     parser.add_argument("--neuronpedia", action="store_true", help="also write OUT/neuronpedia/")
+    parser.add_argument(
+        "--source-set",
+        help="Neuronpedia source set name (default: TOKENS-sae-vlm-D_SAE); the source is LAYER-SET",
+    )
+    parser.add_argument(
+        "--layer",
+        type=int,
+        help="Neuronpedia layer (default: the hook's block; needed for hooks outside the blocks)",
+    )
+    parser.add_argument(
+        "--embed-images",
+        action="store_true",
+        help="put the Neuronpedia images in the batches as data URLs (default: OUT/neuronpedia/thumbs/)",
+    )
     parser.add_argument("--saedashboard", action="store_true", help="also write OUT/saedashboard/")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--device", help="e.g. cuda, cpu")
@@ -118,16 +132,21 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> None:
     """The dashboard and the exports ``args`` ask for."""
     from sae_vlm_plugin.dashboard.build import collect_dashboard, default_title, write_from_data
-    from sae_vlm_plugin.dashboard.exports import (
-        CDN_NOTE,
+    from sae_vlm_plugin.dashboard.exports import export_saedashboard
+    from sae_vlm_plugin.dashboard.neuronpedia import (
+        default_source_set,
         export_neuronpedia,
-        export_saedashboard,
+        neuronpedia_source,
     )
     from sae_vlm_plugin.model import VisionModel
     from sae_vlm_plugin.naming.labels import labels_beside
     from sae_vlm_plugin.pretrained.sae_argument import load_sae_argument, model_name_argument
 
     sae = load_sae_argument(args.sae, args.device or "cpu", args.registry)
+    if args.neuronpedia:  # a bad set name or a hook without a layer fails now, not after the build
+        neuronpedia_source(
+            args.hook or sae.cfg.metadata.hook_name, args.source_set or "x", args.layer
+        )
     model_name = model_name_argument(args.model, sae)
     model = VisionModel(model_name, family=args.family, device=args.device)
     labels = args.labels or labels_beside(args.sae)
@@ -163,15 +182,15 @@ def _build(args: argparse.Namespace) -> None:
         print(f"skipped {found.data.meta['n_unreadable']} unreadable image(s)")
     hook = found.data.meta["hook"]
     if args.neuronpedia:
-        layer = int(hook.split(".")[1]) if hook.startswith("blocks.") else 0
         paths = export_neuronpedia(
             found.data,
             found.source,
             out / "neuronpedia",
             model_id=str(model_name),
-            layer=layer,
-            sae_set=Path(args.sae).name,
+            source_set=args.source_set or default_source_set(found.data.meta),
+            layer=args.layer,
             positions=found.positions,
+            embed_images=args.embed_images,
         )
         print(f"neuronpedia: {len(paths)} batch files in {out / 'neuronpedia'}")
     if args.saedashboard:
@@ -183,4 +202,3 @@ def _build(args: argparse.Namespace) -> None:
             positions=found.positions,
         )
         print(f"saedashboard: {written['json']}")
-        print(f"note: {CDN_NOTE}")

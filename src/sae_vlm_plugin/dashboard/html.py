@@ -148,22 +148,3 @@ def _write_js(path: Path, text: str) -> None:
     partial = path.with_suffix(".tmp")
     partial.write_text(text, encoding="utf-8")
     partial.replace(path)
-
-
-def plot_ms_distribution(scores: torch.Tensor, path: str | Path) -> Path:
-    """Histogram of the scored latents' MS (NaN = unscored are left out) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    finite = scores[~torch.isnan(scores)].double().numpy()
-    figure, axis = plt.subplots(figsize=(4.2, 2.6), dpi=100)
-    axis.hist(finite, bins=40, range=(-1, 1) if finite.size and finite.min() < 0 else (0, 1))
-    axis.set_xlabel("MonoSemanticity Score")
-    axis.set_ylabel("latents")
-    axis.set_title(f"MS of {finite.size} scored latents", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return Path(path)

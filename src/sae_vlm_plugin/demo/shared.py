@@ -104,7 +104,7 @@ def train_demo_sae(
         batch_size=config.batch_size,
         warmup_steps=steps // 10,
         threshold_start_step=steps // 5,
-        dead_feature_threshold=config.batch_size * steps // 4,
+        dead_after_inputs=config.batch_size * steps // 4,
         n_batches_for_scaling=4,
         log_every_steps=50,
         checkpoint_every_steps=0,

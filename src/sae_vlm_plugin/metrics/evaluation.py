@@ -3,7 +3,8 @@
 
 ``evaluate_sae`` reports, for the SAE's latents and for the raw neurons of the same hook (the
 paper's "No SAE" baseline): MS mean +- std, best, worst, quantiles and counts above thresholds,
-per Matryoshka group; and the SAE's R^2, L0 and dead fraction on the rows it reads. It writes
+per Matryoshka group, and beside it ``ms_at_16``, ViSAEBench's top-16 approximation
+(``ms_at_k``) on the same codes; and the SAE's R^2, L0 and dead fraction on the rows it reads. It writes
 ``evaluation.json`` and the paper's Figure 5 (MS over neurons sorted by score, against the
 normalised neuron index) as ``ms_sorted.png``. It also reports the uniqueness of the latents'
 top-16 image sets (appendix G) and, given a taxonomy of the images' classes, the mean LCA depth
@@ -23,8 +24,10 @@ from torch import Tensor
 
 from sae_vlm_plugin.images import ImageReadError, ImageSource, open_image_source
 from sae_vlm_plugin.metrics.embeddings import image_embeddings, load_scoring_encoder
+from sae_vlm_plugin.metrics.figures import figure_title, plot_sorted_ms
 from sae_vlm_plugin.metrics.hierarchy import Taxonomy, table_a8
 from sae_vlm_plugin.metrics.monosemanticity import MonosemanticityResult, monosemanticity_score
+from sae_vlm_plugin.metrics.ms_at_k import ms_at_k
 from sae_vlm_plugin.metrics.sae_activations import (
     HookRows,
     ImageActivations,
@@ -35,6 +38,7 @@ from sae_vlm_plugin.metrics.sae_activations import (
 )
 from sae_vlm_plugin.metrics.top_activations import TopActivations, top_activations
 from sae_vlm_plugin.metrics.uniqueness import jaccard_uniqueness
+from sae_vlm_plugin.model import ModelLike, as_vision_model
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -119,7 +123,7 @@ class EvaluationReport:
 
 def evaluate_sae(
     sae: SAE,
-    model: VisionModel,
+    model: ModelLike,
     images: ImageInput,
     *,
     scoring_encoder: Any = "dinov2",
@@ -148,6 +152,7 @@ def evaluate_sae(
     (``uniqueness`` is then empty): its cost grows with the square of the latents sharing
     an image, which a dense SAE on few images makes large.
     """
+    model = as_vision_model(model)
     from sae_vlm_plugin.pretrained.loading import check_attachable
 
     hook = hook or sae.cfg.metadata.hook_name
@@ -193,8 +198,8 @@ def evaluate_sae(
         widths = [stop for _, stop in _group_bounds(sae)] or [sae.cfg.d_sae]
         hierarchy = table_a8(top, classes, taxonomy, widths, sae_scores.scores)
     report = EvaluationReport(
-        sae=ms_statistics(sae_scores),
-        raw_neurons=ms_statistics(raw_scores),
+        sae={**ms_statistics(sae_scores), "ms_at_16": ms_at_k(image_codes, embeddings).mean},
+        raw_neurons={**ms_statistics(raw_scores), "ms_at_16": ms_at_k(image_raw, embeddings).mean},
         groups=groups,
         uniqueness=uniqueness,
         hierarchy=hierarchy,
@@ -208,6 +213,7 @@ def evaluate_sae(
             "model": model.model_name,
             "hook": point.name,
             "tokens": tokens,
+            "images": source.description,
             "n_images": data.n_images,
             "n_unreadable": len(source) - data.n_images,
             "d_in": sae.cfg.d_in,
@@ -316,9 +322,13 @@ def write_report(report: EvaluationReport, out_dir: str | Path) -> Path:
     (out / "evaluation.json").write_text(
         json.dumps(_finite_or_none(report.to_dict()), indent=2, allow_nan=False)
     )
+    setup = report.setup
     plot_sorted_ms(
         {"SAE latents": report.sae_scores, "raw neurons (no SAE)": report.raw_scores},
         out / "ms_sorted.png",
+        title=figure_title(
+            str(setup["model"]), f"{setup['hook']} ({setup['tokens']})", str(setup["images"])
+        ),
     )
     return out
 
@@ -333,31 +343,6 @@ def _finite_or_none(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite_or_none(v) for v in value]
     return value
-
-
-def plot_sorted_ms(results: dict[str, MonosemanticityResult], path: str | Path) -> Path:
-    """MS of each neuron set, sorted descending, against the normalised neuron index."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(5, 3.2), dpi=120)
-    for label, result in results.items():
-        scores = result.scores[~torch.isnan(result.scores)].sort(descending=True).values
-        if scores.numel():
-            axis.plot(
-                torch.linspace(0, 1, scores.numel()), scores, label=f"{label} (n={scores.numel()})"
-            )
-    axis.set_xlabel("neuron index (normalised, sorted by MS)")
-    axis.set_ylabel("MonoSemanticity Score")
-    axis.set_ylim(-0.05, 1.05)
-    axis.grid(alpha=0.3)
-    axis.legend(frameon=False, fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return Path(path)
 
 
 class MonosemanticityEvaluator:

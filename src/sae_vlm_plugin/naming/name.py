@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from sae_vlm_plugin.model import ModelLike, as_vision_model
 from sae_vlm_plugin.naming.labels import LABELS_FILE, LatentLabels, LatentMatch, labels_for
 from sae_vlm_plugin.naming.text_tower import IMAGE_HOOKS, TextTower, load_text_tower
 from sae_vlm_plugin.naming.vocabulary import load_vocabulary
@@ -44,7 +45,7 @@ SCORERS = ("top_images", "decoder")
 
 def name_latents(
     sae: SAE,
-    model: VisionModel,
+    model: ModelLike,
     images: ImageInput | None = None,
     vocabulary: str | Path | Sequence[str] | None = None,
     *,
@@ -85,6 +86,7 @@ def name_latents(
         ValueError: an unknown scorer, a model without a text tower and no ``text_model``, a
             decoder scorer on an SAE that does not read the text tower's image embedding.
     """
+    model = as_vision_model(model)
     from sae_vlm_plugin.pretrained.loading import check_attachable
 
     if scorer not in SCORERS:

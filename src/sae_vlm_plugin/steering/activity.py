@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from sae_vlm_plugin.model import ModelLike, as_vision_model
+
 if TYPE_CHECKING:
     from sae_lens import SAE
 
@@ -100,7 +102,7 @@ def read_tokens_of(model: VisionModel, hook: str) -> tuple[slice, str]:
 
 def latent_activity(
     sae: SAE,
-    model: VisionModel,
+    model: ModelLike,
     images: ImageInput,
     hook: str | None = None,
     batch_size: int = 64,
@@ -109,6 +111,7 @@ def latent_activity(
     """Encode ``hook``'s tokens of every readable image of ``images`` (anything
     ``open_image_source`` takes) with ``sae`` and measure where each latent fires (``hook``
     defaults to the steering hook of ``sae`` on ``model``)."""
+    model = as_vision_model(model)
     from sae_vlm_plugin.metrics.sae_activations import _image_batches
     from sae_vlm_plugin.steering.edits import default_hook
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import Tensor
 
+from sae_vlm_plugin.model import ModelLike, as_vision_model
 from sae_vlm_plugin.steering.activity import LatentActivity
 from sae_vlm_plugin.steering.answers import degenerate, gained, most_common_answer
 from sae_vlm_plugin.steering.batched import RowEdit, generate_rows
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     from PIL import Image
     from sae_lens import SAE
 
-    from sae_vlm_plugin.model import VisionModel
 
 CENSUS_PROMPTS: tuple[str, ...] = (*INSERTION_PROMPTS, ONE_WORD_PROMPT)
 """Appendix B's insertion prompts and the one-word "what is shown" question."""
@@ -200,7 +200,7 @@ def dashboard_entry(
 
 
 def steerability(
-    model: VisionModel,
+    model: ModelLike,
     processor: Any,
     sae: SAE,
     activity: LatentActivity,
@@ -225,6 +225,7 @@ def steerability(
     and not generated. ``vocabulary``: the concepts to count (default: every non-function word);
     ``controls``: named DiffMean vectors at the hook; ``labels`` (``naming.LatentLabels``) and
     ``text_tower`` (``naming.load_text_tower``): each latent's ``label_gain``."""
+    model = as_vision_model(model)
     from tqdm.auto import tqdm
 
     hook = activity.hook

@@ -49,6 +49,7 @@ from nnsight.intervention.envoy import Envoy
 
 from sae_vlm_plugin.families.base import first_output
 from sae_vlm_plugin.hooks import HookPoint, block_hook_name, parse_block_hook
+from sae_vlm_plugin.model import ModelLike, as_vision_model
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -388,7 +389,7 @@ def _attach(
 
 
 def steer(
-    model: VisionModel,
+    model: ModelLike,
     sae: SAE,
     latents: Mapping[int, float],
     mode: SteerMode = "clamp",
@@ -423,6 +424,7 @@ def steer(
     Returns:
         A ``Steering`` handle, also a context manager that removes the edit on exit.
     """
+    model = as_vision_model(model)
     from sae_vlm_plugin.pretrained.loading import check_attachable
 
     if mode not in MODES:
@@ -469,13 +471,14 @@ def _checked_latents(latents: Mapping[Any, Any], d_sae: int) -> dict[int, float]
 
 
 def steer_direction(
-    model: VisionModel,
+    model: ModelLike,
     vector: torch.Tensor,
     hook: str,
     alpha: float = 1.0,
     tokens: TokenSpec = "all",
 ) -> Steering:
     """Add ``alpha * vector`` at ``hook`` (DiffMean steering) through the same edit mechanism."""
+    model = as_vision_model(model)
     site = resolve_site(model, hook, tokens)
     if not math.isfinite(float(alpha)):
         raise ValueError(f"alpha must be a finite number, got {alpha!r}")
@@ -490,13 +493,14 @@ def steer_direction(
 # -- generation -----------------------------------------------------------------------------------
 
 
-def generate(model: VisionModel, **kwargs: Any) -> torch.Tensor:
+def generate(model: ModelLike, **kwargs: Any) -> torch.Tensor:
     """``LlavaForConditionalGeneration.generate(**kwargs)`` run through nnsight, so every active
     steering edit applies. Returns the token ids (prompt + completion).
 
     To read values during generation, trace it instead:
     ``with model.trace(**inputs, fn=model.source_module.generate, max_new_tokens=8) as tr:``.
     """
+    model = as_vision_model(model)
     if not model.family.generates_text:
         raise ValueError(
             f"{model.model_name} is a {model.family.name} encoder and cannot generate text: "
@@ -552,7 +556,7 @@ def mean_activation(
 
 
 def diffmean_vector(
-    model: VisionModel,
+    model: ModelLike,
     hook: str,
     concept_images: Sequence[Image.Image] | torch.Tensor,
     other_images: Sequence[Image.Image] | torch.Tensor,
@@ -562,6 +566,7 @@ def diffmean_vector(
     """DiffMean (paper Table 2 baseline): mean activation over the concept images minus the
     mean over the other images, each averaged over every selected token. Apply it with
     ``steer_direction(model, v, hook, alpha)``."""
+    model = as_vision_model(model)
     concept = mean_activation(model, hook, concept_images, tokens, batch_size)
     other = mean_activation(model, hook, other_images, tokens, batch_size)
     return concept - other

@@ -231,6 +231,8 @@ class TrainingJob:
             lr_scheduler_name="constant",
             lr_warm_up_steps=0 if is_paper else cfg.warmup_steps,
             device=self.device,
+            dead_feature_window=cfg.dead_feature_window,
+            feature_sampling_window=cfg.feature_sampling_window,
             n_checkpoints=0,
             checkpoint_path=None,
             save_final_checkpoint=False,

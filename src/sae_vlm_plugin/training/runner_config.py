@@ -4,6 +4,10 @@ It mirrors SAELens' ``LanguageModelSAERunnerConfig``: where the activations come
 + hook + token selection + image folder, or an activation cache), the SAE architecture, and the
 trainer settings. Defaults are the paper's (Matryoshka-BatchTopK, k = 20, batch 4096, 100k steps,
 lr = 2e-4 / sqrt(d_sae / 2^14) with 1000 warm-up steps, auxk_alpha = 0.03).
+
+It also speaks SAELens: ``sae=`` takes a SAELens training SAE config and ``logger=`` a
+``LoggingConfig`` (both set the runner's fields and are not stored), and ``from_dict`` /
+``from_file`` read SAELens' names in SAELens' units (``training/sae_lens_config.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import math
 import os
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -72,8 +76,11 @@ class VisionSAERunnerConfig:
     auxk_alpha: float = 0.03
     """Weight of the auxiliary dead-latent loss: 0.03, what every reference script passes
     (``--auxk_alpha 0.03``; dictionary_learning's own default is 1/32)."""
-    dead_feature_threshold: int = 10_000_000
-    """Paper architectures: a latent is dead after this many inputs without firing."""
+    dead_after_inputs: int = 10_000_000
+    """A latent is dead for the auxiliary loss once this many inputs passed without it firing
+    (dictionary_learning's ``dead_feature_threshold``). SAELens counts training steps instead
+    (``dead_feature_window`` W: dead after more than W steps), which is
+    ``dead_after_inputs = (W + 1) * batch_size``; its built-in architectures get that W."""
     threshold_start_step: int = 1000
     """Paper architectures: the inference threshold's EMA starts after this step."""
     reference_logging_every: int | None = None
@@ -114,13 +121,35 @@ class VisionSAERunnerConfig:
     """Held-out image folder: MS of the latents on it is logged every ``eval_every_steps``."""
     scoring_encoder: str = "dinov2"
     """Encoder whose embeddings MS compares images with: ``dinov2``, ``clip`` or a hub id."""
+    feature_sampling_window: int = 2000
+    """Steps over which firing frequencies are gathered for the logged sparsity (SAELens')."""
     log_to_wandb: bool = False
     wandb_project: str = "sae_vlm_plugin"
+    wandb_entity: str | None = None
+    wandb_id: str | None = None
+    """Resume this wandb run (wandb's ``id``; with ``resume="allow"``)."""
+    run_name: str | None = None
+    """The wandb run's name (None: wandb's)."""
+    wandb_tags: list[str] = field(default_factory=list)
+    wandb_dir: str | None = None
+    """Where wandb writes its files; None: ``$WANDB_DIR`` if set, else ``run_dir``."""
     preset: str | None = None
     """Name of the preset this config came from (recorded in metadata)."""
     extra_metadata: dict[str, Any] = field(default_factory=dict)
+    sae: InitVar[Any] = None
+    """A SAELens training SAE config (``BatchTopKTrainingSAEConfig``, ...) or its dict with
+    ``architecture``: sets ``architecture``, ``d_in``, ``d_sae``, ``k``, ``auxk_alpha`` and
+    the Matryoshka groups (``sae_lens_config.sae_values``)."""
+    logger: InitVar[Any] = None
+    """A SAELens ``LoggingConfig`` or its dict: sets the wandb and logging fields."""
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, sae: Any, logger: Any) -> None:
+        from sae_vlm_plugin.training.sae_lens_config import logger_values, sae_values
+
+        if sae is not None:
+            self._take(sae_values(sae, ARCHITECTURES))
+        if logger is not None:
+            self._take(logger_values(logger, _runner_defaults()))
         coerce_fields(self)
         check_device_name(self.device)
         from_cache = self.cache_path is not None
@@ -148,6 +177,8 @@ class VisionSAERunnerConfig:
             "log_every_steps": self.log_every_steps,
             "eval_every_steps": self.eval_every_steps,
             "n_batches_for_scaling": self.n_batches_for_scaling,
+            "dead_after_inputs": self.dead_after_inputs,
+            "feature_sampling_window": self.feature_sampling_window,
         }
         bad = {name: value for name, value in positive.items() if value < 1}
         if bad:
@@ -165,6 +196,25 @@ class VisionSAERunnerConfig:
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
+    def _take(self, values: dict[str, Any]) -> None:
+        """Set fields from a nested SAELens config; one set also on the runner to another
+        value than its default is refused (one setting, one place)."""
+        defaults = {f.name: _field_default(f) for f in dataclasses.fields(self)}
+        for name, value in values.items():
+            current = getattr(self, name)
+            if current != defaults[name] and current != value:
+                raise ValueError(
+                    f"{name}={current!r} disagrees with the nested SAELens config's {value!r}: "
+                    "set it in one place"
+                )
+            setattr(self, name, value)
+
+    @property
+    def dead_feature_window(self) -> int:
+        """SAELens' equivalent of ``dead_after_inputs``: dead after more than this many steps
+        without firing, ``ceil(dead_after_inputs / batch_size) - 1``."""
+        return math.ceil(self.dead_after_inputs / self.batch_size) - 1
+
     def sae_width(self, d_in: int) -> int:
         width = self.d_sae if self.d_sae is not None else self.expansion_factor * d_in
         if self.k > width:
@@ -176,8 +226,12 @@ class VisionSAERunnerConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> VisionSAERunnerConfig:
-        """A config from a dict; unknown keys raise, naming the valid ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
+        """A config from a dict of runner fields or SAELens' names (``sae_lens_config``);
+        unknown keys raise, naming the valid ones."""
+        from sae_vlm_plugin.training.sae_lens_config import runner_values
+
+        values = runner_values(values, _runner_defaults())
+        known = {f.name for f in dataclasses.fields(cls)} | {"sae", "logger"}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(
@@ -189,6 +243,16 @@ class VisionSAERunnerConfig:
     def from_file(cls, path: str | Path) -> VisionSAERunnerConfig:
         """A config from a YAML (``safe_load``) or JSON file."""
         return cls.from_dict(read_mapping(path, "config keys"))
+
+
+def _runner_defaults() -> dict[str, Any]:
+    return {f.name: _field_default(f) for f in dataclasses.fields(VisionSAERunnerConfig)}
+
+
+def _field_default(item: dataclasses.Field[Any]) -> Any:
+    if item.default_factory is not dataclasses.MISSING:
+        return item.default_factory()
+    return item.default
 
 
 def coerce_fields(instance: Any) -> None:

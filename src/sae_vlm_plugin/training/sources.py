@@ -127,7 +127,7 @@ def build_training_sae(cfg: VisionSAERunnerConfig, d_in: int) -> Any:
     common: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, "k": cfg.k, "device": cfg.device}
     paper: dict[str, Any] = {
         "auxk_alpha": cfg.auxk_alpha,
-        "dead_feature_threshold": cfg.dead_feature_threshold,
+        "dead_feature_threshold": cfg.dead_after_inputs,
         "threshold_start_step": cfg.threshold_start_step,
         "reference_logging_every": cfg.reference_logging_every,
     }

@@ -16,6 +16,7 @@ data-parallel over all ranks (``data_parallel``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -53,6 +54,11 @@ SHARED_SETTINGS = (
     "n_batches_for_scaling",
     "log_to_wandb",
     "wandb_project",
+    "wandb_entity",
+    "wandb_id",
+    "run_name",
+    "wandb_tags",
+    "wandb_dir",
 )
 """Settings every SAE of a sweep must have in common: those of the activation stream, its
 length and position (checkpoints), and the run's logging."""
@@ -233,7 +239,23 @@ class VisionSAESweepRunner:
             if len(self.configs) == 1
             else {job.name: job.cfg.to_dict() for job in jobs}
         )
-        return wandb.init(project=first.wandb_project, config=config, dir=str(first.run_dir))
+        return wandb.init(**wandb_settings(first), config=config)
+
+
+def wandb_settings(cfg: VisionSAERunnerConfig) -> dict[str, Any]:
+    """``wandb.init`` arguments of a run: project, entity, name, id (resumed if it exists),
+    tags and directory (``wandb_dir``, else ``$WANDB_DIR``, else ``run_dir``)."""
+    settings: dict[str, Any] = {
+        "project": cfg.wandb_project,
+        "entity": cfg.wandb_entity,
+        "name": cfg.run_name,
+        "id": cfg.wandb_id,
+        "tags": list(cfg.wandb_tags) or None,
+        "dir": cfg.wandb_dir or os.environ.get("WANDB_DIR") or str(cfg.run_dir),
+    }
+    if cfg.wandb_id is not None:
+        settings["resume"] = "allow"
+    return settings
 
 
 def _check_shared_settings(configs: Sequence[VisionSAERunnerConfig]) -> None:
