@@ -1,0 +1,265 @@
+"""Every form of image input (``sae_vlm_plugin.images``): the toy world written as a folder
+tree, webdataset shards, a saved HF dataset, parquet shards, a streamed HF dataset and a CSV of
+paths gives the same cache; splits, columns and corrupt members; exact resume after kill -9;
+two torchrun ranks equal one process."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from image_forms import N_IMAGES, Form, toy_rows, write_forms
+from sae_vlm_plugin import ActivationCache, VisionModel, extract_to_cache
+from sae_vlm_plugin.cli import main as cli_main
+from sae_vlm_plugin.images import (
+    ImageReadError,
+    ImageStream,
+    open_image_source,
+    open_images,
+)
+from sae_vlm_plugin.tiny import models as tm
+
+BLOCK = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def forms(tmp_path_factory) -> dict[str, Form]:
+    return write_forms(tmp_path_factory.mktemp("forms"))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return tm.save_clip_checkpoint(tm.clip_vision_model(), tmp_path_factory.mktemp("clip"))
+
+
+def _extract(checkpoint: Path, form: Form, out: Path, *extra: str) -> int:
+    return cli_main(
+        [
+            "extract",
+            "--model",
+            str(checkpoint),
+            "--hook",
+            BLOCK,
+            "--tokens",
+            "cls",
+            "--images",
+            form.images,
+            *form.arguments,
+            "--out",
+            str(out),
+            "--batch-size",
+            "4",
+            "--images-per-shard",
+            "3",
+            *extra,
+        ]
+    )
+
+
+def _assert_same_rows(a: ActivationCache, b: ActivationCache) -> None:
+    rows_a, rows_b = a.load(), b.load()
+    for key in ("activations", "image_index", "token_index"):
+        assert torch.equal(rows_a[key], rows_b[key]), key
+
+
+def test_every_form_of_the_toy_world_gives_the_same_cache(tmp_path, forms, checkpoint):
+    labels = [label for _, label, _ in toy_rows()]
+    caches = {}
+    for letter, form in forms.items():
+        assert _extract(checkpoint, form, tmp_path / letter) == 0, letter
+        caches[letter] = ActivationCache(tmp_path / letter)
+    for letter, cache in caches.items():
+        assert cache.complete, letter
+        assert cache.image_ids == forms[letter].ids, letter
+        assert cache.labels == labels, letter
+        assert cache.n_rows() == N_IMAGES, letter
+        _assert_same_rows(cache, caches["a"])
+    assert caches["e"].stream is not None
+    assert caches["e"].stream["resume"] == "skip by count"
+    assert [s["n_images"] for s in caches["e"].stream["shards"]] == [7, 7, 6]
+    assert caches["a"].stream is None
+
+
+def test_the_python_api_takes_dataset_objects(tmp_path, forms):
+    import datasets
+
+    model = VisionModel(tm.clip_vision_model())
+    saved = datasets.load_from_disk(forms["c"].images)
+    with pytest.raises(ValueError, match="holds the splits train, validation; name one"):
+        open_image_source(saved)
+    with pytest.raises(ValueError, match="no split 'val'; its splits: train, validation"):
+        open_image_source(saved, split="val")
+    files = sorted(str(p) for p in Path(forms["d"].images).glob("*.parquet"))
+    streamed = datasets.load_dataset("parquet", data_files=files, split="train", streaming=True)
+    assert isinstance(open_images(streamed), ImageStream)
+    with pytest.raises(TypeError, match="is a stream, read in order"):
+        open_image_source(streamed)
+    one = extract_to_cache(model, saved, BLOCK, tmp_path / "one", split="train", progress=False)
+    two = extract_to_cache(model, streamed, BLOCK, tmp_path / "two", progress=False)
+    assert one.labels == two.labels
+    _assert_same_rows(one, two)
+
+
+def test_a_root_with_split_folders_is_refused_unless_a_split_is_named(
+    tmp_path, forms, checkpoint, capsys
+):
+    root = tmp_path / "dataset"
+    for split in ("train", "val"):
+        (root / split / "cat").mkdir(parents=True)
+        (root / split / "cat" / "0.png").write_bytes(toy_rows(1)[0][2])
+    with pytest.raises(ValueError, match="holds the splits train, val; name one with --split"):
+        open_image_source(root)
+    source = open_image_source(root, split="val")
+    assert source.ids == ["cat/0.png"]
+    assert source.labels == ["cat"]
+    with pytest.raises(
+        ValueError, match=r"split 'test' is not a folder of .*; its folders: train, val"
+    ):
+        open_image_source(root, split="test")
+    code = _extract(checkpoint, Form(str(root)), tmp_path / "cache")
+    assert code == 2
+    assert "holds the splits train, val" in capsys.readouterr().err
+
+
+def test_webdataset_labels_keys_and_corrupt_members(tmp_path):
+    rows = toy_rows(4)
+    shard = tmp_path / "one.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i, (_, label, data) in enumerate(rows):
+            members = {"jpg": data if i != 2 else b"not an image", "cls": label.encode()}
+            for extension, payload in members.items():
+                info = tarfile.TarInfo(f"sample{i}.{extension}")
+                info.size = len(payload)
+                tar.addfile(info, fileobj=io.BytesIO(payload))
+    source = open_image_source(shard)
+    assert source.ids == [f"one.tar/sample{i}" for i in range(4)]
+    assert source.labels == [label for _, label, _ in rows]
+    with pytest.raises(ImageReadError, match=r"cannot read image one\.tar/sample2"):
+        source.load(2)
+    model = VisionModel(tm.clip_vision_model())
+    with pytest.raises(ImageReadError, match=r"one\.tar/sample2"):
+        extract_to_cache(model, shard, BLOCK, tmp_path / "strict", progress=False)
+    cache = extract_to_cache(
+        model, str(shard), BLOCK, tmp_path / "skipping", skip_unreadable=True, progress=False
+    )
+    assert cache.manifest["skipped_images"] == ["one.tar/sample2"]
+    assert cache.n_rows() == 3
+    with pytest.raises(FileNotFoundError, match=r"no such shard: .*two-0\.tar \(2 of the 2 shards"):
+        open_image_source(str(tmp_path / "two-{0..1}.tar"))
+
+
+def test_path_lists_are_relative_to_the_list_and_columns_are_checked(tmp_path, forms):
+    tree = Path(forms["a"].images)
+    files = sorted(tree.rglob("*.png"))[:3]
+    (tmp_path / "list.txt").write_text(
+        "# a comment\n" + "".join(f"{f}\t{f.parent.name}\n" for f in files)
+    )
+    from_txt = open_image_source(tmp_path / "list.txt")
+    assert from_txt.labels == [f.parent.name for f in files]
+    relative = [os.path.relpath(f, tmp_path) for f in files]
+    (tmp_path / "names.csv").write_text(
+        "file,kind\n"
+        + "".join(f"{r},{f.parent.name}\n" for r, f in zip(relative, files, strict=True))
+    )
+    from_csv = open_image_source(tmp_path / "names.csv", label_column="kind")
+    assert from_csv.ids == relative
+    assert from_csv.labels == from_txt.labels
+    assert from_csv.load(0).size == (48, 48)
+    with pytest.raises(ValueError, match="has no label column 'colour'; valid: kind"):
+        open_image_source(tmp_path / "names.csv", label_column="colour")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"image_path": [str(f) for f in files]}), tmp_path / "list.parquet")
+    from_parquet = open_image_source(tmp_path / "list.parquet")
+    assert from_parquet.ids == [str(f) for f in files]
+    assert from_parquet.labels is None
+    with pytest.raises(ValueError, match="has no column 'img'; its columns: image, label"):
+        open_image_source(forms["d"].images, image_column="img")
+
+
+def test_cli_refuses_a_missing_hub_or_shard_spec_only_when_it_is_read(tmp_path, capsys):
+    code = cli_main(
+        [
+            "extract",
+            "--model",
+            "x",
+            "--hook",
+            BLOCK,
+            "--images",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 2
+    assert "--images: no such image folder or file" in capsys.readouterr().err
+
+
+KILLABLE = textwrap.dedent(
+    """
+    import sys, time
+    from sae_vlm_plugin.tiny import models as tm
+    from sae_vlm_plugin import VisionModel, extract_to_cache
+
+    model = VisionModel(tm.clip_vision_model())
+    plain = model.preprocess
+
+    def slow(images):
+        time.sleep(0.05)
+        return plain(images)
+
+    extract_to_cache(
+        VisionModel(tm.clip_vision_model(), preprocess=slow), {images!r}, ["{block}"], {out!r},
+        tokens="random_k", k=2, batch_size=2, images_per_shard=3, progress=False, **{options!r},
+    )
+    """
+)
+
+
+@pytest.mark.parametrize("letter", ["b", "e"])
+def test_a_killed_extraction_resumes_to_the_uninterrupted_cache(tmp_path, forms, letter):
+    """kill -9 once a random number (2..4) of shard files is written; the same call again
+    finishes the cache to exactly the uninterrupted one, leaving the finished files as they
+    were (nothing extracted twice)."""
+    form = forms[letter]
+    options = {"stream": True, "split": "train"} if letter == "e" else {}
+    model = VisionModel(tm.clip_vision_model())
+    kwargs = {"tokens": "random_k", "k": 2, "batch_size": 2, "images_per_shard": 3}
+    reference = extract_to_cache(
+        model, form.images, BLOCK, tmp_path / "reference", progress=False, **kwargs, **options
+    )
+    out = tmp_path / "interrupted"
+    script = KILLABLE.format(images=form.images, block=BLOCK, out=str(out), options=options)
+    kill_after = int(torch.randint(2, 5, ()).item())
+    process = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    deadline = time.monotonic() + 120
+    try:
+        while len(list((out / BLOCK).glob("shard_*.safetensors"))) < kill_after:
+            assert process.poll() is None, "the extraction ended before it could be killed"
+            assert time.monotonic() < deadline, "no shard appeared in time"
+            time.sleep(0.01)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert not ActivationCache(out).complete
+    before = {p.name: p.stat().st_mtime_ns for p in (out / BLOCK).glob("shard_*.safetensors")}
+    resumed = extract_to_cache(model, form.images, BLOCK, out, progress=False, **kwargs, **options)
+    assert resumed.complete
+    assert resumed.image_ids == reference.image_ids
+    assert resumed.labels == reference.labels
+    _assert_same_rows(resumed, reference)
+    after = {p.name: p.stat().st_mtime_ns for p in (out / BLOCK).glob("shard_*.safetensors")}
+    assert {name: after[name] for name in before} == before  # finished shards not redone
+    assert json.loads((out / "cache.json").read_text())["complete"]
