@@ -263,3 +263,66 @@ def test_a_killed_extraction_resumes_to_the_uninterrupted_cache(tmp_path, forms,
     after = {p.name: p.stat().st_mtime_ns for p in (out / BLOCK).glob("shard_*.safetensors")}
     assert {name: after[name] for name in before} == before  # finished shards not redone
     assert json.loads((out / "cache.json").read_text())["complete"]
+
+
+@pytest.mark.parametrize("letter", ["b", "e"])
+def test_two_torchrun_ranks_give_the_one_process_cache(tmp_path, forms, checkpoint, letter):
+    """Rank r of 2 reads the shards (tar images by position; stream shards j % 2 == r) apart
+    from the other; the finished cache equals the one-process cache."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed next to this interpreter")
+    form = forms[letter]
+    arguments = [
+        "-m",
+        "sae_vlm_plugin.cli",
+        "extract",
+        "--model",
+        str(checkpoint),
+        "--hook",
+        BLOCK,
+        "--tokens",
+        "random_k",
+        "--images",
+        form.images,
+        *form.arguments,
+        "--images-per-shard",
+        "4",
+        "--batch-size",
+        "3",
+    ]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(
+        [sys.executable, *arguments, "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    double = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "--no-python",
+            sys.executable,
+            *arguments,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = ActivationCache(tmp_path / "one"), ActivationCache(tmp_path / "two")
+    assert two.complete
+    assert (one.image_ids, one.labels) == (two.image_ids, two.labels)
+    a, b = one.load(), two.load()
+    assert torch.equal(a["image_index"], b["image_index"])
+    assert torch.equal(a["token_index"], b["token_index"])
+    torch.testing.assert_close(a["activations"], b["activations"], atol=1e-5, rtol=1e-5)
+    assert one.manifest["shard_rows"] == two.manifest["shard_rows"]
