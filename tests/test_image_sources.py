@@ -326,3 +326,66 @@ def test_two_torchrun_ranks_give_the_one_process_cache(tmp_path, forms, checkpoi
     assert torch.equal(a["token_index"], b["token_index"])
     torch.testing.assert_close(a["activations"], b["activations"], atol=1e-5, rtol=1e-5)
     assert one.manifest["shard_rows"] == two.manifest["shard_rows"]
+
+
+def test_training_evaluation_and_the_other_commands_read_every_form(tmp_path, forms, checkpoint):
+    """``train`` from images takes tar shards and a saved dataset's split as it takes a folder;
+    the commands that open images take the same options (``--split`` and the columns)."""
+    from sae_vlm_plugin.cli import build_parser
+    from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
+    from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+
+    for letter, split in (("b", None), ("c", "train")):
+        cfg = VisionSAERunnerConfig(
+            model=str(checkpoint),
+            images=forms[letter].images,
+            images_split=split,
+            hook_name=BLOCK,
+            tokens="random_k",
+            tokens_per_image=4,
+            expansion_factor=2,
+            k=4,
+            batch_size=16,
+            training_steps=4,
+            warmup_steps=1,
+            threshold_start_step=2,
+            n_batches_for_scaling=1,
+            mixing_buffer_batches=2,
+            extraction_batch_size=8,
+            log_every_steps=2,
+            run_dir=str(tmp_path / f"run_{letter}"),
+        )
+        sae = VisionSAETrainingRunner(cfg, progress=False).run()
+        assert sae.cfg.d_in == tm.WIDTH
+    parser = build_parser()
+    for command in (
+        ["train", "--images", "x", "--split", "val"],
+        ["evaluate", "--sae", "s", "--images", "x", "--split", "val", "--label-column", "y"],
+        ["dashboard", "--sae", "s", "--images", "x", "--split", "val", "--out", "o"],
+        ["name", "--sae", "s", "--images", "x", "--split", "val", "--image-column", "img"],
+        ["demo", "--images", "x", "--split", "val"],
+    ):
+        args = parser.parse_args(command)
+        assert args.split == "val", command
+
+
+@pytest.mark.parametrize("letter", ["b", "d", "e"])
+def test_decoding_in_dataloader_workers_gives_the_same_cache(tmp_path, forms, letter):
+    model = VisionModel(tm.clip_vision_model())
+    options = {"stream": True, "split": "train"} if letter == "e" else {}
+    caches = [
+        extract_to_cache(
+            model,
+            forms[letter].images,
+            BLOCK,
+            tmp_path / f"workers{n}",
+            batch_size=4,
+            images_per_shard=8,
+            num_workers=n,
+            progress=False,
+            **options,
+        )
+        for n in (0, 2)
+    ]
+    assert caches[0].image_ids == caches[1].image_ids
+    _assert_same_rows(*caches)

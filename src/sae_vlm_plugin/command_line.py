@@ -104,10 +104,15 @@ def latent_ids(ranges: tuple[range, ...], d_sae: int) -> list[int]:
 
 
 def add_image_arguments(
-    parser: argparse.ArgumentParser, *, required: bool = False, help: str | None = None
+    parser: argparse.ArgumentParser,
+    *,
+    required: bool = False,
+    help: str | None = None,
+    stream: bool = False,
 ) -> None:
     """``--images`` and the options that say how to read it: ``--split``, ``--image-column``,
-    ``--label-column``, ``--stream`` (``image_options`` collects them for ``open_images``)."""
+    ``--label-column`` and, for a command that reads streams (``stream``), ``--stream``
+    (``image_options`` collects them for ``open_images``)."""
     parser.add_argument(
         "--images",
         required=required,
@@ -130,12 +135,13 @@ def add_image_arguments(
         help="the column holding the labels; webdataset: a member (cls) or .json field "
         "(default: label, labels, class, cls, category)",
     )
-    parser.add_argument(
-        "--stream",
-        action="store_true",
-        help="read an HF dataset (hf:NAME, parquet, save_to_disk) as a stream instead of "
-        "loading it (extract only)",
-    )
+    if stream:
+        parser.add_argument(
+            "--stream",
+            action="store_true",
+            help="read an HF dataset (hf:NAME, parquet, save_to_disk) as a stream, in order, "
+            "instead of loading it (resumes by skipping the rows already extracted)",
+        )
 
 
 def image_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -145,6 +151,16 @@ def image_options(args: argparse.Namespace) -> dict[str, Any]:
         "image_column": getattr(args, "image_column", None),
         "label_column": getattr(args, "label_column", None),
     }
+
+
+def opened_images(args: argparse.Namespace) -> Any:
+    """The ``ImageSource`` that ``--images`` and its options name (None without ``--images``);
+    imports the image layer only when called (from a command's handler)."""
+    if getattr(args, "images", None) is None:
+        return None
+    from sae_vlm_plugin.images import open_image_source
+
+    return open_image_source(args.images, **image_options(args))
 
 
 def images_exist(spec: str) -> bool:

@@ -82,7 +82,7 @@ def _add_extract(commands: argparse._SubParsersAction[Any]) -> None:
     extract.add_argument(
         "--seed", type=non_negative_int, default=0, help="seed of the random_k draw (default: 0)"
     )
-    add_image_arguments(extract, required=True)
+    add_image_arguments(extract, required=True, stream=True)
     extract.add_argument(
         "--out", required=True, help="cache directory (created; resumed if it exists)"
     )
