@@ -21,6 +21,7 @@ import torch
 
 from image_forms import N_IMAGES, Form, toy_rows, write_forms
 from sae_vlm_plugin import ActivationCache, VisionModel, extract_to_cache
+from sae_vlm_plugin.cache import verify_cache
 from sae_vlm_plugin.cli import main as cli_main
 from sae_vlm_plugin.images import (
     ImageReadError,
@@ -84,6 +85,7 @@ def test_every_form_of_the_toy_world_gives_the_same_cache(tmp_path, forms, check
         assert cache.image_ids == forms[letter].ids, letter
         assert cache.labels == labels, letter
         assert cache.n_rows() == N_IMAGES, letter
+        assert verify_cache(cache.path).ok, verify_cache(cache.path).problems
         _assert_same_rows(cache, caches["a"])
     assert caches["e"].stream is not None
     assert caches["e"].stream["resume"] == "skip by count"

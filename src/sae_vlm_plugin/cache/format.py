@@ -175,9 +175,9 @@ def check_manifest(manifest: dict[str, Any], path: Path) -> None:
         refuse("complete", "true or false", manifest.get("complete"))
     stream = manifest.get("stream")
     if stream is not None and not (
-        isinstance(stream, dict) and stream.get("resume") in ("seek", "skip by count")
+        isinstance(stream, dict) and stream.get("resume") == "skip by count"
     ):
-        refuse("stream", "a mapping with resume 'seek' or 'skip by count'", stream)
+        refuse("stream", "a mapping with resume 'skip by count'", stream)
     rows = manifest.get("shard_rows", {})
     if not isinstance(rows, dict) or not all(
         isinstance(counts, list) and all(_is_count(n, 0) for n in counts)

@@ -10,7 +10,6 @@ files). The image column is the one of ``datasets.Image`` type (or named); label
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,6 @@ from typing import Any
 from sae_vlm_plugin.images.columns import choose_image_column, choose_label_column
 from sae_vlm_plugin.images.source import ImageSource
 from sae_vlm_plugin.images.stream import ImageStream, StreamItem
-
-logger = logging.getLogger(__name__)
 
 HUB_PREFIX = "hf:"
 
@@ -41,8 +38,9 @@ def choose_split(dataset: Any, split: str | None, where: str) -> Any:
     """``dataset`` itself, or its split ``split`` when it is a ``DatasetDict`` /
     ``IterableDatasetDict``: ValueError naming the splits when none or a bad one is named."""
     if not isinstance(dataset, dict):
-        if split is not None:
-            logger.info("%s has one split; --split %s names it", where, split)
+        actual = getattr(dataset, "split", None)  # the split it was loaded as, if any
+        if split is not None and actual is not None and str(actual) != split:
+            raise ValueError(f"{where} is the split {actual}, not {split!r}; drop --split")
         return dataset
     names = sorted(dataset)
     if split is None:

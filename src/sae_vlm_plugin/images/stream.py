@@ -51,7 +51,9 @@ class ImageStream:
     description: str
     shard_names: list[str]
     reader: Callable[[int, int], Iterator[StreamItem]]
-    resume: Literal["seek", "skip by count"] = "skip by count"
+    resume: Literal["skip by count"] = "skip by count"
+    """How a rerun reaches a position: the rows before it are read and dropped (undecoded);
+    a stream that could seek would say so here."""
     has_labels: bool = False
 
     @property
