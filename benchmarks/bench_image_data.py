@@ -149,7 +149,8 @@ def run(quick: bool, device: str = "cpu") -> list[Figure]:
                     "image data",
                     f"decode pipeline / model forward per image, {workers} workers",
                     (times["folder"] / n) / (forward / batch),
-                    f"CLIP ViT-B/16 forward at {side} px, batch {batch}, on {device}",
+                    f"CLIP ViT ({config.hidden_size} wide, {config.num_hidden_layers} blocks, "
+                    f"/16) forward at {side} px, batch {batch}, on {device}",
                     goal_max=1.0,
                     detail=f"decode {n / times['folder']:,.0f} img/s, forward "
                     f"{batch / forward:,.1f} img/s",

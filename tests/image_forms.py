@@ -1,5 +1,5 @@
 """The toy world written out in every form ``open_images`` reads, the same images in the same
-order: (a) a folder tree, (b) webdataset shards, (c) a saved HF ``DatasetDict``, (d) parquet
+order: (a) a folder tree, (b) webdataset shards (and ``b_url``: the same by URL, streamed), (c) a saved HF ``DatasetDict``, (d) parquet
 shards, (e) the parquet shards streamed by ``datasets``, (f) a CSV of paths.
 
 The order is the folder tree's (sorted relative paths ``<label>/<nnn>.png``), so row ``i`` of
@@ -72,6 +72,8 @@ def write_forms(root: Path, n: int = N_IMAGES, seed: int = 0) -> dict[str, Form]
                 tar_ids.append(f"toy-{s:05d}.tar/{key}")
     pattern = f"{shards}/toy-{{00000..{N_SHARDS - 1:05d}}}.tar"
     forms["b"] = Form(pattern, ids=tar_ids)
+    # the same shards by URL, which webdataset streams (here through a pipe)
+    forms["b_url"] = Form(f"pipe:cat {pattern}", ids=tar_ids)
 
     names = sorted(set(labels))
     features = datasets.Features(

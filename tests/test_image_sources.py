@@ -91,6 +91,7 @@ def test_every_form_of_the_toy_world_gives_the_same_cache(tmp_path, forms, check
     assert caches["e"].stream["resume"] == "skip by count"
     assert [s["n_images"] for s in caches["e"].stream["shards"]] == [7, 7, 6]
     assert caches["a"].stream is None
+    assert caches["b_url"].stream is not None  # shards by URL are streamed, not indexed
 
 
 def test_the_python_api_takes_dataset_objects(tmp_path, forms):
@@ -230,7 +231,7 @@ KILLABLE = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("letter", ["b", "e"])
+@pytest.mark.parametrize("letter", ["b", "b_url", "e"])
 def test_a_killed_extraction_resumes_to_the_uninterrupted_cache(tmp_path, forms, letter):
     """kill -9 once a random number (2..4) of shard files is written; the same call again
     finishes the cache to exactly the uninterrupted one, leaving the finished files as they
@@ -267,7 +268,7 @@ def test_a_killed_extraction_resumes_to_the_uninterrupted_cache(tmp_path, forms,
     assert json.loads((out / "cache.json").read_text())["complete"]
 
 
-@pytest.mark.parametrize("letter", ["b", "e"])
+@pytest.mark.parametrize("letter", ["b", "b_url", "e"])
 def test_two_torchrun_ranks_give_the_one_process_cache(tmp_path, forms, checkpoint, letter):
     """Rank r of 2 reads the shards (tar images by position; stream shards j % 2 == r) apart
     from the other; the finished cache equals the one-process cache."""
@@ -391,3 +392,24 @@ def test_decoding_in_dataloader_workers_gives_the_same_cache(tmp_path, forms, le
     ]
     assert caches[0].image_ids == caches[1].image_ids
     _assert_same_rows(*caches)
+
+
+def test_a_hub_style_dataset_needs_a_split_when_it_has_several(tmp_path, forms, monkeypatch):
+    """``hf:NAME`` goes through ``datasets.load_dataset`` (here on a local repository laid out
+    as the hub's are: one folder of parquet files per split)."""
+    import shutil
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    parts = sorted(Path(forms["d"].images).glob("*.parquet"))
+    for split, part in (("train", parts[0]), ("validation", parts[1])):
+        (tmp_path / "repo" / split).mkdir(parents=True)
+        shutil.copy(part, tmp_path / "repo" / split)
+    name = f"hf:{tmp_path / 'repo'}"
+    with pytest.raises(ValueError, match="has the splits train, validation; name one with --split"):
+        open_images(name)
+    loaded = open_image_source(name, split="validation")
+    streamed = open_images(name, split="validation", stream=True)
+    assert isinstance(streamed, ImageStream)
+    items = list(streamed.read(0))
+    assert [item.label for item in items] == loaded.labels
+    assert len(loaded) == 7

@@ -165,10 +165,10 @@ def opened_images(args: argparse.Namespace) -> Any:
 
 def images_exist(spec: str) -> bool:
     """Whether an ``--images`` value can name something: it exists, or it is written as a
-    hub dataset (``hf:NAME``), a brace pattern of shards or a glob, whose parts are checked
+    hub dataset (``hf:NAME``), a webdataset URL, a brace pattern of shards or a glob, whose parts are checked
     when the images are opened."""
     return (
-        spec.startswith("hf:")
+        spec.startswith(("hf:", "pipe:", "http://", "https://", "s3://", "gs://", "file:"))
         or Path(spec).expanduser().exists()
         or any(mark in spec for mark in ("{", "*", "?", "["))
     )

@@ -3,6 +3,7 @@
 
 What a path or text names is decided from what is there, in this order:
 
+- a webdataset URL (``pipe:``, ``http(s)://``, ``s3://``, ``gs://``, ``file:``): a stream;
 - ``hf:NAME``: a dataset by hub name (or any path ``datasets.load_dataset`` takes), with a split;
 - a folder written by ``save_to_disk`` (a ``DatasetDict`` needs a split);
 - a root holding split folders (``train/`` + ``val/`` ...): refused unless a split is named,
@@ -81,6 +82,10 @@ def open_images(
         name = images.removeprefix(hf.HUB_PREFIX)
         result = _from_dataset(
             hf.load_hub(name, split, stream), None, options, images, stream=stream
+        )
+    elif isinstance(images, str) and tar_shards.is_tar_url(images):
+        result = tar_shards.webdataset_stream(
+            images, image_key=image_column, label_key=label_column
         )
     elif isinstance(images, str | os.PathLike):
         result = _from_path(str(images), split, options, stream)

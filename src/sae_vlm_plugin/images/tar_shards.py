@@ -14,23 +14,32 @@ seeking to its bytes. That gives exact positions: an extraction resumes and spli
 shard named relative to the folder the shards share. A member that fails to decode raises
 ``ImageReadError`` naming that id (``--skip-unreadable`` skips it); a tar whose headers cannot
 be read is refused naming the shard.
+
+Shards named by URL (``pipe:...``, ``http(s)://``, ``s3://``, ``gs://``, ``file:``; brace
+patterns expand) cannot be indexed: ``webdataset_stream`` reads them in order with webdataset's
+own pipeline as an ``ImageStream`` (same ids and labels; a resume skips the images already
+extracted by count).
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import logging
 import os
 import tarfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from braceexpand import braceexpand
 from PIL import Image
 from webdataset.tariterators import base_plus_ext
 
 from sae_vlm_plugin.images.source import ImageSource, file_stamp
+from sae_vlm_plugin.images.stream import ImageStream, StreamItem
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +132,9 @@ def _index_shard(path: Path) -> list[tuple[str, dict[str, TarMember]]]:
     return samples
 
 
-def _image_member(members: dict[str, TarMember], image_key: str | None) -> str | None:
+def _image_member(members: Mapping[str, Any], image_key: str | None) -> str | None:
+    """The extension of a sample's image member: ``image_key``, else the first whose last
+    part names an image format; None if it has none."""
     if image_key is not None:
         return image_key if image_key in members else None
     return next(
@@ -196,4 +207,79 @@ def webdataset_source(
         description=f"webdataset {spec} ({len(paths)} shard(s))",
         loader=load,
         stamper=lambda i: f"{where[i][2]}@{where[i][1].offset}",
+    )
+
+
+URL_PREFIXES = ("pipe:", "http://", "https://", "s3://", "gs://", "file:")
+"""How webdataset URLs begin (read as streams)."""
+
+
+def is_tar_url(spec: str) -> bool:
+    """Whether ``spec`` names tar shards by URL (``URL_PREFIXES``), which are streamed."""
+    return spec.startswith(URL_PREFIXES) and ".tar" in spec
+
+
+def _url_name(url: str) -> str:
+    """A shard URL's name in ids: the file name its path ends with (``pipe:cat a/x.tar`` and
+    ``https://host/a/x.tar`` are both ``x.tar``), as an indexed shard's is."""
+    return url.split()[-1].rstrip("/").rsplit("/", 1)[-1].removeprefix("file:")
+
+
+def _sample_label(sample: dict[str, Any], label_key: str | None) -> str | None:
+    """A streamed sample's label, by the rules of ``_label``."""
+
+    def text(name: str) -> str | None:
+        value = sample.get(name)
+        return value.decode().strip() if isinstance(value, bytes) else None
+
+    if label_key is not None and text(label_key) is not None:
+        return text(label_key)
+    if label_key is None and text("cls") is not None:
+        return text("cls")
+    if isinstance(sample.get("json"), bytes):
+        record = json.loads(sample["json"])
+        fields = (label_key,) if label_key is not None else JSON_LABEL_FIELDS
+        if isinstance(record, dict):
+            for field in fields:
+                if field in record:
+                    return str(record[field])
+    return None
+
+
+def webdataset_stream(
+    spec: str, *, image_key: str | None = None, label_key: str | None = None
+) -> ImageStream:
+    """An ``ImageStream`` over the webdataset shards at the URL (or brace pattern of URLs)
+    ``spec``, read with webdataset's ``tarfile_to_samples``; samples without an image member
+    are passed over, and positions count images."""
+    import webdataset as wds
+
+    urls = list(braceexpand(spec))
+    names = [_url_name(url) for url in urls]
+
+    def read(shard: int, start: int) -> Iterator[StreamItem]:
+        pipeline = wds.DataPipeline(wds.SimpleShardList([urls[shard]]), wds.tarfile_to_samples())
+        members = (
+            {k.lower(): v for k, v in sample.items() if not k.startswith("__")} | sample
+            for sample in pipeline
+        )
+        images = (
+            (sample, extension)
+            for sample in members
+            if (extension := _image_member(sample, image_key)) is not None
+        )
+        try:
+            for sample, extension in itertools.islice(images, start, None):
+                yield StreamItem(
+                    f"{names[shard]}/{sample['__key__']}",
+                    _sample_label(sample, label_key),
+                    sample[extension],
+                )
+        except (OSError, tarfile.TarError, ValueError) as error:
+            raise ValueError(f"cannot read the tar shard {urls[shard]}: {error}") from error
+
+    return ImageStream(
+        description=f"webdataset {spec} ({len(urls)} shard(s), streamed)",
+        shard_names=names,
+        reader=read,
     )
