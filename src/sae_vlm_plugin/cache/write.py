@@ -12,6 +12,10 @@ Under ``torch.distributed`` (e.g. ``torchrun --nproc-per-node N sae-vlm extract 
 of ``N`` takes the shards ``s`` with ``s % N == r``; rank 0 writes the manifest and, once every
 rank is done, marks the cache complete. Shards are the same files a single process writes, so
 the finished cache is identical, and a rerun after any rank died redoes only missing shards.
+
+``images`` is any form ``sae_vlm_plugin.images.open_images`` reads; one read by position (an
+``ImageSource``: folders, tar shards, datasets, parquet, path lists) is written here, a stream
+(an ``ImageStream``) by ``stream_write.extract_stream``.
 """
 
 from __future__ import annotations

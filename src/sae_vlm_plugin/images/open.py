@@ -9,7 +9,7 @@ What a path or text names is decided from what is there, in this order:
 - a root holding split folders (``train/`` + ``val/`` ...): refused unless a split is named,
   which then selects ``root/<split>`` and the rules go on from there;
 - ``.tar`` shards: a ``.tar`` file, a brace pattern, a folder holding ``.tar`` files (webdataset);
-- parquet: a ``.parquet`` file, a folder holding only ``.parquet`` files or a glob: images if
+- parquet: a ``.parquet`` file, a folder holding ``.parquet`` files and no image, or a glob: images if
   the table has an image column, else a path list;
 - a ``.csv`` / ``.tsv`` / ``.txt`` path list;
 - an image file; an image folder (ImageNet-style tree or flat).
@@ -188,9 +188,9 @@ def _from_path(
 
 def _is_parquet(path: Path) -> bool:
     text = str(path)
-    if path.is_dir():
-        entries = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
-        return bool(entries) and all(p.suffix == ".parquet" for p in entries)
+    if path.is_dir():  # parquet files beside no image (a README or a license may be there)
+        suffixes = {p.suffix.lower() for p in path.iterdir() if p.is_file()}
+        return ".parquet" in suffixes and not suffixes & folders.IMAGE_EXTENSIONS
     return text.endswith(".parquet") and (path.is_file() or any(c in text for c in "*?["))
 
 

@@ -92,10 +92,10 @@ class ImageSource:
 
     def fingerprint(self) -> str:
         """A hash of every image's id and content stamp, in order."""
-        digest = hashlib.sha256()
+        hasher = hashlib.sha256()
         for index, image_id in enumerate(self.ids):
-            digest.update(f"{image_id}\0{self.content_stamp(index)}\n".encode())
-        return digest.hexdigest()[:16]
+            hasher.update(f"{image_id}\0{self.content_stamp(index)}\n".encode())
+        return hasher.hexdigest()[:16]
 
     def load(self, index: int) -> Image.Image:
         """The RGB image at ``index`` (see ``to_rgb``); raises ``ImageReadError`` naming it if
