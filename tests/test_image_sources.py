@@ -158,6 +158,17 @@ def test_webdataset_labels_keys_and_corrupt_members(tmp_path):
     )
     assert cache.manifest["skipped_images"] == ["one.tar/sample2"]
     assert cache.n_rows() == 3
+    masked = tmp_path / "masked.tar"
+    with tarfile.open(masked, "w") as tar:
+        for extension in ("jpg", "mask.png"):
+            info = tarfile.TarInfo(f"sample0.{extension}")
+            info.size = len(rows[0][2])
+            tar.addfile(info, fileobj=io.BytesIO(rows[0][2]))
+    with pytest.raises(
+        ValueError, match=r"masked.tar/sample0 has several image members \(jpg, mask.png\)"
+    ):
+        open_image_source(masked)
+    assert open_image_source(masked, image_column="mask.png").ids == ["masked.tar/sample0"]
     with pytest.raises(FileNotFoundError, match=r"no such shard: .*two-0\.tar \(2 of the 2 shards"):
         open_image_source(str(tmp_path / "two-{0..1}.tar"))
 

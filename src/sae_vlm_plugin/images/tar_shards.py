@@ -4,8 +4,10 @@
 A sample is what webdataset makes of a tar: consecutive members sharing a key (``webdataset``'s
 ``base_plus_ext``: ``dir/000017.jpg`` and ``dir/000017.json`` are sample ``dir/000017``). Its
 image is the member whose extension names an image format (``jpg``, ``png``, ``webp`` ...), or
-the one named ``image_key``; its label comes from ``.cls`` (text) or a ``.json`` member's
-``label`` / ``class`` / ``cls`` field, or the member or JSON field named ``label_key``.
+the one named ``image_key`` (a sample with several image members needs it); its label comes
+from ``.cls`` (text) or a ``.json`` member's ``label`` / ``class`` / ``cls`` field (when the
+first sample's JSON has none, the others' are not read for labels), or the member or JSON field
+named ``label_key``.
 
 Each shard's members are indexed once from the tar headers (``tarfile`` seeks past the data,
 so indexing reads a few hundred bytes per member, not the images); an image is then read by
@@ -132,14 +134,18 @@ def _index_shard(path: Path) -> list[tuple[str, dict[str, TarMember]]]:
     return samples
 
 
-def _image_member(members: Mapping[str, Any], image_key: str | None) -> str | None:
-    """The extension of a sample's image member: ``image_key``, else the first whose last
-    part names an image format; None if it has none."""
+def _image_member(members: Mapping[str, Any], image_key: str | None, sample: str) -> str | None:
+    """The extension of sample ``sample``'s image member: ``image_key``, else the one whose last
+    part names an image format (ValueError naming them if there are several); None if none."""
     if image_key is not None:
         return image_key if image_key in members else None
-    return next(
-        (ext for ext in members if ext.rsplit(".", 1)[-1] in WEBDATASET_IMAGE_EXTENSIONS), None
-    )
+    found = [ext for ext in members if ext.rsplit(".", 1)[-1] in WEBDATASET_IMAGE_EXTENSIONS]
+    if len(found) > 1:
+        raise ValueError(
+            f"sample {sample} has several image members ({', '.join(found)}); name one with "
+            "--image-column (image_column=)"
+        )
+    return found[0] if found else None
 
 
 def _label(path: Path, members: dict[str, TarMember], label_key: str | None) -> str | None:
@@ -171,15 +177,22 @@ def webdataset_source(
     labels: list[str | None] = []
     where: list[tuple[Path, TarMember, str]] = []
     no_image: list[str] = []
+    json_labels: bool | None = None  # whether .json members hold labels (decided by the first)
     for path, name in zip(paths, names, strict=True):
         stamp = file_stamp(path)
         for key, members in _index_shard(path):
-            extension = _image_member(members, image_key)
+            extension = _image_member(members, image_key, f"{name}/{key}")
             if extension is None:
                 no_image.append(f"{name}/{key}")
                 continue
             ids.append(f"{name}/{key}")
-            labels.append(_label(path, members, label_key))
+            from_json = label_key is None and "cls" not in members and "json" in members
+            if from_json and json_labels is False:  # metadata without labels: not read again
+                labels.append(None)
+            else:
+                labels.append(_label(path, members, label_key))
+                if from_json and json_labels is None:
+                    json_labels = labels[-1] is not None
             where.append((path, members[extension], stamp))
     if no_image:
         logger.warning(
@@ -266,7 +279,12 @@ def webdataset_stream(
         images = (
             (sample, extension)
             for sample in members
-            if (extension := _image_member(sample, image_key)) is not None
+            if (
+                extension := _image_member(
+                    sample, image_key, f"{names[shard]}/{sample.get('__key__')}"
+                )
+            )
+            is not None
         )
         try:
             for sample, extension in itertools.islice(images, start, None):
