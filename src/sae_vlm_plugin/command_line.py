@@ -175,7 +175,7 @@ def images_exist(spec: str) -> bool:
 
 
 PATH_ARGUMENTS = {
-    "images": "image folder or file",
+    "images": "image folder",
     "pairs": "pairs file",
     "config": "config file",
     "cache_path": "activation cache",

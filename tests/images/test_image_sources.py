@@ -218,7 +218,7 @@ def test_cli_refuses_a_missing_hub_or_shard_spec_only_when_it_is_read(tmp_path, 
         ]
     )
     assert code == 2
-    assert "--images: no such image folder or file" in capsys.readouterr().err
+    assert "--images: no such image folder: " in capsys.readouterr().err
 
 
 KILLABLE = textwrap.dedent(
