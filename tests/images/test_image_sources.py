@@ -108,6 +108,8 @@ def test_the_python_api_takes_dataset_objects(tmp_path, forms):
     assert isinstance(open_images(streamed), ImageStream)
     with pytest.raises(TypeError, match="is a stream, read in order"):
         open_image_source(streamed)
+    with pytest.raises(ValueError, match="the ImageSource passed is already open"):
+        open_images(open_image_source(saved, split="train"), split="train")
     one = extract_to_cache(model, saved, BLOCK, tmp_path / "one", split="train", progress=False)
     two = extract_to_cache(model, streamed, BLOCK, tmp_path / "two", progress=False)
     assert one.labels == two.labels

@@ -74,6 +74,14 @@ def open_images(
     (``streaming=True``) instead of loading it."""
     options = {"image_column": image_column, "label_column": label_column}
     result: ImageSource | ImageStream
+    in_memory = isinstance(images, ImageSource | ImageStream | torch.Tensor) or (
+        isinstance(images, Sequence) and not isinstance(images, str | bytes)
+    )
+    if in_memory and (split or image_column or label_column or stream):
+        raise ValueError(
+            f"split, image_column, label_column and stream say how to open images; "
+            f"the {type(images).__name__} passed is already open: pass them without it"
+        )
     if isinstance(images, ImageSource | ImageStream):
         result = images
     elif isinstance(images, torch.Tensor):
