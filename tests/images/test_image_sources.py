@@ -344,9 +344,12 @@ def test_two_torchrun_ranks_give_the_one_process_cache(tmp_path, forms, checkpoi
     assert one.manifest["shard_rows"] == two.manifest["shard_rows"]
 
 
-def test_training_evaluation_and_the_other_commands_read_every_form(tmp_path, forms, checkpoint):
+def test_train_evaluate_dashboard_and_the_other_commands_read_the_new_forms(
+    tmp_path, forms, checkpoint
+):
     """``train`` from images takes tar shards and a saved dataset's split as it takes a folder;
-    the commands that open images take the same options (``--split`` and the columns)."""
+    ``evaluate`` runs on a saved dataset's split and ``dashboard`` on parquet shards; every
+    command that opens images takes the same options (``--split`` and the columns)."""
     from sae_vlm_plugin.cli import build_parser
     from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
     from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
@@ -373,6 +376,16 @@ def test_training_evaluation_and_the_other_commands_read_every_form(tmp_path, fo
         )
         sae = VisionSAETrainingRunner(cfg, progress=False).run()
         assert sae.cfg.d_in == tm.WIDTH
+    final = str(tmp_path / "run_b" / "final")
+    common = ["--sae", final, "--model", str(checkpoint), "--scoring-encoder", str(checkpoint)]
+    saved = [forms["c"].images, "--split", "train"]
+    code = cli_main(["evaluate", *common, "--images", *saved, "--out", str(tmp_path / "eval")])
+    assert code == 0
+    code = cli_main(
+        ["dashboard", *common, "--images", forms["d"].images, "--out", str(tmp_path / "dash")]
+    )
+    assert code == 0
+    assert (tmp_path / "dash" / "index.html").is_file()
     parser = build_parser()
     for command in (
         ["train", "--images", "x", "--split", "val"],
