@@ -205,22 +205,19 @@ def test_path_lists_are_relative_to_the_list_and_columns_are_checked(tmp_path, f
         open_image_source(forms["d"].images, image_column="img")
 
 
-def test_cli_refuses_a_missing_hub_or_shard_spec_only_when_it_is_read(tmp_path, capsys):
+def test_cli_checks_a_path_early_and_leaves_hub_names_and_patterns_to_the_reader(tmp_path, capsys):
+    from sae_vlm_plugin.command_line import images_exist
+
     code = cli_main(
-        [
-            "extract",
-            "--model",
-            "x",
-            "--hook",
-            BLOCK,
-            "--images",
-            str(tmp_path / "none"),
-            "--out",
-            str(tmp_path / "out"),
-        ]
+        ["extract", "--model", "x", "--hook", BLOCK, "--images", str(tmp_path / "none")]
+        + ["--out", str(tmp_path / "out")]
     )
     assert code == 2
     assert "--images: no such image folder: " in capsys.readouterr().err
+    assert images_exist("hf:ILSVRC/imagenet-1k")
+    assert images_exist(str(tmp_path / "shards-{000..009}.tar"))
+    assert images_exist("pipe:curl -s https://host/shard-000.tar")
+    assert not images_exist(str(tmp_path / "list.csv"))
 
 
 KILLABLE = textwrap.dedent(
