@@ -208,10 +208,8 @@ def test_path_lists_are_relative_to_the_list_and_columns_are_checked(tmp_path, f
 def test_cli_checks_a_path_early_and_leaves_hub_names_and_patterns_to_the_reader(tmp_path, capsys):
     from sae_vlm_plugin.command_line import images_exist
 
-    code = cli_main(
-        ["extract", "--model", "x", "--hook", BLOCK, "--images", str(tmp_path / "none")]
-        + ["--out", str(tmp_path / "out")]
-    )
+    arguments = ["extract", "--model", "x", "--hook", BLOCK, "--out", str(tmp_path / "out")]
+    code = cli_main([*arguments, "--images", str(tmp_path / "none")])
     assert code == 2
     assert "--images: no such image folder: " in capsys.readouterr().err
     assert images_exist("hf:ILSVRC/imagenet-1k")
