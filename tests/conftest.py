@@ -1,6 +1,6 @@
 """Shared fixtures: tiny random models of every supported family and synthetic images.
 
-Builders live in ``tiny_models.py`` so that benchmarks and examples can import them too.
+Builders live in ``sae_vlm_plugin.tiny`` so that benchmarks, examples and the demo use them too.
 """
 
 from __future__ import annotations

@@ -32,8 +32,10 @@ _LAZY_API: dict[str, str] = {
     "VisionFamily": "sae_vlm_plugin.families.base",
     "list_families": "sae_vlm_plugin.families.registry",
     "register_family": "sae_vlm_plugin.families.registry",
-    "ImageSource": "sae_vlm_plugin.images",
-    "open_image_source": "sae_vlm_plugin.images",
+    "ImageSource": "sae_vlm_plugin.images.source",
+    "ImageStream": "sae_vlm_plugin.images.stream",
+    "open_image_source": "sae_vlm_plugin.images.open",
+    "open_images": "sae_vlm_plugin.images.open",
     "alignment_score": "sae_vlm_plugin.metrics.alignment",
     "score_benchmark": "sae_vlm_plugin.metrics.alignment",
     "TopKCodes": "sae_vlm_plugin.metrics.codes",
@@ -85,8 +87,10 @@ if TYPE_CHECKING:
     from sae_vlm_plugin.families.base import VisionFamily as VisionFamily
     from sae_vlm_plugin.families.registry import list_families as list_families
     from sae_vlm_plugin.families.registry import register_family as register_family
-    from sae_vlm_plugin.images import ImageSource as ImageSource
-    from sae_vlm_plugin.images import open_image_source as open_image_source
+    from sae_vlm_plugin.images.open import open_image_source as open_image_source
+    from sae_vlm_plugin.images.open import open_images as open_images
+    from sae_vlm_plugin.images.source import ImageSource as ImageSource
+    from sae_vlm_plugin.images.stream import ImageStream as ImageStream
     from sae_vlm_plugin.metrics.alignment import alignment_score as alignment_score
     from sae_vlm_plugin.metrics.alignment import score_benchmark as score_benchmark
     from sae_vlm_plugin.metrics.codes import TopKCodes as TopKCodes

@@ -103,6 +103,77 @@ def latent_ids(ranges: tuple[range, ...], d_sae: int) -> list[int]:
     return [latent for latents in ranges for latent in latents]
 
 
+def add_image_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    required: bool = False,
+    help: str | None = None,
+    stream: bool = False,
+) -> None:
+    """``--images`` and the options that say how to read it: ``--split``, ``--image-column``,
+    ``--label-column`` and, for a command that reads streams (``stream``), ``--stream``
+    (``image_options`` collects them for ``open_images``)."""
+    parser.add_argument(
+        "--images",
+        required=required,
+        help=help
+        or "images: a folder (tree or flat), webdataset .tar shards (a .tar, a brace pattern "
+        "shards/{00000..00009}.tar or a folder of them), hf:NAME (a hub dataset), a "
+        "save_to_disk folder, parquet shards, or a .csv/.tsv/.txt/.parquet list of paths",
+    )
+    parser.add_argument(
+        "--split",
+        help="the split to read (a folder's train/ or val/, a DatasetDict's or hub dataset's)",
+    )
+    parser.add_argument(
+        "--image-column",
+        help="the column holding the images (or paths, in a path list); webdataset: the image "
+        "member's extension (default: found by type)",
+    )
+    parser.add_argument(
+        "--label-column",
+        help="the column holding the labels; webdataset: a member (cls) or .json field "
+        "(default: label, labels, class, cls, category)",
+    )
+    if stream:
+        parser.add_argument(
+            "--stream",
+            action="store_true",
+            help="read an HF dataset (hf:NAME, parquet, save_to_disk) as a stream, in order, "
+            "instead of loading it (resumes by skipping the rows already extracted)",
+        )
+
+
+def image_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of ``open_images`` that ``add_image_arguments`` added."""
+    return {
+        "split": getattr(args, "split", None),
+        "image_column": getattr(args, "image_column", None),
+        "label_column": getattr(args, "label_column", None),
+    }
+
+
+def opened_images(args: argparse.Namespace) -> Any:
+    """The ``ImageSource`` that ``--images`` and its options name (None without ``--images``);
+    imports the image layer only when called (from a command's handler)."""
+    if getattr(args, "images", None) is None:
+        return None
+    from sae_vlm_plugin.images import open_image_source
+
+    return open_image_source(args.images, **image_options(args))
+
+
+def images_exist(spec: str) -> bool:
+    """Whether an ``--images`` value can name something: it exists, or it is written as a
+    hub dataset (``hf:NAME``), a webdataset URL, a brace pattern of shards or a glob, whose parts are checked
+    when the images are opened."""
+    return (
+        spec.startswith(("hf:", "pipe:", "http://", "https://", "s3://", "gs://", "file:"))
+        or Path(spec).expanduser().exists()
+        or any(mark in spec for mark in ("{", "*", "?", "["))
+    )
+
+
 PATH_ARGUMENTS = {
     "images": "image folder",
     "pairs": "pairs file",
@@ -121,7 +192,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     check_device_name(device)
     for name, what in PATH_ARGUMENTS.items():
         value = getattr(args, name, None)
-        if isinstance(value, str) and not Path(value).expanduser().exists():
+        exists = images_exist if name == "images" else lambda v: Path(v).expanduser().exists()
+        if isinstance(value, str) and not exists(value):
             flag = {"cache_path": "--cache", "cache_dir": "cache"}.get(name, "--" + name)
             raise FileNotFoundError(f"{flag}: no such {what}: {value}")
     sae = getattr(args, "sae", None)

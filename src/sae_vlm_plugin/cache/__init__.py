@@ -21,8 +21,13 @@ of ``N`` takes the shards ``s`` with ``s % N == r``; rank 0 writes the manifest 
 rank is done, marks the cache complete. Shards are the same files a single process writes, so
 the finished cache is identical, and a rerun after any rank died redoes only missing shards.
 
-The package: ``format`` (names, settings, manifest), ``shards`` (one shard file), ``write``
-(``extract_to_cache``), ``read`` (``ActivationCache``), ``verify`` (``verify_cache``),
+A cache extracted from a stream (``ImageStream``: a streamed HF dataset) has one file per
+``images_per_shard`` images of each stream shard, ``shard_<stream shard>_<chunk>.safetensors``,
+and a ``stream`` section in ``cache.json`` (``stream_write``).
+
+The package: ``format`` (names, settings, manifest checks), ``shards`` (one shard file),
+``manifest`` (opening ``cache.json`` for an extraction), ``write`` (``extract_to_cache``),
+``stream_write`` (streams), ``read`` (``ActivationCache``), ``verify`` (``verify_cache``),
 ``commands`` (``sae-vlm extract`` and ``sae-vlm cache verify``).
 """
 

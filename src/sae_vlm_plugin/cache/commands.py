@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sae_vlm_plugin.command_line import add_command, non_negative_int, positive_int
+from sae_vlm_plugin.command_line import (
+    add_command,
+    add_image_arguments,
+    image_options,
+    non_negative_int,
+    positive_int,
+)
 
 
 def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
@@ -76,9 +82,7 @@ def _add_extract(commands: argparse._SubParsersAction[Any]) -> None:
     extract.add_argument(
         "--seed", type=non_negative_int, default=0, help="seed of the random_k draw (default: 0)"
     )
-    extract.add_argument(
-        "--images", required=True, help="an image folder (ImageNet-style tree or flat)"
-    )
+    add_image_arguments(extract, required=True, stream=True)
     extract.add_argument(
         "--out", required=True, help="cache directory (created; resumed if it exists)"
     )
@@ -89,7 +93,12 @@ def _add_extract(commands: argparse._SubParsersAction[Any]) -> None:
         "--skip-unreadable", action="store_true", help="skip corrupt images and report the count"
     )
     extract.add_argument(
-        "--workers", type=non_negative_int, default=0, help="image decoding worker processes"
+        "--num-workers",
+        "--workers",
+        dest="workers",
+        type=non_negative_int,
+        default=0,
+        help="DataLoader worker processes that decode and preprocess images (default: 0)",
     )
     extract.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: where the model loads)")
 
@@ -114,6 +123,8 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             images_per_shard=args.images_per_shard,
             skip_unreadable=args.skip_unreadable,
             num_workers=args.workers,
+            stream=args.stream,
+            **image_options(args),
         )
         is_main = DataParallel.current().is_main
     if is_main:

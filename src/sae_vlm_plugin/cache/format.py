@@ -41,6 +41,25 @@ def shard_index(path: Path) -> int:
     return int(path.name.removeprefix("shard_").removesuffix(".safetensors"))
 
 
+def stream_shard_name(source_shard: int, chunk: int) -> str:
+    """The file of chunk ``chunk`` (``images_per_shard`` images) of a stream's shard
+    ``source_shard``, in a cache extracted from an ``ImageStream``."""
+    return f"shard_{source_shard:06d}_{chunk:06d}.safetensors"
+
+
+def stream_shard_position(path: Path) -> tuple[int, int]:
+    """``(source shard, chunk)`` of a ``stream_shard_name`` file."""
+    source_shard, chunk = path.name.removeprefix("shard_").removesuffix(".safetensors").split("_")
+    return int(source_shard), int(chunk)
+
+
+def shard_label(path: Path) -> str:
+    """What a shard file stamps as its place in the cache: the shard number (``shard_name``)
+    or ``<source shard>_<chunk>`` (``stream_shard_name``)."""
+    stem = path.name.removeprefix("shard_").removesuffix(".safetensors")
+    return str(int(stem)) if stem.isdigit() else stem
+
+
 def ids_fingerprint(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
@@ -154,6 +173,11 @@ def check_manifest(manifest: dict[str, Any], path: Path) -> None:
             refuse(f"hooks.{hook}.d_in", "an integer >= 1", d_in)
     if not isinstance(manifest.get("complete"), bool):
         refuse("complete", "true or false", manifest.get("complete"))
+    stream = manifest.get("stream")
+    if stream is not None and not (
+        isinstance(stream, dict) and stream.get("resume") == "skip by count"
+    ):
+        refuse("stream", "a mapping with resume 'skip by count'", stream)
     rows = manifest.get("shard_rows", {})
     if not isinstance(rows, dict) or not all(
         isinstance(counts, list) and all(_is_count(n, 0) for n in counts)

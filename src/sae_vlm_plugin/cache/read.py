@@ -15,6 +15,7 @@ from sae_vlm_plugin.cache.format import (
     CacheSettings,
     check_manifest,
     shard_name,
+    stream_shard_position,
 )
 from sae_vlm_plugin.cache.shards import read_shard, shard_problems, tensor_shapes
 from sae_vlm_plugin.json_files import read_json
@@ -83,12 +84,32 @@ class ActivationCache:
         return hook
 
     @property
+    def stream(self) -> dict[str, Any] | None:
+        """The manifest's ``stream`` section for a cache extracted from an ``ImageStream``
+        (how it resumes; once complete, each stream shard's images and chunk files), else None."""
+        return self.manifest.get("stream")
+
+    @property
+    def n_images(self) -> int:
+        """Images of the run (a stream's are known once it is complete; 0 before)."""
+        if self.stream is not None:
+            return int(self.stream.get("n_images", 0))
+        return int(self.settings["n_images"])
+
+    @property
     def n_shards(self) -> int:
-        """Shards per hook once complete: one per ``images_per_shard`` images."""
+        """Shards per hook once complete: one per ``images_per_shard`` images (from a stream:
+        per ``images_per_shard`` images of each stream shard, known once complete)."""
+        if self.stream is not None:
+            return len(self.stream.get("files", []))
         return -(-self.settings["n_images"] // self.settings["images_per_shard"])
 
     def _expected_paths(self, hook: str | None) -> list[Path]:
         folder = self.path / self._hook(hook)
+        if self.stream is not None:
+            if "files" in self.stream:
+                return [folder / name for name in self.stream["files"]]
+            return sorted(folder.glob("shard_*_*.safetensors"))  # unfinished: what is there
         return [folder / shard_name(s) for s in range(self.n_shards)]
 
     def shard_paths(self, hook: str | None = None) -> list[Path]:
@@ -138,13 +159,21 @@ class ActivationCache:
             raise ValueError(f"cannot train on the cache at {self.path}: " + "; ".join(problems))
 
     def n_rows(self, hook: str | None = None) -> int:
-        return sum(tensor_shapes(path)["image_index"][0] for path in self.shard_paths(hook))
+        return int(sum(tensor_shapes(path)["image_index"][0] for path in self.shard_paths(hook)))
 
     def load(
         self, hook: str | None = None, dtype: torch.dtype = torch.float32
     ) -> dict[str, torch.Tensor]:
-        """All rows of a hook: ``{"activations": (rows, d_in), "image_index", "token_index"}``."""
-        shards = [read_shard(p) for p in self.shard_paths(hook)]
+        """All rows of a hook: ``{"activations": (rows, d_in), "image_index", "token_index"}``.
+
+        ``image_index`` is the image's position in ``image_ids``; in an unfinished cache from a
+        stream, whose shards' places are not known yet, its position in its stream shard."""
+        paths = self.shard_paths(hook)
+        shards = [read_shard(p) for p in paths]
+        if self.stream is not None and "shards" in self.stream:
+            for path, shard in zip(paths, shards, strict=True):
+                first = self.stream["shards"][stream_shard_position(path)[0]]["first_image"]
+                shard["image_index"] = shard["image_index"] + first
         return {
             key: torch.cat([s[key] for s in shards]).to(
                 dtype if key == "activations" else torch.long

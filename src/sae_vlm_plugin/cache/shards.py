@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from sae_vlm_plugin.cache.format import STORAGE_DTYPES, shard_index
+from sae_vlm_plugin.cache.format import STORAGE_DTYPES, shard_label
 
 
 class ShardError(ValueError):
@@ -126,7 +126,7 @@ def shard_problems(
     metadata = header.get("__metadata__", {})
     if metadata.get("cache", cache_id) != cache_id:  # shards written before cache ids: none
         return [f"{path}: a shard of another cache (cache id {metadata['cache']}, not {cache_id})"]
-    if metadata.get("shard", str(shard_index(path))) != str(shard_index(path)):
+    if metadata.get("shard", shard_label(path)) != shard_label(path):
         return [f"{path}: a copy of shard {metadata['shard']}"]
     expected = {
         "activations": (SAFETENSORS_DTYPES[dtype], 2),
@@ -156,8 +156,16 @@ def shard_problems(
 
 
 def write_shard(
-    path: Path, parts: list[Any], d_in: int, dtype: str, skipped: list[str], cache_id: str
+    path: Path,
+    parts: list[Any],
+    d_in: int,
+    dtype: str,
+    skipped: list[str],
+    cache_id: str,
+    extra: dict[str, str] | None = None,
 ) -> None:
+    """Write one shard atomically; ``extra`` adds string metadata (a stream chunk's image ids,
+    labels and whether its source shard ends there)."""
     if parts:
         activations = torch.cat([p.activations for p in parts])
         image_index = torch.cat([p.image_index for p in parts])
@@ -171,6 +179,11 @@ def write_shard(
         "token_index": token_index.contiguous().cpu(),
     }
     tmp = path.with_name(f".{path.name}.tmp")
-    metadata = {"skipped": json.dumps(skipped), "cache": cache_id, "shard": str(shard_index(path))}
+    metadata = {
+        **(extra or {}),
+        "skipped": json.dumps(skipped),
+        "cache": cache_id,
+        "shard": shard_label(path),
+    }
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)

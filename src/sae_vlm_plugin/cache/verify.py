@@ -71,9 +71,11 @@ def verify_cache(path: str | os.PathLike) -> CacheReport:
 def _image_table_problems(cache: ActivationCache) -> list[str]:
     """What is wrong with ``images.json``: unreadable, or not one id per image of the run."""
     path = cache.path / "images.json"
+    if cache.stream is not None and not cache.complete:
+        return []  # a stream's image table is written when its extraction completes
     try:
         n_ids = len(cache.image_ids)
     except (OSError, ValueError, KeyError, TypeError) as error:
         return [f"{path}: unreadable ({type(error).__name__}: {error})"]
-    n_images = cache.settings["n_images"]
+    n_images = cache.n_images
     return [] if n_ids == n_images else [f"{path}: {n_ids} image ids, the manifest says {n_images}"]

@@ -13,9 +13,11 @@ from typing import Any
 
 from sae_vlm_plugin.command_line import (
     add_command,
+    add_image_arguments,
     latent_ids,
     non_negative_float,
     non_negative_int,
+    opened_images,
     parse_latents,
     port_number,
     positive_int,
@@ -37,7 +39,7 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         "optionally also Neuronpedia batch JSON and SAEDashboard data.",
     )
     add_sae_arguments(parser)
-    parser.add_argument("--images", required=True, help="an image folder")
+    add_image_arguments(parser, required=True)
     parser.add_argument("--out", required=True, help="output folder (thumbnails are reused)")
     parser.add_argument("--model", help="vision model (default: the SAE metadata's model_name)")
     parser.add_argument("--family", help="force a model family (see `sae-vlm families`)")
@@ -154,7 +156,7 @@ def _build(args: argparse.Namespace) -> None:
     found = collect_dashboard(
         sae,
         model,
-        args.images,
+        opened_images(args),
         scoring_encoder=args.scoring_encoder,
         hook=args.hook,
         tokens=args.tokens,

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sae_vlm_plugin.command_line import add_command, non_negative_int, positive_int
+from sae_vlm_plugin.command_line import (
+    add_command,
+    add_image_arguments,
+    image_options,
+    non_negative_int,
+    positive_int,
+)
 
 
 def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
@@ -22,7 +28,7 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         "--out", default="sae-vlm-demo", help="output directory (default: sae-vlm-demo)"
     )
     demo.add_argument("--model", help="a real checkpoint instead of the toy CLIP")
-    demo.add_argument("--images", help="an image folder instead of generated images")
+    add_image_arguments(demo, help="images instead of generated ones; any form extract takes")
     demo.add_argument(
         "--random",
         action="store_true",
@@ -64,6 +70,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             out_dir=args.out,
             model=args.model,
             images=args.images,
+            images_options=image_options(args),
             random=args.random,
             n_images=args.n_images,
             seed=args.seed,

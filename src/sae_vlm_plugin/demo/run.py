@@ -100,7 +100,10 @@ def _run_pipeline_demo(config: DemoConfig) -> dict[str, Any]:
         attributes = [(c.shape, c.colour, c.texture) for c in concepts]
         data_note = f"{len(images)} synthetic concept images (3 shapes x 3 colours x 3 textures)"
     else:  # opened now: an empty or unreadable folder is said before any model loads
-        images, data_note = open_image_source(config.images), f"images from {config.images}"
+        images, data_note = (
+            open_image_source(config.images, **config.images_options),
+            f"images from {config.images}",
+        )
     if config.model is None:
         model = VisionModel(small_clip())
         model_note = "small CLIP ViT (4 blocks, width 128) with RANDOM weights, built from a config"

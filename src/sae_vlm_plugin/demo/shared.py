@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,11 @@ class DemoConfig:
     """Hub id / path / ``open_clip:...``; None: the toy CLIP (or, with ``random``, the small
     random CLIP)."""
     images: str | None = None
-    """Image folder; None generates toy-world (or, with ``random``, synthetic concept) images."""
+    """Images in any form ``open_images`` takes (a folder, tar shards, ``hf:NAME`` ...); None
+    generates toy-world (or, with ``random``, synthetic concept) images."""
+    images_options: dict[str, Any] = field(default_factory=dict)
+    """How to read ``images``: ``open_image_source``'s ``split``, ``image_column``,
+    ``label_column``."""
     random: bool = False
     """Run on random weights and synthetic concept images instead of the trained world."""
     n_images: int | None = None

@@ -6,7 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sae_vlm_plugin.command_line import add_command, non_negative_int
+from sae_vlm_plugin.command_line import (
+    add_command,
+    add_image_arguments,
+    non_negative_int,
+    opened_images,
+)
 from sae_vlm_plugin.ownership import owned_directory
 from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
 
@@ -24,7 +29,7 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         "--taxonomy, the Matryoshka hierarchy. Writes evaluation.json and ms_sorted.png.",
     )
     add_sae_arguments(evaluate)
-    evaluate.add_argument("--images", required=True, help="image folder (e.g. ImageNet val)")
+    add_image_arguments(evaluate, required=True)
     evaluate.add_argument("--model", help="model to run (default: the SAE's metadata)")
     evaluate.add_argument("--scoring-encoder", default="dinov2", help="dinov2 | clip | a hub id")
     evaluate.add_argument(
@@ -96,13 +101,15 @@ def _evaluate(args: argparse.Namespace) -> Any:
 
     sae = load_sae_argument(args.sae, args.device or "cpu", args.registry)
     model_name = model_name_argument(args.model, sae)
+    model = VisionModel(model_name, device=args.device)
+    images = opened_images(args)  # after the model, whose errors come first
     return evaluate_sae(
         sae,
-        VisionModel(model_name, device=args.device),
-        args.images,
+        model,
+        images,
         scoring_encoder=args.scoring_encoder,
         min_support=args.min_support,
-        taxonomy=taxonomy_argument(args.taxonomy, args.images),
+        taxonomy=taxonomy_argument(args.taxonomy, images),
         out_dir=args.out,
         force=args.force,
         skip_unreadable=args.skip_unreadable,
@@ -125,7 +132,7 @@ def _cmd_alignment(args: argparse.Namespace) -> int:
     return 0
 
 
-def taxonomy_argument(spec: str | None, images: str) -> Any:
+def taxonomy_argument(spec: str | None, images: Any) -> Any:
     """None, ``inat`` (the image folder's iNaturalist-style class folders) or a taxonomy file."""
     from sae_vlm_plugin.metrics.hierarchy import Taxonomy
 

@@ -14,7 +14,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from sae_vlm_plugin.command_line import add_command, positive_int
+from sae_vlm_plugin.command_line import (
+    add_command,
+    add_image_arguments,
+    opened_images,
+    positive_int,
+)
 from sae_vlm_plugin.pretrained.sae_argument import add_sae_arguments
 
 
@@ -30,7 +35,9 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         "labels next to the SAE: latent_labels.json, .csv and .safetensors.",
     )
     add_sae_arguments(name)
-    name.add_argument("--images", help="image folder (needed by the top_images scorer)")
+    add_image_arguments(
+        name, help="images (needed by the top_images scorer); any form extract takes"
+    )
     name.add_argument("--model", help="model the SAE reads (default: the SAE's metadata)")
     name.add_argument(
         "--text-model",
@@ -81,7 +88,7 @@ def _cmd_name(args: argparse.Namespace) -> int:
     labels = name_latents(
         sae,
         VisionModel(model_name_argument(args.model, sae), device=args.device),
-        args.images,
+        opened_images(args),
         args.vocabulary,
         text_model=args.text_model,
         scorer=args.scorer,

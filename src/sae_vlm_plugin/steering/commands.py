@@ -23,8 +23,10 @@ from typing import Any
 
 from sae_vlm_plugin.command_line import (
     add_command,
+    add_image_arguments,
     latent_ids,
     non_negative_int,
+    opened_images,
     parse_latents,
     positive_int,
 )
@@ -98,8 +100,8 @@ def _add_steer(commands: argparse._SubParsersAction) -> None:
         help="comma-separated multiples of the latent's largest activation on the tokens the "
         "language model reads, e.g. 0,2,8 (from the SAE folder's steerability.json, or --images)",
     )
-    parser.add_argument(
-        "--images", help="images to measure the latent on (refuses latents the model never reads)"
+    add_image_arguments(
+        parser, help="images to measure the latent on (refuses latents the model never reads)"
     )
     parser.add_argument("--prompt", required=True, help="the text prompt")
     parser.add_argument(
@@ -129,8 +131,8 @@ def _add_steerability(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", required=True, help="LLaVA hub id or local folder")
     add_sae_arguments(parser)
-    parser.add_argument(
-        "--images", required=True, help="images the SAE was made for: where latents fire"
+    add_image_arguments(
+        parser, required=True, help="images the SAE was made for: where latents fire"
     )
     parser.add_argument("--latents", type=parse_latents, help="e.g. 0-99,512 (default: all)")
     parser.add_argument(
@@ -242,7 +244,7 @@ def _latent_unit(args: argparse.Namespace, sae: Any, model: Any, hook: str, late
     from sae_vlm_plugin.steering.census import FILE_NAME, SteerabilityReport
 
     if args.images is not None:
-        activity = latent_activity(sae, model, args.images, hook)
+        activity = latent_activity(sae, model, opened_images(args), hook)
         activity.check_steerable(latent)
         return float(activity.read_max[latent])
     census = Path(args.sae) / FILE_NAME
@@ -291,7 +293,7 @@ def _cmd_steerability(args: argparse.Namespace) -> int:
         labels = LatentLabels.load(labels_path)
         tower = load_text_tower(str(labels.meta["text_model"]), device=args.device)
     started = time.perf_counter()
-    activity = latent_activity(sae, model, args.images, args.hook, progress=True)
+    activity = latent_activity(sae, model, opened_images(args), args.hook, progress=True)
     report = steerability(
         model,
         processor,

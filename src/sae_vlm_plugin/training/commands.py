@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sae_vlm_plugin.command_line import add_command, print_table
+from sae_vlm_plugin.command_line import add_command, add_image_arguments, print_table
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, object]:
@@ -26,10 +26,15 @@ def _parse_overrides(pairs: list[str]) -> dict[str, object]:
 def _data_overrides(args: argparse.Namespace) -> dict[str, object]:
     """``--set`` pairs plus the dedicated flags (``--images``, ``--cache`` ...) that were given."""
     overrides = _parse_overrides(args.set or [])
-    for key in ("images", "cache_path", "model", "device"):
-        value = getattr(args, key)
+    flags = {
+        "split": "images_split",
+        "image_column": "image_column",
+        "label_column": "label_column",
+    }
+    for key in ("images", "cache_path", "model", "device", *flags):
+        value = getattr(args, key, None)
         if value is not None:
-            overrides[key] = value
+            overrides[flags.get(key, key)] = value
     return overrides
 
 
@@ -94,7 +99,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", help="train from this image folder (extracting on the fly)")
+    add_image_arguments(
+        parser, help="train from these images (extracting on the fly); any form extract takes"
+    )
     parser.add_argument("--cache", dest="cache_path", help="train from this activation cache")
     parser.add_argument("--model", help="override the preset's model")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ...")

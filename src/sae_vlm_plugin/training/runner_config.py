@@ -49,7 +49,14 @@ class VisionSAERunnerConfig:
     model: str | None = None
     """Train from images: hub id / path / ``open_clip:...`` of the model to extract from."""
     images: str | None = None
-    """Train from images: an image folder (ImageNet-style tree or flat)."""
+    """Train from images: any form ``open_images`` reads with random access (a folder, tar
+    shards, ``hf:NAME``, a saved dataset, parquet shards, a path list)."""
+    images_split: str | None = None
+    """Training from images: the split of ``images`` to read (``--split``)."""
+    image_column: str | None = None
+    """Training from images: the column (webdataset: member) holding the images."""
+    label_column: str | None = None
+    """Training from images: the column (webdataset: member or JSON field) of the labels."""
     dataset_name: str | None = None
     """Recorded in the SAE's metadata (default: the image folder or the cache's source)."""
     extraction_batch_size: int = 64

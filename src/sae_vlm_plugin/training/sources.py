@@ -74,6 +74,7 @@ def activation_source(
                 order=cfg.data_order,
             ),
         )
+    from sae_vlm_plugin.images import open_image_source
     from sae_vlm_plugin.model import VisionModel
     from sae_vlm_plugin.tokens import TokenSelection
     from sae_vlm_plugin.training.image_stream import image_activation_batches
@@ -84,6 +85,12 @@ def activation_source(
     vision_model = model
     selection = TokenSelection.parse(cfg.tokens or "cls", k=cfg.tokens_per_image, seed=cfg.seed)
     point = vision_model.hook_point(cfg.hook_name)
+    images = open_image_source(
+        cfg.images,
+        split=cfg.images_split,
+        image_column=cfg.image_column,
+        label_column=cfg.label_column,
+    )
     return ActivationSource(
         d_in=point.d_model,
         model_name=vision_model.model_name,
@@ -93,7 +100,7 @@ def activation_source(
         dataset=cfg.dataset_name or str(cfg.images),
         make_batches=lambda seed: image_activation_batches(
             vision_model,
-            cfg.images,
+            images,
             cfg.hook_name,
             selection,
             cfg.batch_size,
