@@ -5,12 +5,21 @@ Builders live in ``sae_vlm_plugin.tiny`` so that benchmarks, examples and the de
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from sae_vlm_plugin.tiny import models as tiny_models
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker takes its share of the cores for torch's intra-op
+    threads, so that the workers together do not oversubscribe the machine."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(params=sorted(tiny_models.VISION_BUILDERS))
