@@ -16,10 +16,14 @@ from sae_vlm_plugin.tiny import models as tiny_models
 
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist, each worker takes its share of the cores for torch's intra-op
-    threads, so that the workers together do not oversubscribe the machine."""
+    threads, so that the workers together do not oversubscribe the machine; the processes a
+    test starts inherit the same count (``OMP_NUM_THREADS``), so that a result they write
+    equals, bit for bit, the one the test computes itself."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(params=sorted(tiny_models.VISION_BUILDERS))
