@@ -4,10 +4,10 @@ or SAELens.
 
 A handler takes the parsed ``argparse.Namespace`` and returns the exit status; a user's mistake
 raises ``ValueError`` / ``OSError``, which ``sae-vlm`` prints as one line and exits 2 with
-(``cli.main``). A mistyped number, a missing file or a misspelt device is then said in a fraction of a second,
-not after the seconds that importing the libraries (and loading a model) take. The argparse
-types reject a bad number as argparse rejects a bad flag; ``check_arguments`` looks at the
-arguments every command shares by name (``--device``, ``--images``, ``--sae`` ...).
+(``cli.main``). A mistyped number, a missing file or a misspelt device is said in a fraction
+of a second, not after the seconds that importing the libraries (and loading a model) take:
+the argparse types reject a bad number as argparse rejects a bad flag; ``check_arguments``
+looks at the arguments every command shares by name (``--device``, ``--images``, ``--sae``).
 """
 
 from __future__ import annotations

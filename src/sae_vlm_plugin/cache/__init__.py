@@ -8,18 +8,8 @@ Layout of a cache directory::
                                     rows of images [s * images_per_shard, (s + 1) * images_per_shard):
                                     ``activations`` (rows, d_in), ``image_index``, ``token_index``
 
-Shards cover fixed image ranges and are written atomically (temporary file, then rename), so an
-extraction killed at any point and started again with the same settings redoes only the shards
-that are missing: the result has exactly the rows of an uninterrupted run. A directory holding a
-run with different settings is refused, and so is a resume with other weights or over images
-changed under the same names: ``cache.json`` records a fingerprint of the model's weights
-(``weights_fingerprint``) and of the images' contents (``ImageSource.fingerprint``) when it is
-created.
-
-Under ``torch.distributed`` (e.g. ``torchrun --nproc-per-node N sae-vlm extract ...``) rank ``r``
-of ``N`` takes the shards ``s`` with ``s % N == r``; rank 0 writes the manifest and, once every
-rank is done, marks the cache complete. Shards are the same files a single process writes, so
-the finished cache is identical, and a rerun after any rank died redoes only missing shards.
+Shards are written atomically and cover fixed image ranges, so an interrupted extraction
+resumes to exactly the rows of an uninterrupted one, under ``torchrun`` too (``write``).
 
 A cache extracted from a stream (``ImageStream``: a streamed HF dataset) has one file per
 ``images_per_shard`` images of each stream shard, ``shard_<stream shard>_<chunk>.safetensors``,
