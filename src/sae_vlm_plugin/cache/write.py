@@ -135,30 +135,21 @@ def extract_to_cache(
         rank, world = parallel.rank, parallel.world_size
         weights = weights_fingerprint(vision_model.source_module)
         fingerprints = {"weights": weights, "images": source.fingerprint()}
+        opening = (
+            root,
+            settings,
+            fingerprints,
+            selection,
+            points,
+            source.description,
+            {"ids": source.ids, "labels": source.labels},
+            dataset_name,
+        )
         if rank == 0:
-            manifest = _open_manifest(
-                root,
-                settings,
-                fingerprints,
-                selection,
-                points,
-                source.description,
-                {"ids": source.ids, "labels": source.labels},
-                dataset_name,
-            )
+            manifest = _open_manifest(*opening)
         parallel.barrier()
         if rank != 0:  # checks rank 0's manifest; only rank 0 may replace a cache or start one
-            manifest = _open_manifest(
-                root,
-                settings,
-                fingerprints,
-                selection,
-                points,
-                source.description,
-                {"ids": source.ids, "labels": source.labels},
-                dataset_name,
-                main_rank=False,
-            )
+            manifest = _open_manifest(*opening, main_rank=False)
         for point in points:
             (root / point.name).mkdir(exist_ok=True)
 
