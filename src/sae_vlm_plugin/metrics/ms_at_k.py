@@ -22,6 +22,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from sae_vlm_plugin.metrics.codes import SparseEntries, neuron_block
+
 
 @dataclass(frozen=True)
 class MSAtK:
@@ -70,7 +72,9 @@ def ms_at_k(
 
 def _sparse_scores(codes: Tensor, unit: Tensor, k: int, chunk: int) -> Tensor:
     """MS@k from the non-zero entries of coalesced sparse ``codes``: each latent's ``k``
-    largest entries, found by one sort (by value, then stably by latent)."""
+    largest entries, found by one sort (by value, then stably by latent), weighted and summed
+    over the unit embeddings as the exact MS does, one latent-major sparse-dense product
+    (``neuron_block @ unit``, costing ``n_kept * d``) per ``chunk`` latents."""
     n_images, n_latents = (int(s) for s in codes.shape)
     image, latent = codes.indices()
     value = codes.values().double()
@@ -89,17 +93,16 @@ def _sparse_scores(codes: Tensor, unit: Tensor, k: int, chunk: int) -> Tensor:
     image, latent, value = image[keep], latent[keep], value[keep]
     span = torch.where(high > low, high - low, 1.0)
     weights = (value - low[latent]) / span[latent]
+    kept = SparseEntries(image, latent, weights, n_images, n_latents)
+    ptr = torch.zeros(n_latents + 1, dtype=torch.long)
+    ptr[1:] = torch.cumsum(torch.bincount(latent, minlength=n_latents), 0)
+    summed = torch.empty(n_latents, unit.shape[1], dtype=torch.float64)
+    for start in range(0, n_latents, chunk):
+        stop = min(start + chunk, n_latents)
+        torch.mm(neuron_block(kept, ptr, start, stop), unit, out=summed[start:stop])
     sums = empty.index_add(0, latent, weights)
     squares = empty.index_add(0, latent, weights.pow(2))
-    scores = torch.full((n_latents,), float("nan"), dtype=torch.float64)
-    bounds = torch.searchsorted(latent, torch.arange(0, n_latents + chunk, chunk))
-    for i, start in enumerate(range(0, n_latents, chunk)):
-        rows = slice(int(bounds[i]), int(bounds[i + 1]))
-        stop = min(start + chunk, n_latents)
-        summed = torch.zeros(stop - start, unit.shape[1], dtype=torch.float64)
-        summed.index_add_(0, latent[rows] - start, weights[rows, None] * unit[image[rows]])
-        scores[start:stop] = _ratio(summed, sums[start:stop], squares[start:stop], high[start:stop])
-    return scores
+    return _ratio(summed, sums, squares, high)
 
 
 def _ratio(summed: Tensor, sums: Tensor, squares: Tensor, high: Tensor) -> Tensor:
