@@ -218,7 +218,7 @@ PEERS: dict[str, tuple[Callable[[torch.Tensor, int, int, str], PeerStep], str]] 
 }
 
 HOW_TO_INSTALL = {
-    "dictionary-learning": "pip install --no-deps dictionary-learning==0.1.0 (it pins nnsight<0.4)",
+    "dictionary-learning": "pip install --no-deps dictionary-learning==0.1.0, as it pins nnsight<0.4",
     "eai-sparsify": 'pip install -e ".[bench]"',
     "overcomplete": 'pip install -e ".[bench]"',
 }
@@ -235,7 +235,7 @@ def peer_steps(
             _version(distribution)
         except importlib.metadata.PackageNotFoundError:
             missing.append(
-                f"{name}: {distribution} is not installed ({HOW_TO_INSTALL[distribution]})"
+                f"{name}: {distribution} is not installed; {HOW_TO_INSTALL[distribution]}"
             )
             continue
         torch.manual_seed(0)
