@@ -10,6 +10,15 @@ closed form against the naive pairwise loop.
 - naive: 1,000 images x 4,096 latents (k = 20 codes), the pairwise loop of Eq. 9 run to the
   end, against MS on the same codes given as top-k codes and as a dense matrix; the scores
   must agree within 1e-6. Goal: at least 2,000x faster (issue #16).
+- MS@16 (issue #28): ViSAEBench's top-16 approximation (``metrics.ms_at_k``, the codes as a
+  sparse matrix) against the exact MS on the same top-k codes, at the naive and the scale sizes,
+  timed side by side on the CPU (``ms_at_k`` runs there), with both scores' means; at the naive
+  size also ViSAEBench's own ``MonosemanticityScore.compute`` (when ``visaebench`` is
+  installed), fed the codes through an identity SAE and the embeddings through a backbone that
+  looks them up, scoring every latent (``max_features`` = all), its scores checked against
+  ``ms_at_k``'s. Not at the scale size: it first writes the dense 50,000 x 65,536 float32 codes
+  (13 GB) to a memory map, then loops over the latents in Python. No goals: the figures show
+  what the approximation costs next to the exact score.
 
     python benchmarks/run.py --only monosem [--quick] [--device cuda]
 """
@@ -35,6 +44,7 @@ from harness import (
 import sae_vlm_plugin
 from sae_vlm_plugin.metrics.codes import TopKCodes
 from sae_vlm_plugin.metrics.monosemanticity import MonosemanticityResult, monosemanticity_score
+from sae_vlm_plugin.metrics.ms_at_k import ms_at_k
 
 DEVICES = ("cpu", "cuda")
 BENCHMARK = "monosemanticity"
@@ -225,8 +235,137 @@ def _naive_figures(quick: bool, device: str) -> list[Figure]:
     ]
 
 
+def sparse_codes(codes: TopKCodes) -> torch.Tensor:
+    """The top-k codes as a sparse COO ``(n_images, n_neurons)`` matrix."""
+    n_images, k = codes.indices.shape
+    rows = torch.arange(n_images).repeat_interleave(k)
+    entries = torch.stack([rows, codes.indices.flatten()])
+    shape = (n_images, codes.n_neurons)
+    values = codes.values.flatten()
+    return torch.sparse_coo_tensor(entries, values, shape, check_invariants=True).coalesce()
+
+
+class _IdentitySAE:
+    """ViSAEBench's ``SAEInterface`` whose codes are its input: its metric reads given codes."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+
+class _EmbeddingLookup:
+    """ViSAEBench's ``BackboneInterface`` over precomputed embeddings: the "images" are row
+    indices, each returned as one patch (its mean over patches is the embedding itself)."""
+
+    def __init__(self, embeddings: torch.Tensor) -> None:
+        self.embeddings = embeddings
+
+    def extract_activations(self, images: list[int], *, layer: int = -1) -> torch.Tensor:
+        return self.embeddings[list(images)].unsqueeze(1)
+
+
+def visaebench_ms(dense: torch.Tensor, embeddings: torch.Tensor, k: int = 16) -> list[float]:
+    """ViSAEBench's ``MonosemanticityScore.compute`` on given codes and embeddings, every
+    firing latent scored: the scores it keeps (those with a positive denominator), by latent."""
+    from visaebench.metrics import MonosemanticityScore
+
+    n_images, n_neurons = dense.shape
+    metric = MonosemanticityScore(top_k_images=k, max_features=n_neurons)
+    result = metric.compute(
+        _IdentitySAE(),
+        dense,
+        device="cpu",
+        images=range(n_images),
+        evaluator_backbone=_EmbeddingLookup(embeddings),
+    )
+    return list(result.metadata["ms_distribution"])
+
+
+def _visaebench_installed() -> bool:
+    try:
+        import visaebench  # noqa: F401
+    except ImportError:
+        print(
+            f"{BENCHMARK}: skipping ViSAEBench's MonosemanticityScore: visaebench is not "
+            'installed (pip install -e ".[visaebench]")',
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def _ms_at_16_figures(
+    case: str, sizes: dict[str, int], code_seed: int, embedding_seed: int
+) -> list[Figure]:
+    """MS@16 against the exact MS on the codes (and embeddings) of the ``case`` figures above;
+    at the naive size also ViSAEBench's own MS."""
+    n_images, n_neurons = sizes["n_images"], sizes["n_neurons"]
+    codes = random_topk_codes(n_images, n_neurons, sizes["k"], seed=code_seed)
+    sparse = sparse_codes(codes)
+    generator = torch.Generator().manual_seed(embedding_seed)
+    embeddings = torch.randn(n_images, sizes["d_embed"], generator=generator)
+    exact = monosemanticity_score(codes, embeddings)
+    at_16 = ms_at_k(sparse, embeddings, k=16)
+    times = time_side_by_side(
+        {
+            "exact": lambda: monosemanticity_score(codes, embeddings),
+            "at_16": lambda: ms_at_k(sparse, embeddings, k=16),
+        },
+        repeats=3 if case == "scale" else 7,
+        device="cpu",
+    )
+    shape = f"{n_images:,} images x {n_neurons:,} latents (k={sizes['k']})"
+    baseline = "exact MS on the same codes (TopKCodes)"
+    figures = [
+        Figure(
+            BENCHMARK,
+            f"MS@16 / exact MS time ({case}), {shape}",
+            times["at_16"] / times["exact"],
+            baseline,
+            detail=f"ms_at_k on a sparse matrix {times['at_16'] * 1e3:.1f} ms vs "
+            f"{times['exact'] * 1e3:.1f} ms; mean MS@16 {at_16.mean:.4f} vs mean exact MS "
+            f"{exact.summary()['mean']:.4f}; on the CPU; load avg {os.getloadavg()[0]:.1f}",
+        )
+    ]
+    if case != "naive" or not _visaebench_installed():
+        return figures
+    dense = sparse.to_dense()
+    theirs = torch.tensor(visaebench_ms(dense, embeddings), dtype=torch.float64)
+    ours = at_16.scores[~torch.isnan(at_16.scores)]
+    if theirs.shape != ours.shape:
+        raise AssertionError(
+            f"ViSAEBench scored {len(theirs)} latents, ms_at_k {len(ours)}: the two MS@16 "
+            "no longer agree on which latents count"
+        )
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+    # Timed apart: its dense codes and memory map would evict the others' caches.
+    theirs_s = time_side_by_side(
+        {"visaebench": lambda: visaebench_ms(dense, embeddings)}, repeats=3, device="cpu"
+    )["visaebench"]
+    figures.append(
+        Figure(
+            BENCHMARK,
+            f"ViSAEBench MonosemanticityScore / exact MS time ({case}), {shape}",
+            theirs_s / times["exact"],
+            baseline,
+            detail=f"{theirs_s * 1e3:.0f} ms (its compute on the dense codes, every latent; "
+            f"{theirs_s / times['at_16']:.0f}x ms_at_k's time) vs {times['exact'] * 1e3:.1f} "
+            f"ms; its {len(theirs):,} scores equal ms_at_k's within 1e-5 (it works in float32)",
+        )
+    )
+    return figures
+
+
 def run(quick: bool, device: str = "cpu") -> list[Figure]:
-    return _scale_figures(quick, device) + _naive_figures(quick, device)
+    return [
+        *_scale_figures(quick, device),
+        *_naive_figures(quick, device),
+        # the same codes and embeddings as the naive and scale figures
+        *_ms_at_16_figures("naive", NAIVE_QUICK if quick else NAIVE, 2, 3),
+        *_ms_at_16_figures("scale", SCALE_QUICK if quick else SCALE, 0, 1),
+    ]
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--scale-worker"]:

@@ -6,17 +6,26 @@ Each side runs as a user would: the plugin's trainer after ``prepare_paper_train
 also switches Adam to PyTorch's fused kernel, worth about 0.2 matmul at d_sae = 6144), the
 built-in with SAETrainer's own Adam.
 
+Peers (issue #28): every installed peer's own step on the same batch and shape, interleaved with
+the rest (``peers.py`` says which release and API each measures): dictionary_learning's
+BatchTopK and Matryoshka-BatchTopK trainers' ``update``, eai-sparsify's ``SparseCoder`` (TopK),
+overcomplete's ``BatchTopKSAE`` through its ``train_sae``. Each is reported against the matmul
+and as the paper step / peer step; a peer that is not installed is skipped with a line on
+stderr (``pip install -e ".[bench]"`` installs those that co-install with the project).
+
 Shapes: d_in = 768, B = 4096, k = 20, the paper's Matryoshka groups; d_sae = 6144 (x8, held to
 the goals of issue #16: at least 4x faster than the built-in, at most 1.25 matmuls) and 49152
-(x64: at most 1.15 matmuls). ``quick``: d_in = 64, d_sae = 512, B = 256, a smoke run without
-goals (at that size fixed per-op costs dominate). The warm-up call of each side also measures
-the memory a step needs above what the trainer already holds.
+(x64: at most 1.15 matmuls); at both, the paper step at most as long as every peer's (#28).
+``quick``: d_in = 64, d_sae = 512, B = 256, a smoke run without goals (at that size fixed
+per-op costs dominate), peers included. The warm-up call of each candidate also measures the
+memory a step needs above what it already holds.
 
     python benchmarks/run.py --only training_step [--quick] [--device cuda]
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 
 import torch
@@ -27,6 +36,7 @@ from harness import (
     reset_peak_memory,
     time_side_by_side,
 )
+from peers import peer_steps
 from sae_lens.config import LoggingConfig, SAETrainerConfig
 from sae_lens.saes.matryoshka_batchtopk_sae import (
     MatryoshkaBatchTopKTrainingSAE,
@@ -84,9 +94,12 @@ def step_figures(
     benchmark: str = BENCHMARK,
     goal_vs_builtin: float | None = None,
     goal_vs_matmul: float | None = None,
+    goal_vs_peers: float | None = None,
+    with_peers: bool = False,
 ) -> list[Figure]:
-    """The paper's step and the built-in step, each against the matmul, and against each other;
-    the first call of each is the warm-up and measures its peak memory."""
+    """The paper's step, the built-in step and (``with_peers``) every installed peer's step,
+    each against the matmul, and the paper's against each of the others; the first call of each
+    is the warm-up and measures its peak memory."""
     torch.manual_seed(0)
     batch = torch.randn(batch_size, d_in, device=device)
     lr = paper_learning_rate(d_sae)
@@ -104,10 +117,15 @@ def step_figures(
     builtin = MatryoshkaBatchTopKTrainingSAE(builtin_cfg)
     builtin_trainer = _trainer(builtin, batch_size, lr, device)
 
+    peers, missing = peer_steps(batch, d_sae, K, device) if with_peers else ({}, [])
+    for line in missing:
+        print(f"{benchmark}: skipping peer {line}", file=sys.stderr)
+
     W_enc = paper.W_enc.detach().clone()
     candidates = {
         "paper": _stepper(paper_trainer, batch),
         "builtin": _stepper(builtin_trainer, batch),
+        **{name: peer.step for name, peer in peers.items()},
         "matmul": lambda: batch @ W_enc,
     }
     peak = {name: _peak_growth_gib(fn, device) for name, fn in candidates.items()}
@@ -116,7 +134,7 @@ def step_figures(
     ms = {name: f"{seconds * 1e3:.0f} ms" for name, seconds in times.items()}
     memory = {name: f"{gib:.2f} GiB" for name, gib in peak.items()}
     matmul = f"one dense {batch_size}x{d_in}x{d_sae} matmul"
-    return [
+    figures = [
         Figure(
             benchmark,
             f"paper matryoshka step / built-in step (d_sae={d_sae})",
@@ -142,14 +160,51 @@ def step_figures(
             detail=f"{ms['builtin']} vs {ms['matmul']}",
         ),
     ]
+    for name, peer in peers.items():
+        figures += [
+            Figure(
+                benchmark,
+                f"paper matryoshka step / {name} step (d_sae={d_sae})",
+                times["paper"] / times[name],
+                peer.label,
+                goal_max=goal_vs_peers,
+                detail=f"{shape}: {ms['paper']} vs {ms[name]}; "
+                f"memory a step needs {memory['paper']} vs {memory[name]}",
+            ),
+            Figure(
+                benchmark,
+                f"{name} step / matmul (d_sae={d_sae})",
+                times[name] / times["matmul"],
+                matmul,
+                detail=f"{ms[name]} vs {ms['matmul']}",
+            ),
+        ]
+    return figures
 
 
 def run(quick: bool, device: str = "cpu") -> list[Figure]:
     if quick:
-        return step_figures(64, 512, 256, repeats=3, device=device)
+        return step_figures(64, 512, 256, repeats=3, device=device, with_peers=True)
     return [
         *step_figures(
-            768, 6144, 4096, repeats=5, device=device, goal_vs_builtin=0.25, goal_vs_matmul=1.25
+            768,
+            6144,
+            4096,
+            repeats=5,
+            device=device,
+            goal_vs_builtin=0.25,
+            goal_vs_matmul=1.25,
+            goal_vs_peers=1.0,
+            with_peers=True,
         ),
-        *step_figures(768, 49152, 4096, repeats=2, device=device, goal_vs_matmul=1.15),
+        *step_figures(
+            768,
+            49152,
+            4096,
+            repeats=2,
+            device=device,
+            goal_vs_matmul=1.15,
+            goal_vs_peers=1.0,
+            with_peers=True,
+        ),
     ]
