@@ -147,7 +147,7 @@ def _in_fresh_process(fn: Callable[..., list[Figure]], *args: object) -> list[Fi
 
 
 def training_figures(quick: bool, device: str) -> list[Figure]:
-    d_in, d_sae, batch_size = (256, 16_384, 1024) if quick else (1024, 65_536, 4096)
+    d_in, d_sae, batch_size = (128, 4096, 512) if quick else (1024, 65_536, 4096)
     return step_figures(d_in, d_sae, batch_size, repeats=2, device=device, benchmark=BENCHMARK)
 
 

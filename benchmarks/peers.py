@@ -52,6 +52,8 @@ from dataclasses import dataclass
 
 import torch
 
+from sae_vlm_plugin.training import paper_learning_rate
+
 PAPER_GROUP_FRACTIONS = [0.0625, 0.125, 0.25, 0.5625]
 AUXK_ALPHA = 0.03
 
@@ -66,10 +68,6 @@ class PeerStep:
 
 def _version(distribution: str) -> str:
     return importlib.metadata.version(distribution)
-
-
-def _paper_lr(d_sae: int) -> float:
-    return 2e-4 / (d_sae / 2**14) ** 0.5
 
 
 def _dictionary_learning_update(trainer: object, batch: torch.Tensor) -> Callable[[], object]:
@@ -135,7 +133,7 @@ def sparsify_topk(batch: torch.Tensor, d_sae: int, k: int, device: str) -> PeerS
 
     d_in = batch.shape[1]
     sae = SparseCoder(d_in, SparseCoderConfig(num_latents=d_sae, k=k), device=device)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=_paper_lr(d_sae))
+    optimizer = torch.optim.Adam(sae.parameters(), lr=paper_learning_rate(d_sae))
     scheduler = get_linear_schedule_with_warmup(optimizer, 1000, 10**6)
     dead_feature_threshold = 10_000_000  # sparsify's TrainConfig default
     tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
@@ -185,7 +183,7 @@ def overcomplete_batchtopk(batch: torch.Tensor, d_sae: int, k: int, device: str)
     from overcomplete.sae import BatchTopKSAE, train_sae
 
     sae = BatchTopKSAE(batch.shape[1], nb_concepts=d_sae, top_k=k * batch.shape[0], device=device)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=_paper_lr(d_sae))
+    optimizer = torch.optim.Adam(sae.parameters(), lr=paper_learning_rate(d_sae))
 
     def criterion(x, x_hat, pre_codes, codes, dictionary):  # type: ignore[no-untyped-def]
         return (x - x_hat).square().mean()

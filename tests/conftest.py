@@ -26,6 +26,28 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(threads)
 
 
+SHARED_SCOPES = ("module", "class", "package")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """How pytest-xdist (``--dist loadgroup``) shares the tests out: the tests that use one
+    module- or class-scoped fixture (one parameter of it, when it is parametrised) run on one
+    worker, so that the fixture is built once; every other test goes to whichever worker is
+    free. The ``slow`` tests are sent first, so that no long test starts last."""
+    for item in items:
+        shared = sorted(
+            name
+            for name, definitions in getattr(item, "_fixtureinfo").name2fixturedefs.items()
+            if definitions and definitions[-1].scope in SHARED_SCOPES
+        )
+        if shared:
+            callspec = getattr(item, "callspec", None)
+            params = callspec.params if callspec is not None else {}
+            key = ",".join(f"{name}={params[name]}" if name in params else name for name in shared)
+            item.add_marker(pytest.mark.xdist_group(f"{item.path}::{key}"))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(params=sorted(tiny_models.VISION_BUILDERS))
 def vision_build(request) -> tuple[str, torch.nn.Module]:
     """Each tiny vision encoder build in turn, as ``(short_name, model)``."""
