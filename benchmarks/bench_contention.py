@@ -11,7 +11,8 @@ Work (each a unit repeated many times, as a user's job repeats it):
 - extraction: the toy CLIP's second-to-last block, CLS, on 256 toy-world images
   (``extract_activations``: preprocessing, the forward, the capture);
 - the demo's small-SAE training loop end to end: ``VisionSAETrainingRunner`` on a cache of the
-  toy CLIP's CLS activations with the demo's settings (x4, k 8, batch 128), 200 steps.
+  toy CLIP's CLS activations with the demo's settings (x4, k 8, batch 128,
+  ``adaptive_threads=True``), 200 steps.
 
 Competitors, each its own process started by the benchmark:
 
@@ -148,6 +149,7 @@ def _demo_training(quick: bool) -> Callable[[], object]:
             n_batches_for_scaling=4,
             log_every_steps=50,
             checkpoint_every_steps=0,
+            adaptive_threads=True,
         )
         return VisionSAETrainingRunner(config, progress=False).run()
 

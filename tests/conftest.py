@@ -29,22 +29,26 @@ def pytest_configure(config: pytest.Config) -> None:
 SHARED_SCOPES = ("module", "class", "package")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """How pytest-xdist (``--dist loadgroup``) shares the tests out: the tests that use one
-    module- or class-scoped fixture (one parameter of it, when it is parametrised) run on one
-    worker, so that the fixture is built once; every other test goes to whichever worker is
-    free. The ``slow`` tests are sent first, so that no long test starts last."""
+    """How pytest-xdist (``--dist loadgroup``) shares the tests out: the tests of a file that
+    use a module- or class-scoped fixture run on one worker (one per parameter of such a
+    fixture, when it is parametrised), so that the fixture is built once; every other test
+    goes to whichever worker is free. The ``slow`` tests are sent first, so that no long test
+    starts last."""
     for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        definitions = item._fixtureinfo.name2fixturedefs
         shared = sorted(
-            name
-            for name, definitions in getattr(item, "_fixtureinfo").name2fixturedefs.items()
-            if definitions and definitions[-1].scope in SHARED_SCOPES
+            name for name, defs in definitions.items() if defs and defs[-1].scope in SHARED_SCOPES
         )
-        if shared:
-            callspec = getattr(item, "callspec", None)
-            params = callspec.params if callspec is not None else {}
-            key = ",".join(f"{name}={params[name]}" if name in params else name for name in shared)
-            item.add_marker(pytest.mark.xdist_group(f"{item.path}::{key}"))
+        if not shared:
+            continue
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec is not None else {}
+        key = "".join(f"[{name}={params[name]}]" for name in shared if name in params)
+        item.add_marker(pytest.mark.xdist_group(f"{item.path}{key}"))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
