@@ -58,18 +58,36 @@ class ThreadGovernor:
         """The count units run with (None: not chosen yet, the caller's)."""
         self._work = 0.0
         self._start: tuple[float, float, float, int] | None = None  # see _clocks
+        self._caller: int | None = None  # the caller's count, inside ``loop``
 
     @property
     def enabled(self) -> bool:
         return os.environ.get(ENVIRONMENT_SWITCH, "1") != "0"
 
     @contextmanager
-    def unit(self, on_cpu: bool = True) -> Iterator[None]:
-        """Run one unit of work with the governed thread count and learn from it."""
+    def loop(self, on_cpu: bool = True) -> Iterator[None]:
+        """A loop of units (a training loop): what runs between the units (reading the next
+        batch, bookkeeping) keeps the governed count too, and the caller's count comes back when
+        the loop ends. Switching back to the caller's count after every unit would run that
+        in-between work on all threads, which on shared cores costs more than the units."""
         if not (on_cpu and self.enabled):
             yield
             return
-        caller = torch.get_num_threads()
+        self._caller = torch.get_num_threads()
+        try:
+            yield
+        finally:
+            torch.set_num_threads(self._caller)
+            self._caller = None
+
+    @contextmanager
+    def unit(self, on_cpu: bool = True) -> Iterator[None]:
+        """Run one unit of work with the governed thread count and learn from it; outside a
+        ``loop`` the caller's count is restored after it."""
+        if not (on_cpu and self.enabled):
+            yield
+            return
+        caller = self._caller or torch.get_num_threads()
         ceiling = min(self.max_threads or caller, caller)
         threads = min(self.threads or ceiling, ceiling)
         if self._start is None:
@@ -79,10 +97,13 @@ class ThreadGovernor:
         try:
             yield
         finally:
-            torch.set_num_threads(caller)
             self._work += time.perf_counter() - began
             if self._work >= self.window:
                 self._decide(ceiling)
+            if self._caller is None:
+                torch.set_num_threads(caller)
+            else:
+                torch.set_num_threads(min(self.threads or ceiling, ceiling))
 
     def _clocks(self) -> tuple[float, float, float, int] | None:
         """Wall time, this process's CPU time, the machine's CPU time and its CPU count."""

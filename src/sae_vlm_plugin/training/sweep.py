@@ -174,13 +174,16 @@ class VisionSAESweepRunner:
         governor = ThreadGovernor()  # fewer CPU threads while other work shares the cores
         governed = first.adaptive_threads and torch.device(jobs[0].device).type == "cpu"
         try:
-            for step in range(start, first.training_steps):
-                batches = {hook: _next_batch(stream, step) for hook, stream in streams.items()}
-                with governor.unit(on_cpu=governed):
-                    losses = [job.train_step(batches[job.cfg.hook_name], wandb_run) for job in jobs]
-                if (step + 1) % first.log_every_steps == 0:
-                    bar.set_postfix(loss=" ".join(f"{loss.item():.4g}" for loss in losses))
-                bar.update(1)
+            with governor.loop(on_cpu=governed):
+                for step in range(start, first.training_steps):
+                    batches = {hook: _next_batch(stream, step) for hook, stream in streams.items()}
+                    with governor.unit(on_cpu=governed):
+                        losses = [
+                            job.train_step(batches[job.cfg.hook_name], wandb_run) for job in jobs
+                        ]
+                    if (step + 1) % first.log_every_steps == 0:
+                        bar.set_postfix(loss=" ".join(f"{loss.item():.4g}" for loss in losses))
+                    bar.update(1)
         finally:
             bar.close()
             if wandb_run is not None:
