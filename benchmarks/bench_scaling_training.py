@@ -72,16 +72,16 @@ def run(quick: bool) -> list[Figure]:
         for repeat in range(repeats):
             for name, (processes, threads) in launches.items():
                 config = {
-                    "cache_path": str(cache.path),
+                    "cached_activations_path": str(cache.path),
                     "hook_name": "blocks.0.hook_resid_post",
                     "expansion_factor": 8,
-                    "batch_size": batch,
-                    "training_steps": steps,
-                    "warmup_steps": 1,
-                    "n_batches_for_scaling": 2,
+                    "train_batch_size_tokens": batch,
+                    "training_tokens": steps * batch,
+                    "lr_warm_up_steps": 1,
+                    "n_batches_for_norm_estimate": 2,
                     "checkpoint_every_steps": 0,
-                    "log_every_steps": steps,
-                    "run_dir": str(Path(tmp) / f"{name}-{repeat}"),
+                    "logger": {"wandb_log_frequency": steps},
+                    "checkpoint_path": str(Path(tmp) / f"{name}-{repeat}"),
                 }
                 samples[name].append(launch([config], processes, threads))
     median = {name: statistics.median(times) for name, times in samples.items()}

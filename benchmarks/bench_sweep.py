@@ -42,7 +42,7 @@ def _candidates(data: dict[str, Any], root: Path, model: VisionModel | None) -> 
     def configs() -> list[VisionSAERunnerConfig]:
         run = next(runs)
         return [
-            VisionSAERunnerConfig(**data, **sae, run_dir=str(root / f"{run}-{i}"))
+            VisionSAERunnerConfig(**data, **sae, checkpoint_path=str(root / f"{run}-{i}"))
             for i, sae in enumerate(SAES)
         ]
 
@@ -57,13 +57,13 @@ def _candidates(data: dict[str, Any], root: Path, model: VisionModel | None) -> 
 
 
 def run(quick: bool) -> list[Figure]:
+    steps = 6
     common = {
         "k": 20,
-        "training_steps": 6,
-        "warmup_steps": 1,
-        "n_batches_for_scaling": 1,
+        "lr_warm_up_steps": 1,
+        "n_batches_for_norm_estimate": 1,
         "checkpoint_every_steps": 0,
-        "log_every_steps": 6,
+        "logger": {"wandb_log_frequency": steps},
     }
     figures = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,13 +76,15 @@ def run(quick: bool) -> list[Figure]:
         for index, picture in enumerate(pictures):
             picture.save(images / f"{index:03d}.png")
         model = VisionModel(module)
+        image_batch = 256 if quick else 1024
         from_images = {
             **common,
-            "model": "random-clip-vit-b16",
-            "images": str(images),
+            "model_name": "random-clip-vit-b16",
+            "dataset_path": str(images),
             "hook_name": "blocks.5.hook_resid_post" if not quick else "blocks.1.hook_resid_post",
             "tokens": "all",
-            "batch_size": 256 if quick else 1024,
+            "train_batch_size_tokens": image_batch,
+            "training_tokens": steps * image_batch,
             "extraction_batch_size": 8,
             "mixing_buffer_batches": 2,
         }
@@ -105,9 +107,10 @@ def run(quick: bool) -> list[Figure]:
         cache = _synthetic_cache(str(root / "cache"), 16 * batch, d_in)
         from_cache = {
             **common,
-            "cache_path": str(cache.path),
+            "cached_activations_path": str(cache.path),
             "hook_name": "blocks.0.hook_resid_post",
-            "batch_size": batch,
+            "train_batch_size_tokens": batch,
+            "training_tokens": steps * batch,
         }
         torch.manual_seed(0)
         times = time_side_by_side(

@@ -28,17 +28,17 @@ def tiny_setup(out: Path):
     hook = "blocks.2.hook_resid_post"
     cache = extract_to_cache(model, images, hook, out / "cache", tokens="cls")
     config = VisionSAERunnerConfig(
-        cache_path=str(cache.path),
+        cached_activations_path=str(cache.path),
         hook_name=hook,
         expansion_factor=4,
         k=8,
-        batch_size=128,
-        training_steps=300,
-        warmup_steps=30,
+        train_batch_size_tokens=128,
+        training_tokens=128 * 300,
+        lr_warm_up_steps=30,
         threshold_start_step=60,
-        n_batches_for_scaling=2,
+        n_batches_for_norm_estimate=2,
         checkpoint_every_steps=0,
-        run_dir=str(out / "run"),
+        checkpoint_path=str(out / "run"),
     )
     sae = VisionSAETrainingRunner(config).run()
     embeddings = label_embeddings([o.attributes for o in objects])

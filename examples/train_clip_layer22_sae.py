@@ -44,13 +44,13 @@ def main() -> None:
         images, _ = world_images(540)
         hook = "blocks.2.hook_resid_post"  # the toy CLIP has 4 blocks
         overrides = {
-            "batch_size": 256,
-            "training_steps": 300,
-            "warmup_steps": 30,
+            "train_batch_size_tokens": 256,
+            "training_tokens": 256 * 300,
+            "lr_warm_up_steps": 30,
             "threshold_start_step": 50,
             "dead_after_inputs": 256 * 100,
-            "n_batches_for_scaling": 2,
-            "log_every_steps": 50,
+            "n_batches_for_norm_estimate": 2,
+            "logger": {"wandb_log_frequency": 50},
             "checkpoint_every_steps": 100,
         }
     else:
@@ -62,9 +62,9 @@ def main() -> None:
     cache = extract_to_cache(model, images, hook, out / "cache", tokens="cls", dtype="float16")
     config = preset_config(
         PRESET,
-        cache_path=str(cache.path),
+        cached_activations_path=str(cache.path),
         hook_name=hook,
-        run_dir=str(out / "run"),
+        checkpoint_path=str(out / "run"),
         device=args.device,
         **overrides,
     )

@@ -70,6 +70,7 @@ _LAZY_API: dict[str, str] = {
     "preset_config": "sae_vlm_plugin.training.presets",
     "VisionSAETrainingRunner": "sae_vlm_plugin.training.runner",
     "VisionSAERunnerConfig": "sae_vlm_plugin.training.runner_config",
+    "VisionLoggingConfig": "sae_vlm_plugin.training.runner_config",
     "VisionSAESweepRunner": "sae_vlm_plugin.training.sweep",
     "sweep_from_file": "sae_vlm_plugin.training.sweep_config",
     "sweep_from_presets": "sae_vlm_plugin.training.sweep_config",
@@ -130,6 +131,7 @@ if TYPE_CHECKING:
     from sae_vlm_plugin.training.presets import list_presets as list_presets
     from sae_vlm_plugin.training.presets import preset_config as preset_config
     from sae_vlm_plugin.training.runner import VisionSAETrainingRunner as VisionSAETrainingRunner
+    from sae_vlm_plugin.training.runner_config import VisionLoggingConfig as VisionLoggingConfig
     from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig as VisionSAERunnerConfig
     from sae_vlm_plugin.training.sweep import VisionSAESweepRunner as VisionSAESweepRunner
     from sae_vlm_plugin.training.sweep_config import sweep_from_file as sweep_from_file

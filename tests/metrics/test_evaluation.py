@@ -144,8 +144,8 @@ def test_training_evaluator_appears_in_the_run_log(trained, tmp_path):
     run = VisionSAERunnerConfig(
         **{
             **cfg.to_dict(),
-            "run_dir": str(tmp_path / "run"),
-            "training_steps": 20,
+            "checkpoint_path": str(tmp_path / "run"),
+            "training_tokens": 20 * cfg.train_batch_size_tokens,
             "eval_every_steps": 10,
         }
     )
@@ -220,7 +220,7 @@ def test_cli_evaluate_writes_the_report(trained, tmp_path, capsys):
         [
             "evaluate",
             "--sae",
-            f"{cfg.run_dir}/final",
+            f"{cfg.checkpoint_path}/final",
             "--images",
             str(folder),
             "--model",

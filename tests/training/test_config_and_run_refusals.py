@@ -24,21 +24,22 @@ from sae_vlm_plugin.training.sweep_config import sweep_from_file
 HOOK = "blocks.1.hook_resid_post"
 
 
-def _values(run_dir: Path, cache: Path, **overrides) -> dict:
+def _values(run_dir: Path, cache: Path, steps: int = 20, **overrides) -> dict:
+    batch = overrides.get("train_batch_size_tokens", 64)
     return {
-        "cache_path": str(cache),
+        "cached_activations_path": str(cache),
         "hook_name": HOOK,
         "expansion_factor": 4,
         "k": 4,
-        "batch_size": 64,
-        "training_steps": 20,
-        "warmup_steps": 2,
+        "train_batch_size_tokens": batch,
+        "training_tokens": batch * steps,
+        "lr_warm_up_steps": 2,
         "threshold_start_step": 4,
         "dead_after_inputs": 64 * 20,
-        "n_batches_for_scaling": 2,
-        "log_every_steps": 5,
+        "n_batches_for_norm_estimate": 2,
+        "logger": {"wandb_log_frequency": 5},
         "checkpoint_every_steps": 10,
-        "run_dir": str(run_dir),
+        "checkpoint_path": str(run_dir),
         **overrides,
     }
 
@@ -47,12 +48,19 @@ def _values(run_dir: Path, cache: Path, **overrides) -> dict:
 
 
 def test_yaml_strings_that_are_numbers_become_numbers(tmp_path):
-    path = tmp_path / "run.yaml"
+    path = tmp_path / "run.yaml"  # in the plugin's earlier names, converted
     path.write_text("cache_path: c\nlr: 3e-4\nauxk_alpha: 1\ntraining_steps: 2e4\nk: '32'\n")
     cfg = VisionSAERunnerConfig.from_file(path)
-    assert (cfg.lr, cfg.auxk_alpha, cfg.training_steps, cfg.k) == (3e-4, 1.0, 20000, 32)
-    assert [type(cfg.lr), type(cfg.auxk_alpha)] == [float, float]
-    assert [type(cfg.training_steps), type(cfg.k)] == [int, int]
+    assert (cfg.lr, cfg.aux_loss_coefficient, cfg.total_training_steps, cfg.k) == (
+        3e-4,
+        1.0,
+        20000,
+        32,
+    )
+    assert [type(cfg.lr), type(cfg.aux_loss_coefficient)] == [float, float]
+    assert [type(cfg.training_tokens), type(cfg.k)] == [int, int]
+    path.write_text("cached_activations_path: c\ntraining_tokens: 4096e4\n")
+    assert VisionSAERunnerConfig.from_file(path).total_training_steps == 10000
     cfg = VisionSAERunnerConfig.from_dict({"cache_path": "c", "group_fractions": ["0.5", 0.5]})
     assert cfg.group_fractions == [0.5, 0.5]
 
@@ -92,7 +100,7 @@ def test_cli_set_values_are_coerced_or_refused_in_one_line(tmp_path, tiny_cache,
     argv = ["train", "--config", str(config), "--set", "lr=3e-4", "--set", "training_steps=5"]
     assert cli_main(argv) == 0
     recorded = yaml.safe_load((tmp_path / "run" / "config.json").read_text())
-    assert (recorded["lr"], recorded["training_steps"]) == (3e-4, 5)
+    assert (recorded["lr"], recorded["training_tokens"]) == (3e-4, 5 * 64)
 
 
 def test_unknown_keys_name_the_valid_ones():
@@ -106,7 +114,8 @@ def test_unknown_keys_name_the_valid_ones():
 @pytest.mark.parametrize("name", ["../../escape", "/tmp/abs", "a/b", "..", ".", ""])
 def test_sweep_names_that_leave_the_run_directory_are_refused(tmp_path, name):
     path = tmp_path / "sweep.yaml"
-    spec = {"run_dir": str(tmp_path / "runs"), "shared": {"cache_path": "c"}, "saes": {name: {}}}
+    spec = {"checkpoint_path": str(tmp_path / "runs"), "shared": {"cache_path": "c"}}
+    spec["saes"] = {name: {}}
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ValueError, match=re.escape(f"SAE name {name!r}")):
         sweep_from_file(path)
@@ -201,7 +210,11 @@ def test_a_nan_loss_stops_training_at_its_step_and_keeps_the_last_good_checkpoin
     tmp_path, tiny_cache, capsys
 ):
     values = _values(
-        tmp_path / "run", tiny_cache, lr=1e30, checkpoint_every_steps=1, log_every_steps=1
+        tmp_path / "run",
+        tiny_cache,
+        lr=1e30,
+        checkpoint_every_steps=1,
+        logger={"wandb_log_frequency": 1},
     )
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(values))
@@ -234,7 +247,8 @@ def test_a_nan_loss_between_log_steps_is_reported_at_its_own_step(tmp_path, tiny
             output.loss = output.loss * float("nan")
         return output
 
-    cfg = VisionSAERunnerConfig(**_values(tmp_path / "run", tiny_cache, log_every_steps=10))
+    values = _values(tmp_path / "run", tiny_cache, logger={"wandb_log_frequency": 10})
+    cfg = VisionSAERunnerConfig(**values)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(SAETrainer, "_train_step", nan_at_step_7)
         with pytest.raises(TrainingDivergedError, match="loss is nan at step 7;"):
@@ -252,7 +266,7 @@ def _write_config(tmp_path: Path, cache: Path, **overrides) -> Path:
 
 
 def test_a_train_that_fails_before_it_starts_leaves_no_config(tmp_path, tiny_cache, capsys):
-    config = _write_config(tmp_path, tiny_cache, training_steps=5)
+    config = _write_config(tmp_path, tiny_cache, steps=5)
     assert cli_main(["train", "--config", str(config), "--set", "k=200"]) == 2
     assert "k=200 is larger than d_sae=128" in capsys.readouterr().err
     assert not (tmp_path / "run" / "config.json").exists()
@@ -262,7 +276,7 @@ def test_a_train_that_fails_before_it_starts_leaves_no_config(tmp_path, tiny_cac
 
 
 def test_train_into_a_folder_of_other_files_is_refused(tmp_path, tiny_cache, capsys):
-    config = _write_config(tmp_path, tiny_cache, training_steps=5)
+    config = _write_config(tmp_path, tiny_cache, steps=5)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("mine")
     assert cli_main(["train", "--config", str(config)]) == 2
@@ -275,7 +289,7 @@ def test_rerunning_a_finished_train_says_so_and_trains_nothing(tmp_path, tiny_ca
     from sae_lens import SAE
     from sae_lens.training.sae_trainer import SAETrainer
 
-    config = _write_config(tmp_path, tiny_cache, training_steps=10)
+    config = _write_config(tmp_path, tiny_cache, steps=10)
     assert cli_main(["train", "--config", str(config)]) == 0
     capsys.readouterr()
     log = (tmp_path / "run" / "log.jsonl").read_text()
@@ -303,10 +317,10 @@ def test_a_sweep_trains_only_its_unfinished_saes(tmp_path, tiny_cache):
 
     done = [config("a"), config("b", k=8)]
     VisionSAESweepRunner(done, progress=False).run()
-    logs = [(Path(c.run_dir) / "log.jsonl").read_text() for c in done]
+    logs = [(Path(c.checkpoint_path) / "log.jsonl").read_text() for c in done]
     newcomer = config("c", expansion_factor=2)
     saes = VisionSAESweepRunner([*done, newcomer], progress=False).run()
-    assert [(Path(c.run_dir) / "log.jsonl").read_text() for c in done] == logs
+    assert [(Path(c.checkpoint_path) / "log.jsonl").read_text() for c in done] == logs
     alone = VisionSAETrainingRunner(config("c", "alone", expansion_factor=2), progress=False).run()
     for key, value in alone.state_dict().items():
         assert torch.equal(saes[2].state_dict()[key], value), key
@@ -329,7 +343,7 @@ def random_2_cache(tmp_path_factory) -> Path:
 
 
 def test_tokens_that_contradict_the_cache_are_refused(tmp_path, tiny_cache, capsys):
-    config = _write_config(tmp_path, tiny_cache, training_steps=5)
+    config = _write_config(tmp_path, tiny_cache, steps=5)
     assert cli_main(["train", "--config", str(config), "--set", "tokens=patches"]) == 2
     error = capsys.readouterr().err
     assert f"tokens='patches' asks for patches, but the cache at {tiny_cache} holds all" in error
@@ -355,7 +369,7 @@ def test_a_random_k_cache_refuses_another_selection(
 
 @pytest.mark.parametrize("tokens", [None, "random_k", "random_2"])
 def test_the_cache_selection_or_the_same_one_trains(tmp_path, random_2_cache, tokens):
-    values = _values(tmp_path / "run", random_2_cache, tokens=tokens, training_steps=5)
+    values = _values(tmp_path / "run", random_2_cache, tokens=tokens, steps=5)
     sae = VisionSAETrainingRunner(VisionSAERunnerConfig(**values), progress=False).run()
     assert sae.cfg.metadata.tokens == "random_2@seed0"
 
@@ -364,7 +378,7 @@ def test_a_preset_with_a_cache_takes_the_cache_selection(random_2_cache):
     from sae_vlm_plugin.training.presets import preset_config
 
     cfg = preset_config("clip-l14-336-l22-cls-batchtopk-x8", cache_path=str(random_2_cache))
-    assert (cfg.model, cfg.tokens) == (None, None)
+    assert (cfg.model_name, cfg.tokens) == (None, None)
     explicit = preset_config("steering", cache_path="c", tokens="patches")
     assert explicit.tokens == "patches"
     assert preset_config("steering", images="i").tokens.startswith("random_k")
@@ -390,7 +404,7 @@ def test_a_train_into_a_run_dir_another_run_holds_is_refused(
 ):
     """Issue 27 item 5: the same training twice into one run dir: the second is refused at
     once (no doubled log, no '.final.tmp' left behind)."""
-    config = _write_config(tmp_path, tiny_cache, training_steps=5)
+    config = _write_config(tmp_path, tiny_cache, steps=5)
     hold_directory(tmp_path / "run")
     assert cli_main(["train", "--config", str(config)]) == 2
     assert "is in use by another training run" in capsys.readouterr().err
@@ -399,8 +413,10 @@ def test_a_train_into_a_run_dir_another_run_holds_is_refused(
 
 def test_a_batch_larger_than_the_whole_cache_is_refused(tmp_path, tiny_cache, capsys):
     """#27 item 23: every batch would hold the same rows several times over."""
-    config = _write_config(tmp_path, tiny_cache, batch_size=8192, dead_after_inputs=8192)
+    config = _write_config(
+        tmp_path, tiny_cache, train_batch_size_tokens=8192, dead_after_inputs=8192
+    )
     assert cli_main(["train", "--config", str(config)]) == 2
     error = capsys.readouterr().err
-    assert "batch_size=8192 is larger than the 4080 rows of the cache" in error
+    assert "train_batch_size_tokens=8192 is larger than the 4080 rows of the cache" in error
     assert not (tmp_path / "run").exists()

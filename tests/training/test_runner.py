@@ -26,21 +26,22 @@ from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 HOOK = "blocks.1.hook_resid_post"
 
 
-def _config(run_dir: Path, cache: Path, **overrides) -> VisionSAERunnerConfig:
+def _config(run_dir: Path, cache: Path, steps: int = 40, **overrides) -> VisionSAERunnerConfig:
+    batch = overrides.get("train_batch_size_tokens", 64)
     values = {
-        "cache_path": str(cache),
+        "cached_activations_path": str(cache),
         "hook_name": HOOK,
         "expansion_factor": 4,
         "k": 4,
-        "batch_size": 64,
-        "training_steps": 40,
-        "warmup_steps": 5,
+        "train_batch_size_tokens": batch,
+        "training_tokens": batch * steps,
+        "lr_warm_up_steps": 5,
         "threshold_start_step": 10,
         "dead_after_inputs": 64 * 20,
-        "n_batches_for_scaling": 4,
-        "log_every_steps": 5,
+        "n_batches_for_norm_estimate": 4,
+        "logger": {"wandb_log_frequency": 5},
         "checkpoint_every_steps": 10,
-        "run_dir": str(run_dir),
+        "checkpoint_path": str(run_dir),
         **overrides,
     }
     return VisionSAERunnerConfig(**values)
@@ -84,9 +85,9 @@ def test_exported_sae_runs_on_raw_activations_with_l0_near_k(tmp_path, tiny_cach
     cfg = _config(
         tmp_path / "run",
         tiny_cache,
-        training_steps=150,
+        steps=150,
         threshold_start_step=20,
-        log_every_steps=50,
+        logger={"wandb_log_frequency": 50, "eval_every_n_wandb_logs": 20},
     )
     sae = VisionSAETrainingRunner(cfg, progress=False).run()
     from sae_vlm_plugin import ActivationCache
@@ -114,22 +115,22 @@ def test_training_from_images_extracts_on_the_fly(tmp_path):
         size={"shortest_edge": tm.IMAGE_SIZE}, crop_size=tm.IMAGE_SIZE
     ).save_pretrained(checkpoint)
     cfg = VisionSAERunnerConfig(
-        model=str(checkpoint),
-        images=str(folder),
+        model_name=str(checkpoint),
+        dataset_path=str(folder),
         hook_name=HOOK,
         tokens="random_k",
         tokens_per_image=4,
         expansion_factor=2,
         k=4,
-        batch_size=32,
-        training_steps=12,
-        warmup_steps=2,
+        train_batch_size_tokens=32,
+        training_tokens=32 * 12,
+        lr_warm_up_steps=2,
         threshold_start_step=4,
-        n_batches_for_scaling=2,
+        n_batches_for_norm_estimate=2,
         mixing_buffer_batches=2,
         extraction_batch_size=16,
-        log_every_steps=4,
-        run_dir=str(tmp_path / "run"),
+        logger={"wandb_log_frequency": 4},
+        checkpoint_path=str(tmp_path / "run"),
     )
     sae = VisionSAETrainingRunner(cfg, progress=False).run()
     assert sae.cfg.metadata.model_name == str(checkpoint)
@@ -191,7 +192,7 @@ def test_evaluator_results_reach_the_log(tmp_path, tiny_cache):
         calls.append(step)
         return {"eval/d_sae": sae.cfg.d_sae}
 
-    cfg = _config(tmp_path / "run", tiny_cache, training_steps=20, eval_every_steps=10)
+    cfg = _config(tmp_path / "run", tiny_cache, steps=20, eval_every_steps=10)
     VisionSAETrainingRunner(cfg, evaluator=evaluator, progress=False).run()
     assert calls == [10, 20]
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
@@ -213,19 +214,16 @@ def test_presets_cover_the_paper_and_errors_are_clear(tmp_path, tiny_cache):
         None,  # a cache records its own token selection, as it does its model
         "blocks.22.hook_resid_post",
     )
-    assert steering.model is None
-    table1 = preset_config("clip-l14-336-l22-cls-batchtopk-x8", images="/data/imagenet/train")
-    assert table1.model == "openai/clip-vit-large-patch14-336"
-    assert (table1.k, table1.batch_size, table1.training_steps, table1.warmup_steps) == (
-        20,
-        4096,
-        100_000,
-        1000,
-    )
+    assert steering.model_name is None
+    table1 = preset_config("clip-l14-336-l22-cls-batchtopk-x8", dataset_path="/data/imagenet/train")
+    assert table1.model_name == "openai/clip-vit-large-patch14-336"
+    assert (table1.k, table1.train_batch_size_tokens, table1.lr_warm_up_steps) == (20, 4096, 1000)
+    assert (table1.training_tokens, table1.total_training_steps) == (4096 * 100_000, 100_000)
+    assert (table1.dead_after_inputs, table1.eval_period) == (10_000_000, 1000)
     # #15 item 1: every reference script passes --auxk_alpha 0.03 (not dictionary_learning's 1/32)
-    assert table1.auxk_alpha == steering.auxk_alpha == 0.03
+    assert table1.aux_loss_coefficient == steering.aux_loss_coefficient == 0.03
     # #15 item 2: get_norm_factor(data, steps=100) averages batches 0..100
-    assert table1.n_batches_for_scaling == 101
+    assert table1.n_batches_for_norm_estimate == 101
     assert preset_config("steering", images="x").tokens == "random_k+replacement"
     with pytest.raises(
         ValueError,
@@ -235,7 +233,7 @@ def test_presets_cover_the_paper_and_errors_are_clear(tmp_path, tiny_cache):
 
 
 def test_config_errors_name_what_is_wrong(tmp_path, tiny_cache):
-    with pytest.raises(ValueError, match="either cache_path"):
+    with pytest.raises(ValueError, match="either cached_activations_path"):
         VisionSAERunnerConfig()
     with pytest.raises(
         ValueError, match="architecture: expected one of 'paper_matryoshka_batchtopk', "
@@ -278,7 +276,7 @@ def test_nan_activations_name_the_step(tmp_path):
 
 def test_cli_train_with_a_config_file_and_overrides(tmp_path, tiny_cache, capsys):
     config_file = tmp_path / "run.yaml"
-    values = _config(tmp_path / "run", tiny_cache, training_steps=10).to_dict()
+    values = _config(tmp_path / "run", tiny_cache, steps=10).to_dict()
     import yaml
 
     config_file.write_text(yaml.safe_dump(values))
@@ -306,7 +304,7 @@ def test_trained_sae_round_trips_through_a_registry_entry_and_from_pretrained(tm
     from sae_vlm_plugin import register_releases
 
     trained = VisionSAETrainingRunner(
-        _config(tmp_path / "run", tiny_cache, training_steps=20), progress=False
+        _config(tmp_path / "run", tiny_cache, steps=20), progress=False
     ).run()
     meta = trained.cfg.metadata
     release = {
@@ -366,11 +364,11 @@ def test_reference_data_order_replays_one_epoch_with_its_short_batch(tmp_path, t
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="has no equal share for 2 ranks"):
         next(cache.batches(batch_size=1024, order="reference", rank=0, world_size=2))
-    with pytest.raises(ValueError, match="needs cache_path"):
-        VisionSAERunnerConfig(model="m", images="i", data_order="reference")
+    with pytest.raises(ValueError, match="needs cached_activations_path"):
+        VisionSAERunnerConfig(model_name="m", dataset_path="i", data_order="reference")
 
     sae = VisionSAETrainingRunner(
-        _config(tmp_path / "run", tiny_cache, batch_size=1000, data_order="reference"),
+        _config(tmp_path / "run", tiny_cache, train_batch_size_tokens=1000, data_order="reference"),
         progress=False,
     ).run()  # 4080 rows: every fifth step is a batch of 80
     assert torch.isfinite(sae.W_dec).all()

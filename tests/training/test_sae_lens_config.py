@@ -16,6 +16,7 @@ from sae_lens import (
 )
 
 from sae_vlm_plugin.tiny import models as tm
+from sae_vlm_plugin.training.config_names import alias_names
 from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
 from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 from sae_vlm_plugin.training.sweep import wandb_settings
@@ -79,26 +80,50 @@ def test_a_saelens_yaml_trains_with_only_the_vision_keys_changed(tmp_path, image
 
     cfg = VisionSAERunnerConfig.from_file(path)
     assert (cfg.architecture, cfg.d_in, cfg.d_sae, cfg.k) == ("batchtopk", tm.WIDTH, 128, 4)
-    assert (cfg.batch_size, cfg.training_steps, cfg.warmup_steps) == (16, 12, 2)
-    assert (cfg.model, cfg.images, cfg.run_dir) == (
+    assert (cfg.train_batch_size_tokens, cfg.training_tokens, cfg.lr_warm_up_steps) == (16, 192, 2)
+    assert cfg.total_training_steps == 12
+    assert (cfg.model_name, cfg.dataset_path, cfg.checkpoint_path) == (
         str(checkpoint),
         str(image_folder),
         str(tmp_path / "run"),
     )
-    assert cfg.auxk_alpha == 1.0  # SAELens' aux_loss_coefficient
-    assert cfg.dead_feature_window == 1000
-    assert cfg.dead_after_inputs == 1001 * 16
-    assert (cfg.log_every_steps, cfg.eval_every_steps) == (30, 600)
-    assert (cfg.wandb_project, cfg.run_name) == ("sae_lens_tutorial", values["logger"]["run_name"])
+    assert cfg.aux_loss_coefficient == 1.0  # the BatchTopK config's default
+    assert (cfg.dead_feature_window, cfg.dead_after_inputs) == (1000, None)
+    assert (cfg.dead_feature_steps, cfg.dead_feature_inputs) == (1000, 1001 * 16)
+    assert cfg.n_batches_for_norm_estimate == 1000  # SAELens' default, read
+    logger = cfg.logger
+    assert (logger.wandb_log_frequency, logger.eval_every_n_wandb_logs) == (30, 20)
+    assert (cfg.eval_every_steps, cfg.eval_period) == (None, 600)
+    assert (logger.wandb_project, logger.run_name) == (
+        "sae_lens_tutorial",
+        values["logger"]["run_name"],
+    )
     assert cfg.extra_metadata["sae_lens_lm_settings"]["context_size"] == 512
-    saved = cfg.to_dict()  # one spelling: the runner's
-    assert not {"train_batch_size_tokens", "training_tokens", "sae", "logger"} & set(saved)
+    assert (cfg.n_checkpoints, cfg.use_cached_activations) == (0, False)
+
+    saved = cfg.to_dict()  # one spelling: SAELens' names, the logger nested
+    shared = {"model_name", "dataset_path", "train_batch_size_tokens", "training_tokens"}
+    shared |= {"lr_warm_up_steps", "checkpoint_path", "dead_feature_window", "n_checkpoints"}
+    shared |= {"n_batches_for_norm_estimate", "aux_loss_coefficient", "feature_sampling_window"}
+    assert shared <= set(saved)
+    assert set(values["logger"]) - set(saved["logger"]) == {
+        "log_activations_store_to_wandb",  # SAELens' artifact uploads: refused unless default
+        "log_optimizer_state_to_wandb",
+        "log_weights_to_wandb",
+    }
+    assert not set(saved) & {*alias_names(), "sae"}
+    for key in shared - {"aux_loss_coefficient"}:
+        assert saved[key] == values[key], key
     assert VisionSAERunnerConfig.from_dict(saved) == cfg
+    cfg.n_batches_for_norm_estimate = 2  # a tiny run: 1000 batches of 16 images' tokens is long
 
     sae = VisionSAETrainingRunner(cfg, progress=False).run()
     assert sae.cfg.d_sae == 128
     record = json.loads((tmp_path / "run" / "final" / "cfg.json").read_text())
     assert record["metadata"]["sae_lens_lm_settings"]["context_size"] == 512
+    assert record["metadata"]["training_steps"] == 12
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded == cfg.to_dict()  # the run directory's config spells SAELens' names
 
 
 def test_nested_saelens_objects_set_the_runner_fields(tiny_cache):
@@ -107,7 +132,8 @@ def test_nested_saelens_objects_set_the_runner_fields(tiny_cache):
         sae=tutorial.sae, logger=tutorial.logger, cache_path=str(tiny_cache), hook_name=HOOK
     )
     assert (cfg.architecture, cfg.d_in, cfg.d_sae, cfg.k) == ("batchtopk", 1024, 16384, 32)
-    assert (cfg.log_to_wandb, cfg.log_every_steps) == (True, 30)
+    assert (cfg.logger.log_to_wandb, cfg.logger.wandb_log_frequency) == (True, 30)
+    assert cfg.logger.eval_every_n_wandb_logs == 20
     matryoshka = MatryoshkaBatchTopKTrainingSAEConfig(
         d_in=32, d_sae=128, k=4, matryoshka_widths=[16, 48, 128]
     )

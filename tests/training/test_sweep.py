@@ -38,14 +38,14 @@ def two_hook_cache(tmp_path_factory) -> Path:
 
 def _shared(cache: Path) -> dict:
     return {
-        "cache_path": str(cache),
-        "batch_size": 64,
-        "training_steps": 24,
-        "warmup_steps": 4,
+        "cached_activations_path": str(cache),
+        "train_batch_size_tokens": 64,
+        "training_tokens": 64 * 24,
+        "lr_warm_up_steps": 4,
         "threshold_start_step": 6,
         "dead_after_inputs": 192,
-        "n_batches_for_scaling": 3,
-        "log_every_steps": 6,
+        "n_batches_for_norm_estimate": 3,
+        "logger": {"wandb_log_frequency": 6},
         "checkpoint_every_steps": 12,
     }
 
@@ -77,7 +77,7 @@ SAES = {
 def _configs(root: Path, cache: Path) -> list[VisionSAERunnerConfig]:
     return [
         VisionSAERunnerConfig(
-            **{"expansion_factor": 4, **_shared(cache), **own, "run_dir": str(root / name)}
+            **{"expansion_factor": 4, **_shared(cache), **own, "checkpoint_path": str(root / name)}
         )
         for name, own in SAES.items()
     ]
@@ -121,7 +121,7 @@ def test_a_killed_sweep_resumes_from_the_checkpoint_all_saes_share(tmp_path, two
     # A new SAE without the others' checkpoints cannot join the sweep's stream mid-way.
     _unfinish(configs)
     newcomer = VisionSAERunnerConfig(
-        **{**configs[0].to_dict(), "k": 2, "run_dir": str(tmp_path / "new")}
+        **{**configs[0].to_dict(), "k": 2, "checkpoint_path": str(tmp_path / "new")}
     )
     with pytest.raises(ValueError, match="no checkpoint step in common"):
         VisionSAESweepRunner([*configs, newcomer], progress=False).run()
@@ -130,16 +130,21 @@ def test_a_killed_sweep_resumes_from_the_checkpoint_all_saes_share(tmp_path, two
 def _unfinish(configs: list[VisionSAERunnerConfig]) -> None:
     """Remove the runs' exports, leaving their checkpoints."""
     for cfg in configs:
-        shutil.rmtree(Path(cfg.run_dir) / "final")
+        shutil.rmtree(Path(cfg.checkpoint_path) / "final")
 
 
 def test_sweep_settings_that_must_agree_are_checked(tmp_path, two_hook_cache):
     first, second = _configs(tmp_path, two_hook_cache)[:2]
-    second.batch_size = 128
-    with pytest.raises(ValueError, match=r"differs from .* in batch_size"):
+    second.train_batch_size_tokens = 128
+    with pytest.raises(ValueError, match=r"differs from .* in train_batch_size_tokens"):
         VisionSAESweepRunner([first, second])
-    second.batch_size, second.run_dir = first.batch_size, first.run_dir
-    with pytest.raises(ValueError, match="needs its own run_dir"):
+    second.train_batch_size_tokens = first.train_batch_size_tokens
+    second.logger.wandb_project = "another"
+    with pytest.raises(ValueError, match=r"differs from .* in logger\.wandb_project"):
+        VisionSAESweepRunner([first, second])
+    second.logger.wandb_project = first.logger.wandb_project
+    second.checkpoint_path = first.checkpoint_path
+    with pytest.raises(ValueError, match="needs its own checkpoint_path"):
         VisionSAESweepRunner([first, second])
     with pytest.raises(ValueError, match="at least one"):
         VisionSAESweepRunner([])
@@ -147,14 +152,18 @@ def test_sweep_settings_that_must_agree_are_checked(tmp_path, two_hook_cache):
 
 def test_sweep_file_and_cli(tmp_path, two_hook_cache, capsys):
     spec = {
-        "run_dir": str(tmp_path / "from-file"),
-        "shared": {**_shared(two_hook_cache), "training_steps": 6, "checkpoint_every_steps": 0},
+        "checkpoint_path": str(tmp_path / "from-file"),
+        "shared": {
+            **_shared(two_hook_cache),
+            "training_tokens": 64 * 6,
+            "checkpoint_every_steps": 0,
+        },
         "saes": {name: SAES[name] for name in ("batchtopk-x4", "batchtopk-x2-lr")},
     }
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     configs = sweep_from_file(path, k=2)
-    assert [Path(c.run_dir).name for c in configs] == ["batchtopk-x4", "batchtopk-x2-lr"]
+    assert [Path(c.checkpoint_path).name for c in configs] == ["batchtopk-x4", "batchtopk-x2-lr"]
     assert {c.k for c in configs} == {2}
 
     assert cli_main(["sweep", "--config", str(path), "--set", "k=3"]) == 0
@@ -164,7 +173,8 @@ def test_sweep_file_and_cli(tmp_path, two_hook_cache, capsys):
 
     path.write_text(yaml.safe_dump({**spec, "sae": {}}))
     with pytest.raises(
-        ValueError, match="unknown sweep keys \\['sae'\\]; valid: run_dir, shared, saes"
+        ValueError,
+        match="unknown sweep keys \\['sae'\\]; valid: checkpoint_path, run_dir, shared, saes",
     ):
         sweep_from_file(path)
 
@@ -178,7 +188,7 @@ def test_preset_patterns_pick_the_table_1_saes_of_a_layer(tmp_path):
         for a in ("paper_batchtopk", "paper_matryoshka_batchtopk")
         for x in (1, 2, 4, 8, 16, 64)
     }
-    assert configs[0].run_dir == str(tmp_path / configs[0].preset)
+    assert configs[0].checkpoint_path == str(tmp_path / configs[0].preset)
     with pytest.raises(ValueError, match="no preset matches 'clip-l99-\\*'"):
         sweep_from_presets(["clip-l99-*"], str(tmp_path), images="x")
 
@@ -207,11 +217,12 @@ def test_saes_of_one_hook_share_one_ms_evaluator(tmp_path, two_hook_cache, monke
     monkeypatch.setattr("sae_vlm_plugin.model.VisionModel", lambda *args, **kwargs: "model")
     configs = _configs(tmp_path, two_hook_cache)
     for cfg in configs:
-        cfg.training_steps, cfg.eval_every_steps, cfg.eval_images = 6, 3, "held-out"
+        cfg.training_tokens, cfg.eval_every_steps, cfg.eval_images = 6 * 64, 3, "held-out"
     VisionSAESweepRunner(configs, progress=False).run()
     assert sorted(built) == [(hook, "held-out", "dinov2") for hook in HOOKS]
     for cfg in configs:
-        evals = [e for e in JsonlLog(Path(cfg.run_dir) / "log.jsonl").read() if e["kind"] == "eval"]
+        log = JsonlLog(Path(cfg.checkpoint_path) / "log.jsonl")
+        evals = [e for e in log.read() if e["kind"] == "eval"]
         assert [(e["step"], e["ms_mean"]) for e in evals] == [
             (3, 32 * cfg.expansion_factor),
             (6, 32 * cfg.expansion_factor),

@@ -90,27 +90,27 @@ def train_demo_sae(
     returns ``(sae, runner config)``."""
     from sae_vlm_plugin.cache import extract_to_cache
     from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
-    from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+    from sae_vlm_plugin.training.runner_config import VisionLoggingConfig, VisionSAERunnerConfig
 
     cache = extract_to_cache(
         model, images, hook, out / "cache", tokens=tokens, progress=config.progress
     )
     steps = config.training_steps or default_steps
     run_config = VisionSAERunnerConfig(
-        cache_path=str(cache.path),
+        cached_activations_path=str(cache.path),
         hook_name=hook,
         architecture="paper_matryoshka_batchtopk",
         expansion_factor=config.expansion_factor,
         k=config.k,
-        run_dir=str(out / run_name),
+        checkpoint_path=str(out / run_name),
         seed=seed,
-        training_steps=steps,
-        batch_size=config.batch_size,
-        warmup_steps=steps // 10,
+        training_tokens=config.batch_size * steps,
+        train_batch_size_tokens=config.batch_size,
+        lr_warm_up_steps=steps // 10,
         threshold_start_step=steps // 5,
         dead_after_inputs=config.batch_size * steps // 4,
-        n_batches_for_scaling=4,
-        log_every_steps=50,
+        n_batches_for_norm_estimate=4,
+        logger=VisionLoggingConfig(wandb_log_frequency=50, eval_every_n_wandb_logs=20),
         checkpoint_every_steps=0,
     )
     return VisionSAETrainingRunner(run_config, progress=config.progress).run(), run_config

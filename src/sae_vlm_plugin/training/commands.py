@@ -23,19 +23,29 @@ def _parse_overrides(pairs: list[str]) -> dict[str, object]:
     return overrides
 
 
-def _data_overrides(args: argparse.Namespace) -> dict[str, object]:
-    """``--set`` pairs plus the dedicated flags (``--images``, ``--cache`` ...) that were given."""
-    overrides = _parse_overrides(args.set or [])
+def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``--set`` pairs (any spelling the config takes; ``logger.NAME`` sets the logger's) plus
+    the dedicated flags (``--images``, ``--cache`` ...) that were given, in the config's flat
+    form (``config_names``): a flag replaces a ``--set`` of the same setting."""
+    from sae_vlm_plugin.training.config_names import merge_settings
+    from sae_vlm_plugin.training.runner_config import flat_config
+
     flags = {
+        "images": "dataset_path",
+        "cache_path": "cached_activations_path",
+        "model": "model_name",
+        "device": "device",
         "split": "images_split",
         "image_column": "image_column",
         "label_column": "label_column",
+        "run_dir": "checkpoint_path",
     }
-    for key in ("images", "cache_path", "model", "device", *flags):
-        value = getattr(args, key, None)
-        if value is not None:
-            overrides[flags.get(key, key)] = value
-    return overrides
+    given = {
+        field: getattr(args, key)
+        for key, field in flags.items()
+        if getattr(args, key, None) is not None
+    }
+    return merge_settings(flat_config(_parse_overrides(args.set or [])), given)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -48,22 +58,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.list_presets:
         print_table(list_presets())
         return 0
+    from sae_vlm_plugin.training.config_names import merge_settings
+    from sae_vlm_plugin.training.runner_config import flat_config, read_mapping
+
     overrides = _data_overrides(args)
-    if args.run_dir is not None:
-        overrides["run_dir"] = args.run_dir
     if args.config is not None:
-        values = VisionSAERunnerConfig.from_file(args.config).to_dict()
-        config = VisionSAERunnerConfig.from_dict({**values, **overrides})
+        values = flat_config(read_mapping(args.config, "config keys"))
+        config = VisionSAERunnerConfig(**merge_settings(values, overrides))
     elif args.preset is not None:
         config = preset_config(args.preset, **overrides)
     else:
         raise ValueError("give --preset NAME or --config FILE (see --list-presets)")
-    finished = is_finished(config.run_dir)
+    finished = is_finished(config.checkpoint_path)
     with process_group_from_environment(config.device):  # torchrun: data-parallel
         sae = VisionSAETrainingRunner(config).run()
         is_main = DataParallel.current().is_main
     if is_main:
-        print(_trained_line(config.run_dir, config.architecture, sae.cfg.d_sae, finished))
+        print(_trained_line(config.checkpoint_path, config.architecture, sae.cfg.d_sae, finished))
     return 0
 
 
@@ -82,19 +93,20 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from sae_vlm_plugin.training.sweep_config import sweep_from_file, sweep_from_presets
 
     overrides = _data_overrides(args)
+    overrides.pop("checkpoint_path", None)  # --run-dir: the root each SAE's folder goes under
     if args.config is not None:
         configs = sweep_from_file(args.config, args.run_dir, **overrides)
     elif args.preset:
         configs = sweep_from_presets(args.preset, args.run_dir or "runs/sweep", **overrides)
     else:
         raise ValueError("give --config SWEEP_FILE or --preset PATTERN (repeatable)")
-    finished = [is_finished(config.run_dir) for config in configs]
+    finished = [is_finished(config.checkpoint_path) for config in configs]
     with process_group_from_environment(configs[0].device):  # torchrun: each SAE data-parallel
         saes = VisionSAESweepRunner(configs).run()
         is_main = DataParallel.current().is_main
     if is_main:
         for config, sae, done in zip(configs, saes, finished, strict=True):
-            print(_trained_line(config.run_dir, config.architecture, sae.cfg.d_sae, done))
+            print(_trained_line(config.checkpoint_path, config.architecture, sae.cfg.d_sae, done))
     return 0
 
 
@@ -106,7 +118,11 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="override the preset's model")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ...")
     parser.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override any config field (repeatable)"
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any config setting, by SAELens' name or the plugin's earlier one; "
+        "logger.NAME sets the logger's (repeatable)",
     )
 
 
@@ -124,7 +140,9 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
     train.add_argument("--preset", help="a paper preset (see --list-presets)")
     train.add_argument("--config", help="a YAML or JSON VisionSAERunnerConfig")
     train.add_argument("--list-presets", action="store_true", help="list the presets and exit")
-    train.add_argument("--run-dir", help="checkpoints, log.jsonl and final/ go here")
+    train.add_argument(
+        "--run-dir", help="the run's checkpoint_path: checkpoints, log.jsonl and final/ go here"
+    )
     _add_data_flags(train)
 
     sweep = add_command(
@@ -137,7 +155,7 @@ def add_commands(commands: argparse._SubParsersAction[Any]) -> None:
         "Re-running resumes; under torchrun every SAE trains data-parallel.",
     )
     sweep.add_argument(
-        "--config", help="a sweep file: run_dir, shared settings, saes (name -> settings)"
+        "--config", help="a sweep file: checkpoint_path, shared settings, saes (name -> settings)"
     )
     sweep.add_argument(
         "--preset",

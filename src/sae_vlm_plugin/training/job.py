@@ -5,13 +5,14 @@ A ``TrainingJob`` drives ``SAETrainer`` through its public seams (``step``,
 ``load_trainer_state``, ``set_final_sae_metadata``), as SAELens' ``MultiSAETrainer`` does, and
 adds what a vision run needs around them:
 
-- ``run_dir/config.json``, written once training starts (a run refused before that leaves
-  nothing): the same command resumes, other settings or a folder of other files are refused,
-  and a finished run is not trained again;
-- a JSON-lines log (``run_dir/log.jsonl``) of every logged step and evaluation;
-- checkpoints ``run_dir/checkpoints/step_N`` (the full training SAE state, SAELens' trainer
+- ``checkpoint_path/config.json`` (the run's directory), written once training starts (a run
+  refused before that leaves nothing): the same command resumes (a config of an earlier
+  version too), other settings or a folder of other files are refused, and a finished run is
+  not trained again;
+- a JSON-lines log (``checkpoint_path/log.jsonl``) of every logged step and evaluation;
+- checkpoints ``checkpoint_path/checkpoints/step_N`` (the full training SAE state, SAELens' trainer
   state, and the step), written atomically;
-- the export: ``run_dir/final`` holds a SAELens inference SAE (``cfg.json`` +
+- the export: ``checkpoint_path/final`` holds a SAELens inference SAE (``cfg.json`` +
   ``sae_weights.safetensors``, input scaling folded in) whose metadata records model, family,
   hook, tokens, dataset, preset and library versions; plain ``sae_lens.SAE.load_from_disk``
   loads it. It is written to a temporary folder and renamed, so ``final/`` marks a finished run;
@@ -47,7 +48,7 @@ from sae_vlm_plugin.training.sources import ActivationSource, build_training_sae
 
 Evaluator = Callable[[Any, int, Any], dict[str, Any]]
 """``(training SAE in eval mode, step, the trainer's ActivationScaler) -> metrics``, run every
-``eval_every_steps`` (e.g. ``metrics.evaluation.MonosemanticityEvaluator``)."""
+``cfg.eval_period`` steps (e.g. ``metrics.evaluation.MonosemanticityEvaluator``)."""
 
 CHECKPOINT_STATE = "training_sae.safetensors"
 RUNNER_STATE = "runner_state.json"
@@ -64,7 +65,7 @@ class NonFiniteLossWatch:
     Reading a CUDA loss on the CPU waits for the GPU, and the training loop reads losses only
     where it logs them. So each step only folds ``isfinite(loss)`` into two device scalars
     (no sync), and ``first()`` reads them where the loop syncs anyway: at the log cadence and
-    before anything is saved. A diverged run goes on for at most ``log_every_steps`` steps,
+    before anything is saved. A diverged run goes on for at most ``wandb_log_frequency`` steps,
     and the step it reports is still the first bad one."""
 
     def __init__(self) -> None:
@@ -148,54 +149,58 @@ class TrainingJob:
         self.evaluator = evaluator
         self.parallel = parallel
         self.device = parallel.device_for(cfg.device)
-        self.run_dir = Path(cfg.run_dir)
+        self.run_dir = Path(cfg.checkpoint_path)
         self.log = JsonlLog(self.run_dir / "log.jsonl")
         self.trainer: Any = None
         self.loss_watch = NonFiniteLossWatch()
         if cfg.d_in is not None and cfg.d_in != source.d_in:
-            where = cfg.cache_path or f"{source.model_name} {cfg.hook_name}"
+            where = cfg.cached_activations_path or f"{source.model_name} {cfg.hook_name}"
             raise ValueError(
                 f"the activations of {where} have d_in={source.d_in}, but the config asks "
                 f"for an SAE with d_in={cfg.d_in}"
             )
-        if cfg.cache_path is not None and cfg.tokens is not None:
-            _check_cache_tokens(cfg.tokens, cfg.tokens_per_image, cfg.cache_path, source.tokens)
+        path = cfg.cached_activations_path
+        if path is not None and cfg.tokens is not None:
+            _check_cache_tokens(cfg.tokens, cfg.tokens_per_image, path, source.tokens)
+        self._checkpoint_steps = cfg.checkpoint_steps()
 
     # -- set-up ---------------------------------------------------------------------------
 
     def check_run_dir(self) -> None:
-        """Refuse (rank 0) a run_dir of another run, or one holding files of no run (the user's
-        own). Nothing is written, so a run that fails before it starts leaves ``run_dir`` as
-        it was; ``record_config`` writes the config once training starts."""
+        """Refuse (rank 0) a run directory of another run, or one holding files of no run (the
+        user's own). Nothing is written, so a run that fails before it starts leaves the
+        directory as it was; ``record_config`` writes the config once training starts. A
+        ``config.json`` of an earlier version (the plugin's earlier names) is read in today's
+        names, so such a run resumes."""
         if not self.parallel.is_main:
             return
         config_path = self.run_dir / "config.json"
         mine = self.cfg.to_dict()
         if config_path.exists():
-            recorded = read_json(config_path)
-            differences = [k for k in mine if recorded.get(k) != mine[k] and k != "run_dir"]
+            recorded = _recorded_config(config_path)
+            differences = [k for k in mine if recorded.get(k) != mine[k] and k != "checkpoint_path"]
             if differences:
                 raise ValueError(
                     f"{self.run_dir} holds a run with different settings ({', '.join(differences)}); "
-                    "resume it with the same config or choose another run_dir"
+                    "resume it with the same config or choose another checkpoint_path"
                 )
         elif self.run_dir.is_dir() and any(self.run_dir.iterdir()):
             foreign = sorted(path.name for path in self.run_dir.iterdir())
             raise ValueError(
                 f"{self.run_dir} is not empty ({', '.join(foreign[:5])}) and holds no training "
-                "run (no config.json); choose an empty or new run_dir"
+                "run (no config.json); choose an empty or new checkpoint_path"
             )
 
     def record_config(self) -> None:
-        """Write the config to ``run_dir/config.json`` (rank 0): a re-run with other settings
-        is then refused, and the same command resumes."""
+        """Write the config to ``checkpoint_path/config.json`` (rank 0): a re-run with other
+        settings is then refused, and the same command resumes."""
         if not self.parallel.is_main:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=1))
 
     def is_finished(self) -> bool:
-        """Whether ``run_dir/final`` holds this run's export (written atomically, last)."""
+        """Whether ``checkpoint_path/final`` holds this run's export (written atomically, last)."""
         return is_finished(self.run_dir)
 
     def checkpoint_steps(self) -> list[int]:
@@ -222,26 +227,28 @@ class TrainingJob:
         sae = build_training_sae(dataclasses.replace(cfg, device=self.device), self.source.d_in)
         lr = cfg.lr if cfg.lr is not None else paper_learning_rate(sae.cfg.d_sae)
         is_paper = isinstance(sae, PaperBatchTopKTrainingSAE)
-        local_batch = cfg.batch_size // parallel.world_size
+        local_batch = cfg.train_batch_size_tokens // parallel.world_size
         trainer_cfg = SAETrainerConfig(
-            total_training_samples=cfg.training_steps * local_batch,
+            total_training_samples=cfg.total_training_steps * local_batch,
             train_batch_size_samples=local_batch,
             lr=lr,
             lr_end=lr,
             lr_scheduler_name="constant",
-            lr_warm_up_steps=0 if is_paper else cfg.warmup_steps,
+            lr_warm_up_steps=0 if is_paper else cfg.lr_warm_up_steps,
             device=self.device,
-            dead_feature_window=cfg.dead_feature_window,
+            dead_feature_window=cfg.dead_feature_steps,
             feature_sampling_window=cfg.feature_sampling_window,
             n_checkpoints=0,
             checkpoint_path=None,
             save_final_checkpoint=False,
-            logger=LoggingConfig(log_to_wandb=True, wandb_log_frequency=cfg.log_every_steps),
+            logger=LoggingConfig(
+                log_to_wandb=True, wandb_log_frequency=cfg.logger.wandb_log_frequency
+            ),
         )
         trainer = SAETrainer(trainer_cfg, sae, iter(()), evaluator=None)
         if is_paper:
             prepare_paper_trainer(
-                trainer, scaling_factor=scaling_factor, warmup_steps=cfg.warmup_steps
+                trainer, scaling_factor=scaling_factor, warmup_steps=cfg.lr_warm_up_steps
             )
         else:
             trainer.activation_scaler.scaling_factor = scaling_factor
@@ -272,21 +279,21 @@ class TrainingJob:
         self.loss_watch.update(done, output.loss.detach())
         if sparsity:
             self._record(done, "sparsity", sparsity, wandb_run)
-        if done % cfg.log_every_steps == 0 or done == cfg.training_steps:
+        last = cfg.total_training_steps
+        if done % cfg.logger.wandb_log_frequency == 0 or done == last:
             self.check_finite()
             values = trainer.build_train_step_log_dict(
                 output, trainer.n_training_samples * parallel.world_size
             )
             self._record(done, "train", parallel.mean_over_ranks(values), wandb_run)
-        eval_due = done % cfg.eval_every_steps == 0 or done == cfg.training_steps
+        eval_due = done % cfg.eval_period == 0 or done == last
         if self.evaluator is not None and eval_due and parallel.is_main:
             # The other ranks wait for rank 0 in the next step's first collective.
             trainer.sae.eval()
             metrics = self.evaluator(trainer.sae, done, trainer.activation_scaler)
             self._record(done, "eval", metrics, wandb_run)
             trainer.sae.train()
-        checkpoint_due = cfg.checkpoint_every_steps and done % cfg.checkpoint_every_steps == 0
-        if checkpoint_due and done < cfg.training_steps:
+        if done in self._checkpoint_steps:
             self._save_checkpoint()
         return output.loss.detach()
 
@@ -321,7 +328,7 @@ class TrainingJob:
         raise TrainingDivergedError(
             f"{self.run_dir}: training diverged: {what}; stopped without saving this state "
             f"({last}). Lower the learning rate (lr={lr:g}) or check the activations, and "
-            "train into a new run_dir (or delete this one)"
+            "train into a new checkpoint_path (or delete this one)"
         )
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -350,7 +357,7 @@ class TrainingJob:
         if not (checkpoint / RUNNER_STATE).exists():
             raise FileNotFoundError(
                 f"rank {self.parallel.rank} cannot read the checkpoint {checkpoint} that rank 0 "
-                "resumes from; the run_dir must be on a filesystem every rank sees"
+                "resumes from; the checkpoint_path must be on a filesystem every rank sees"
             )
         trainer.sae.load_state_dict(
             load_file(str(checkpoint / CHECKPOINT_STATE), device=self.device)
@@ -370,14 +377,15 @@ class TrainingJob:
     # -- export ---------------------------------------------------------------------------
 
     def export(self) -> None:
-        """Fold the input scaling in, record the metadata and save ``run_dir/final`` (rank 0)."""
+        """Fold the input scaling in, record the metadata and save ``checkpoint_path/final``
+        (rank 0)."""
         consolidate_sparsity(self.parallel, self.trainer)
         if self.parallel.is_main:
             self._save_inference_sae()
         self.parallel.barrier()
 
     def saved_sae(self) -> Any:
-        """The inference SAE saved in ``run_dir/final``."""
+        """The inference SAE saved in ``checkpoint_path/final``."""
         from sae_lens import SAE
 
         return SAE.load_from_disk(self.run_dir / "final", device=self.device)
@@ -411,7 +419,7 @@ class TrainingJob:
             sizes = [b - a for a, b in itertools.pairwise([0, *widths])]
             metadata.group_fractions = [size / sae.cfg.d_sae for size in sizes]
         metadata.preset = cfg.preset
-        metadata.training_steps = cfg.training_steps
+        metadata.training_steps = cfg.total_training_steps
         metadata.sae_vlm_plugin_version = __version__
         metadata.library_versions = library_versions()
         for key, value in cfg.extra_metadata.items():
@@ -421,6 +429,18 @@ class TrainingJob:
         shutil.rmtree(tmp, ignore_errors=True)
         sae.save_inference_model(tmp)
         tmp.rename(final)  # final/ appears complete or not at all: it marks the run finished
+
+
+def _recorded_config(path: Path) -> dict[str, Any]:
+    """The config a run directory recorded, in today's spelling (the plugin's earlier names
+    converted as ``VisionSAERunnerConfig.from_dict`` does)."""
+    try:
+        return VisionSAERunnerConfig.from_dict(read_json(path)).to_dict()
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"{path.parent} holds a run whose config.json cannot be read ({error}); resume it "
+            "with the version that started it or choose another checkpoint_path"
+        ) from error
 
 
 def is_finished(run_dir: str | Path) -> bool:

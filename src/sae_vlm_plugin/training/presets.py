@@ -1,7 +1,8 @@
 """The paper's training runs as named presets (section 4.1, appendix E.3, and its scripts).
 
-Every preset is a ``VisionSAERunnerConfig`` without a data source; add ``images`` (the model is
-set) or ``cache_path``. Names read ``{model}-{hook}-{tokens}-{architecture}-x{expansion}``:
+Every preset is a ``VisionSAERunnerConfig`` without a data source; add ``dataset_path`` (the
+model is set) or ``cached_activations_path`` (or their earlier names ``images`` /
+``cache_path``). Names read ``{model}-{hook}-{tokens}-{architecture}-x{expansion}``:
 
 - ``clip-l14-336``: CLIP ViT-L/14-336, CLS of blocks 11, 17, 22, 23 and the final projection
   (``last``), BatchTopK and Matryoshka-BatchTopK at expansions 1, 2, 4, 8, 16, 64 (Table 1);
@@ -13,9 +14,10 @@ set) or ``cache_path``. Names read ``{model}-{hook}-{tokens}-{architecture}-x{ex
 - ``inaturalist-hierarchy``: CLIP's final projection, Matryoshka x2 with groups of 3, 13, 53,
   290 and 1177 latents (the first five levels of the iNaturalist taxonomy).
 
-All share k = 20, batch 4096, 100k steps, lr 2e-4 / sqrt(d_sae / 2^14), 1000 warm-up steps,
-auxk_alpha = 0.03 (the reference scripts' value). Random tokens are drawn with replacement (``random_k+replacement``), as the
-reference's ``save_activations.py`` does.
+All share k = 20, batch 4096 (``train_batch_size_tokens``), 100k steps (``training_tokens`` =
+100k x the batch), lr 2e-4 / sqrt(d_sae / 2^14), 1000 warm-up steps, aux-loss weight 0.03 (the
+reference scripts' ``auxk_alpha``). Random tokens are drawn with replacement
+(``random_k+replacement``), as the reference's ``save_activations.py`` does.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
-from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+from sae_vlm_plugin.training.config_names import merge_settings
+from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig, flat_config
 
 EXPANSIONS = (1, 2, 4, 8, 16, 64)
 ARCHITECTURE_NAMES = {"batchtopk": "paper_batchtopk", "matryoshka": "paper_matryoshka_batchtopk"}
@@ -87,14 +90,14 @@ def _presets() -> dict[str, dict[str, Any]]:
                 for expansion in EXPANSIONS:
                     name = f"{encoder.key}-{hook_label}-{tokens_label}-{arch_label}-x{expansion}"
                     presets[name] = {
-                        "model": encoder.model,
+                        "model_name": encoder.model,
                         "hook_name": hook,
                         "tokens": encoder.tokens,
                         "architecture": architecture,
                         "expansion_factor": expansion,
                     }
     presets["steering"] = {
-        "model": "openai/clip-vit-large-patch14-336",
+        "model_name": "openai/clip-vit-large-patch14-336",
         "hook_name": "blocks.22.hook_resid_post",
         "tokens": "random_k+replacement",
         "tokens_per_image": 2,
@@ -102,7 +105,7 @@ def _presets() -> dict[str, dict[str, Any]]:
         "expansion_factor": 64,
     }
     presets["inaturalist-hierarchy"] = {
-        "model": "openai/clip-vit-large-patch14-336",
+        "model_name": "openai/clip-vit-large-patch14-336",
         "hook_name": "hook_image_embeds",
         "tokens": "cls",
         "architecture": "paper_matryoshka_batchtopk",
@@ -115,15 +118,16 @@ def _presets() -> dict[str, dict[str, Any]]:
 def list_presets() -> dict[str, str]:
     """Preset name -> a one-line description (model, hook, tokens, architecture, width)."""
     return {
-        name: f"{p['model']} {p['hook_name']} tokens={p['tokens']} {p['architecture']} x{p['expansion_factor']}"
+        name: f"{p['model_name']} {p['hook_name']} tokens={p['tokens']} {p['architecture']} x{p['expansion_factor']}"
         for name, p in _presets().items()
     }
 
 
 def preset_config(name: str, **overrides: Any) -> VisionSAERunnerConfig:
-    """The preset's config with ``overrides`` applied (a data source is required: ``images`` or
-    ``cache_path``). Give ``cache_path`` and the preset's model and token selection are
-    dropped: the cache records its own (a ``tokens`` override is still checked against it)."""
+    """The preset's config with ``overrides`` applied, in any spelling the config takes (a data
+    source is required: ``dataset_path`` or ``cached_activations_path``). Give a cache and the
+    preset's model and token selection are dropped: the cache records its own (a ``tokens``
+    override is still checked against it)."""
     presets = _presets()
     if name not in presets:
         close = difflib.get_close_matches(name, presets, n=5, cutoff=0.5)
@@ -132,10 +136,11 @@ def preset_config(name: str, **overrides: Any) -> VisionSAERunnerConfig:
             f"unknown preset {name!r}.{hint} There are {len(presets)} presets; list them with "
             "`sae-vlm train --list-presets` or sae_vlm_plugin.list_presets()"
         )
-    values = {**presets[name], "preset": name, **overrides}
-    if values.get("cache_path") is not None:
-        values.pop("model", None)
+    given = flat_config(overrides)
+    values = merge_settings(presets[name], {"preset": name}, given)
+    if values.get("cached_activations_path") is not None:
+        values.pop("model_name", None)
         for key in ("tokens", "tokens_per_image"):
-            if key not in overrides:
+            if key not in given:
                 values.pop(key, None)
-    return VisionSAERunnerConfig.from_dict(values)
+    return VisionSAERunnerConfig(**values)

@@ -5,12 +5,12 @@ activation stream (from a cache or from images) that its ``VisionSAERunnerConfig
 and trains it as a sweep of one (``sweep.VisionSAESweepRunner``; per-SAE work in
 ``job.TrainingJob``):
 
-- a JSON-lines log (``run_dir/log.jsonl``) of every logged step and evaluation, written whether
-  or not wandb is on;
-- checkpoints (``run_dir/checkpoints/step_N``) and exact resume: the activation stream is a
+- a JSON-lines log (``checkpoint_path/log.jsonl``) of every logged step and evaluation,
+  written whether or not wandb is on;
+- checkpoints (``checkpoint_path/checkpoints/step_N``) and exact resume: the activation stream is a
   pure function of the seed, so a resumed run replays it to the checkpoint's position and ends
   with the same weights as an uninterrupted run;
-- the export: ``run_dir/final`` holds a SAELens inference SAE whose metadata records model,
+- the export: ``checkpoint_path/final`` holds a SAELens inference SAE whose metadata records model,
   family, hook, tokens, dataset, preset and library versions;
 - under ``torchrun``, data-parallel training over the ranks (``data_parallel``).
 """
@@ -31,7 +31,7 @@ class VisionSAETrainingRunner:
     """Train the SAE ``cfg`` describes; ``run()`` returns the exported inference SAE.
 
     ``model``: an already built ``VisionModel`` (training from images); ``evaluator``: run every
-    ``eval_every_steps`` (default: MS on ``cfg.eval_images`` if set)."""
+    ``cfg.eval_period`` steps (default: MS on ``cfg.eval_images`` if set)."""
 
     def __init__(
         self,

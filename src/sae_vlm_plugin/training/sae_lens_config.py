@@ -1,44 +1,30 @@
-"""SAELens' training-config vocabulary, read into ``VisionSAERunnerConfig`` fields.
+"""The parts of SAELens' training-config vocabulary that are not ``VisionSAERunnerConfig`` fields.
 
-A SAELens user's ``LanguageModelSAERunnerConfig`` (as a dict or YAML) runs with only the
-vision keys changed: its names are aliases of the runner's fields, converted into the runner's
-units, and its nested parts are read too - ``sae=`` a SAELens training SAE config (or its dict
-with ``architecture``), ``logger=`` a ``LoggingConfig`` (or its dict). The runner's own names stay
-the one spelling of a saved config.
+The runner's fields carry SAELens' own names and units (``train_batch_size_tokens``,
+``training_tokens``, ``lr_warm_up_steps``, ``checkpoint_path``, ``logger.wandb_log_frequency``
+...), so a SAELens ``LanguageModelSAERunnerConfig`` (as a dict or YAML) mostly reads as it is.
+This module reads the rest of it:
 
-Units (B = ``batch_size`` = SAELens' ``train_batch_size_tokens``, one row per image token):
-
-- ``training_tokens`` -> ``training_steps = training_tokens // B`` (SAELens'
-  ``total_training_steps``);
-- ``dead_feature_window`` (W, training steps without firing; dead when ``n > W``) ->
-  ``dead_after_inputs = (W + 1) * B`` (dead when ``n * B >= (W + 1) * B``: the same latents);
-- ``n_checkpoints`` (N evenly spaced) -> ``checkpoint_every_steps = ceil(steps / (N + 1))``;
-- ``logger.wandb_log_frequency`` -> ``log_every_steps``, ``eval_every_n_wandb_logs`` (E) ->
-  ``eval_every_steps = E * log_every_steps``.
-
-SAELens' ``dead_feature_threshold`` is a firing density (1e-8) that its trainer never reads, and
-``lr_end`` only shapes its cosine schedules; both are accepted and have no effect here either. Settings that only make sense for a language model
-(``context_size``, ``prepend_bos``, ...) are kept in ``extra_metadata["sae_lens_lm_settings"]``,
-visible in the saved config and the SAE's metadata. Shared settings the runner cannot honour
-(another learning-rate schedule, other Adam betas, ...) are refused unless at SAELens' default.
+- ``sae=``, a SAELens training SAE config (or its dict with ``architecture``): the architecture,
+  widths, k, auxiliary-loss weight and Matryoshka widths become the runner's flat fields
+  (``sae_settings``);
+- ``logger=``, a SAELens ``LoggingConfig`` (or its dict), becomes the runner's ``logger``
+  (``logger_settings``);
+- a language model's own settings (``context_size``, ``prepend_bos``, ...) have no meaning for
+  images and are kept in ``extra_metadata["sae_lens_lm_settings"]`` (``LM_ONLY``), visible in
+  the saved config and the SAE's metadata;
+- shared settings the runner cannot change (another learning-rate schedule, other Adam betas,
+  ...) are refused unless at SAELens' default (``DEFAULT_ONLY``);
+- ``use_cached_activations`` (a property of the runner: whether ``cached_activations_path`` is
+  set), ``dead_feature_threshold`` (SAELens' firing density, 1e-8, which its trainer never
+  reads) and ``lr_end`` (read by SAELens' cosine schedules only) are accepted and stored nowhere.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
-
-RENAMED: dict[str, str] = {
-    "model_name": "model",
-    "dataset_path": "images",
-    "cached_activations_path": "cache_path",
-    "train_batch_size_tokens": "batch_size",
-    "lr_warm_up_steps": "warmup_steps",
-    "checkpoint_path": "run_dir",
-}
-"""SAELens name -> runner field, same unit."""
 
 LM_ONLY: frozenset[str] = frozenset(
     {
@@ -50,7 +36,6 @@ LM_ONLY: frozenset[str] = frozenset(
         "llm_compilation_mode", "compile_sae", "sae_compilation_mode", "n_eval_batches",
         "eval_batch_size_prompts", "verbose", "model_kwargs", "model_from_pretrained_kwargs",
         "sae_lens_version", "sae_lens_training_version", "exclude_special_tokens",
-        "n_batches_for_norm_estimate",
     }
 )  # fmt: skip
 """Settings of a language model's activation store, tokenizer and compilation: no meaning for
@@ -72,16 +57,7 @@ DEFAULT_ONLY: dict[str, Any] = {
 }
 """Shared settings the runner cannot change, with the value it trains with (SAELens' default):
 the runner's schedule is constant after warm-up, Adam keeps its betas, it trains in float32,
-resumes by re-running the same command and writes the final SAE to ``run_dir/final``."""
-
-LOGGER_FIELDS: dict[str, str] = {
-    "log_to_wandb": "log_to_wandb",
-    "wandb_project": "wandb_project",
-    "wandb_entity": "wandb_entity",
-    "wandb_id": "wandb_id",
-    "run_name": "run_name",
-}
-"""``LoggingConfig`` field -> runner field."""
+resumes by re-running the same command and writes the final SAE to ``checkpoint_path/final``."""
 
 LOGGER_DEFAULT_ONLY: dict[str, Any] = {
     "log_activations_store_to_wandb": False,
@@ -94,89 +70,71 @@ SAE_FIELDS: dict[str, str] = {
     "d_in": "d_in",
     "d_sae": "d_sae",
     "k": "k",
-    "aux_loss_coefficient": "auxk_alpha",
-    "auxk_alpha": "auxk_alpha",
+    "aux_loss_coefficient": "aux_loss_coefficient",
+    "auxk_alpha": "aux_loss_coefficient",
     "threshold_start_step": "threshold_start_step",
     "reference_logging_every": "reference_logging_every",
     "group_fractions": "group_fractions",
+    "dead_feature_threshold": "dead_after_inputs",
 }
-"""SAELens training SAE config field -> runner field."""
+"""SAELens training SAE config field -> runner field (the paper configs' ``auxk_alpha`` and
+``dead_feature_threshold``, dictionary_learning's names, are its aux-loss weight and its count
+of inputs without firing)."""
 
 SAE_IGNORED: frozenset[str] = frozenset({"device", "metadata", "dtype"})
 """SAE config fields the runner sets itself (device, dtype) or records itself (metadata)."""
 
+Setting = tuple[str, Any, bool]
+"""``(name, value, at_default)`` read from a nested config: ``at_default`` marks a value its
+class only defaults to, which a setting given elsewhere replaces."""
 
-def runner_values(values: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` (runner fields and SAELens names, ``sae`` / ``logger`` nested or not) as runner
-    fields only, reading unset runner fields from ``defaults``; a concept given under both
-    spellings is refused."""
-    values = dict(values)
-    out: dict[str, Any] = {}
 
-    def put(field: str, value: Any, source: str) -> None:
-        if field in out or field in values:
-            raise ValueError(f"{source} and {field} name the same setting: give one of them")
-        out[field] = value
-
-    for name, field in RENAMED.items():
-        if name in values:
-            put(field, values.pop(name), name)
-    use_cache = values.pop("use_cached_activations", None)
-    if use_cache is False:
-        out.pop("cache_path", None)  # SAELens reads it only with use_cached_activations
-    elif use_cache and out.get("cache_path", values.get("cache_path")) is None:
-        raise ValueError("use_cached_activations=True needs cached_activations_path")
+def read_sae_lens_only(values: dict[str, Any], cache_key: str) -> dict[str, Any]:
+    """Take SAELens' settings that are no runner field out of ``values`` (in place): refuse a
+    ``DEFAULT_ONLY`` setting off its default and a density that is not one, drop
+    ``cached_activations_path`` (``cache_key``) where ``use_cached_activations`` is False, and
+    return the language model's settings (``LM_ONLY``)."""
     lm = {name: values.pop(name) for name in sorted(LM_ONLY & set(values))}
-    if lm:
-        extra = dict(values.pop("extra_metadata", None) or {})
-        extra["sae_lens_lm_settings"] = lm
-        out["extra_metadata"] = extra
     for name, default in DEFAULT_ONLY.items():
         if name in values and values.pop(name) != default:
             raise ValueError(_default_only(name, default))
-    values.pop("lr_end", None)  # read by SAELens' cosine schedules only
+    values.pop("lr_end", None)
     density = values.pop("dead_feature_threshold", None)
     if density is not None and not 0 <= float(density) < 1:
         raise ValueError(
             f"dead_feature_threshold={density!r}: in SAELens it is a firing density (1e-8); "
-            "inputs without firing before a latent counts as dead is dead_after_inputs"
+            "a latent counts as dead after dead_feature_window steps (or dead_after_inputs "
+            "inputs) without firing"
         )
-    batch = int(values.get("batch_size", out.get("batch_size", defaults["batch_size"])))
-    if "training_tokens" in values:
-        put("training_steps", int(values.pop("training_tokens")) // batch, "training_tokens")
-    if "dead_feature_window" in values:
-        window = int(values.pop("dead_feature_window"))
-        put("dead_after_inputs", (window + 1) * batch, "dead_feature_window")
-    if "n_checkpoints" in values:
-        n = int(values.pop("n_checkpoints"))
-        steps = int(values.get("training_steps", out.get("training_steps", 0)))
-        every = math.ceil(steps / (n + 1)) if n > 0 else 0
-        put("checkpoint_every_steps", every, "n_checkpoints")
-    return {**values, **out}
+    use_cache = values.pop("use_cached_activations", None)
+    if use_cache is False:
+        values.pop(cache_key, None)  # SAELens reads it only with use_cached_activations
+    elif use_cache and values.get(cache_key) is None:
+        raise ValueError("use_cached_activations=True needs cached_activations_path")
+    return lm
 
 
-def logger_values(logger: Any, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Runner fields from a SAELens ``LoggingConfig`` (or its dict); ``defaults``: the runner's."""
+def logger_settings(logger: Any, plugin_fields: Mapping[str, Any]) -> list[Setting]:
+    """The runner's ``logger`` settings from a SAELens ``LoggingConfig``, the runner's own
+    logging config, or a dict of either's fields. ``plugin_fields``: the runner's logger fields
+    and their defaults; an object's field at its class' default is marked so."""
     given = _as_dict(logger, "logger")
-    valid = {*LOGGER_FIELDS, *LOGGER_DEFAULT_ONLY, "wandb_log_frequency", "eval_every_n_wandb_logs"}
+    valid = {*plugin_fields, *LOGGER_DEFAULT_ONLY}
     unknown = sorted(set(given) - valid)
     if unknown:
         raise ValueError(f"unknown logger settings {unknown}; valid: {', '.join(sorted(valid))}")
     for name, default in LOGGER_DEFAULT_ONLY.items():
-        if name in given and given[name] != default:
+        if name in given and given.pop(name) != default:
             raise ValueError(_default_only(f"logger.{name}", default))
-    out = {LOGGER_FIELDS[k]: v for k, v in given.items() if k in LOGGER_FIELDS}
-    log_every = int(given.get("wandb_log_frequency", defaults["log_every_steps"]))
-    out["log_every_steps"] = log_every
-    if "eval_every_n_wandb_logs" in given:
-        out["eval_every_steps"] = int(given["eval_every_n_wandb_logs"]) * log_every
-    return out
+    defaults = {} if isinstance(logger, dict) else _defaults(logger)
+    return [(k, v, k in defaults and v == defaults[k]) for k, v in given.items()]
 
 
-def sae_values(sae: Any, architectures: Sequence[str]) -> dict[str, Any]:
+def sae_settings(sae: Any, architectures: Sequence[str]) -> list[Setting]:
     """Runner fields from a SAELens training SAE config (or its dict with ``architecture``, one
     of the runner's ``architectures``): the architecture, widths, k, auxiliary-loss weight and
-    Matryoshka groups. A setting the runner has no field for must be at its class's default."""
+    Matryoshka groups; a value at the config class' default is marked so. A setting the runner
+    has no field for must be at its class's default."""
     from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 
     from sae_vlm_plugin.training.architectures.registration import register_training_architectures
@@ -184,11 +142,7 @@ def sae_values(sae: Any, architectures: Sequence[str]) -> dict[str, Any]:
     if isinstance(sae, dict):
         fields = {k: v for k, v in sae.items() if k not in SAE_IGNORED}
         architecture = fields.pop("architecture", None)
-        if architecture not in architectures:
-            raise ValueError(
-                f"sae: architecture {architecture!r} does not train here; "
-                f"valid architectures: {', '.join(architectures)}"
-            )
+        _check_architecture(architecture, architectures)
         register_training_architectures()
         config_class = SAE_TRAINING_CLASS_REGISTRY[architecture][1]
         valid = {f.name for f in dataclasses.fields(config_class)}
@@ -199,33 +153,34 @@ def sae_values(sae: Any, architectures: Sequence[str]) -> dict[str, Any]:
             )
         sae = config_class(**fields)
     architecture = type(sae).architecture()
+    _check_architecture(architecture, architectures)
+    given = _as_dict(sae, "sae")
+    defaults = _defaults(sae)
+    out: list[Setting] = [("architecture", architecture, False)]
+    for name, value in given.items():
+        at_default = name in defaults and value == defaults[name]
+        if name in SAE_FIELDS:
+            out.append((SAE_FIELDS[name], value, at_default))
+        elif name == "matryoshka_widths":
+            out.append(("group_fractions", _fractions(value, int(given["d_sae"])), False))
+        elif name == "normalize_activations" and value == "expected_average_only_in":
+            out.append(("scale_inputs", True, False))
+        elif name not in SAE_IGNORED and name in defaults and not at_default:
+            raise ValueError(_default_only(f"sae.{name}", defaults[name]))
+    for i, (name, value, at_default) in enumerate(out):
+        if name == "k" and isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"sae.k={value}: the runner keeps a whole number of latents")
+            out[i] = (name, int(value), at_default)
+    return out
+
+
+def _check_architecture(architecture: Any, architectures: Sequence[str]) -> None:
     if architecture not in architectures:
         raise ValueError(
             f"sae: architecture {architecture!r} does not train here; "
             f"valid architectures: {', '.join(architectures)}"
         )
-    given = _as_dict(sae, "sae")
-    defaults = {
-        f.name: f.default for f in dataclasses.fields(sae) if f.default is not dataclasses.MISSING
-    }
-    out: dict[str, Any] = {"architecture": architecture}
-    for name, value in given.items():
-        if name in SAE_FIELDS:
-            out[SAE_FIELDS[name]] = value
-        elif name == "matryoshka_widths":
-            out["group_fractions"] = _fractions(value, int(given["d_sae"]))
-        elif name == "dead_feature_threshold":
-            out["dead_after_inputs"] = value
-        elif name == "normalize_activations" and value == "expected_average_only_in":
-            out["scale_inputs"] = True
-        elif name not in SAE_IGNORED and name in defaults and value != defaults[name]:
-            raise ValueError(_default_only(f"sae.{name}", defaults[name]))
-    k = out.get("k")
-    if isinstance(k, float):
-        if not k.is_integer():
-            raise ValueError(f"sae.k={k}: the runner keeps a whole number of latents per input")
-        out["k"] = int(k)
-    return out
 
 
 def _fractions(widths: list[int], d_sae: int) -> list[float]:
@@ -244,6 +199,17 @@ def _as_dict(config: Any, what: str) -> dict[str, Any]:
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     raise TypeError(f"{what}: expected a SAELens config or a dict, got {type(config).__name__}")
+
+
+def _defaults(config: Any) -> dict[str, Any]:
+    """The defaults of a dataclass instance's fields (those that have one)."""
+    out = {}
+    for item in dataclasses.fields(config):
+        if item.default is not dataclasses.MISSING:
+            out[item.name] = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            out[item.name] = item.default_factory()
+    return out
 
 
 def _default_only(name: str, default: Any) -> str:

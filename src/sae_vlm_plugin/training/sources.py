@@ -39,11 +39,11 @@ def activation_source(
     """The activation stream ``cfg`` describes (``model``: an already built ``VisionModel``;
     ``parallel``: this process' rank, whose share of each batch the stream yields)."""
     parallel = parallel or DataParallel()
-    if cfg.cache_path is not None:
+    if cfg.cached_activations_path is not None:
         from sae_vlm_plugin.cache import ActivationCache
         from sae_vlm_plugin.families.registry import model_reference
 
-        cache = ActivationCache(cfg.cache_path)
+        cache = ActivationCache(cfg.cached_activations_path)
         if cfg.hook_name not in cache.hooks:
             raise ValueError(
                 f"the cache at {cache.path} holds {', '.join(cache.hooks)}, not {cfg.hook_name!r}; "
@@ -51,11 +51,12 @@ def activation_source(
             )
         cache.check_trainable(cfg.hook_name, allow_incomplete=cfg.allow_incomplete_cache)
         n_rows = cache.n_rows(cfg.hook_name)
-        if cfg.batch_size > n_rows:
+        batch = cfg.train_batch_size_tokens
+        if batch > n_rows:
             raise ValueError(
-                f"batch_size={cfg.batch_size} is larger than the {n_rows} rows of the cache at "
-                f"{cache.path}: every batch would hold the same rows several times; lower "
-                "batch_size or extract more activations"
+                f"train_batch_size_tokens={batch} is larger than the {n_rows} rows of the cache "
+                f"at {cache.path}: every batch would hold the same rows several times; lower "
+                "train_batch_size_tokens or extract more activations"
             )
         settings = cache.settings
         return ActivationSource(
@@ -67,7 +68,7 @@ def activation_source(
             dataset=cfg.dataset_name or cache.manifest.get("dataset", str(cache.path)),
             make_batches=lambda seed: cache.batches(
                 cfg.hook_name,
-                cfg.batch_size,
+                cfg.train_batch_size_tokens,
                 seed=seed,
                 rank=parallel.rank,
                 world_size=parallel.world_size,
@@ -80,13 +81,13 @@ def activation_source(
     from sae_vlm_plugin.training.image_stream import image_activation_batches
 
     if model is None:
-        assert cfg.model is not None  # the config checks that images come with a model
-        model = VisionModel(cfg.model, device=parallel.device_for(cfg.device))
+        assert cfg.model_name is not None  # the config checks that images come with a model
+        model = VisionModel(cfg.model_name, device=parallel.device_for(cfg.device))
     vision_model = model
     selection = TokenSelection.parse(cfg.tokens or "cls", k=cfg.tokens_per_image, seed=cfg.seed)
     point = vision_model.hook_point(cfg.hook_name)
     images = open_image_source(
-        cfg.images,
+        cfg.dataset_path,
         split=cfg.images_split,
         image_column=cfg.image_column,
         label_column=cfg.label_column,
@@ -97,13 +98,13 @@ def activation_source(
         family=vision_model.family.name,
         hook_name=cfg.hook_name,
         tokens=selection.describe(),
-        dataset=cfg.dataset_name or str(cfg.images),
+        dataset=cfg.dataset_name or str(cfg.dataset_path),
         make_batches=lambda seed: image_activation_batches(
             vision_model,
             images,
             cfg.hook_name,
             selection,
-            cfg.batch_size,
+            cfg.train_batch_size_tokens,
             batch_size_images=cfg.extraction_batch_size,
             buffer_batches=cfg.mixing_buffer_batches,
             seed=seed,
@@ -133,8 +134,8 @@ def build_training_sae(cfg: VisionSAERunnerConfig, d_in: int) -> Any:
     d_sae = cfg.sae_width(d_in)
     common: dict[str, Any] = {"d_in": d_in, "d_sae": d_sae, "k": cfg.k, "device": cfg.device}
     paper: dict[str, Any] = {
-        "auxk_alpha": cfg.auxk_alpha,
-        "dead_feature_threshold": cfg.dead_after_inputs,
+        "auxk_alpha": cfg.aux_loss_coefficient,
+        "dead_feature_threshold": cfg.dead_feature_inputs,
         "threshold_start_step": cfg.threshold_start_step,
         "reference_logging_every": cfg.reference_logging_every,
     }
@@ -145,7 +146,7 @@ def build_training_sae(cfg: VisionSAERunnerConfig, d_in: int) -> Any:
         return PaperMatryoshkaBatchTopKTrainingSAE(
             PaperMatryoshkaBatchTopKTrainingSAEConfig(**common, **paper, group_fractions=fractions)
         )
-    builtin = {**common, "aux_loss_coefficient": cfg.auxk_alpha}
+    builtin = {**common, "aux_loss_coefficient": cfg.aux_loss_coefficient}
     if cfg.architecture == "batchtopk":
         return BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(**builtin))
     widths = list(itertools.accumulate(group_sizes_from_fractions(fractions, d_sae)))

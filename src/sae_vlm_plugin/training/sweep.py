@@ -36,29 +36,30 @@ if TYPE_CHECKING:
     from sae_vlm_plugin.model import VisionModel
 
 SHARED_SETTINGS = (
-    "cache_path",
-    "model",
-    "images",
+    "cached_activations_path",
+    "model_name",
+    "dataset_path",
     "dataset_name",
     "tokens",
     "tokens_per_image",
     "extraction_batch_size",
     "mixing_buffer_batches",
     "data_order",
-    "batch_size",
-    "training_steps",
+    "train_batch_size_tokens",
+    "training_tokens",
     "seed",
     "device",
     "adaptive_threads",
     "checkpoint_every_steps",
-    "n_batches_for_scaling",
-    "log_to_wandb",
-    "wandb_project",
-    "wandb_entity",
-    "wandb_id",
-    "run_name",
-    "wandb_tags",
-    "wandb_dir",
+    "n_checkpoints",
+    "n_batches_for_norm_estimate",
+    "logger.log_to_wandb",
+    "logger.wandb_project",
+    "logger.wandb_entity",
+    "logger.wandb_id",
+    "logger.run_name",
+    "logger.wandb_tags",
+    "logger.wandb_dir",
 )
 """Settings every SAE of a sweep must have in common: those of the activation stream, its
 length and position (checkpoints), and the run's logging."""
@@ -91,11 +92,12 @@ class VisionSAESweepRunner:
         self.parallel = DataParallel.current()
         first = self.configs[0]
         check_device(first.device)
-        self.parallel.check_batch_size(first.batch_size)
-        if model is None and first.model is not None:
+        self.parallel.check_batch_size(first.train_batch_size_tokens)
+        if model is None and first.model_name is not None:
             from sae_vlm_plugin.model import VisionModel
 
-            model = VisionModel(first.model, device=self.parallel.device_for(first.device))
+            device = self.parallel.device_for(first.device)
+            model = VisionModel(first.model_name, device=device)
         self.model = model
         self.sources: dict[str, ActivationSource] = {}
         for cfg in self.configs:
@@ -118,7 +120,7 @@ class VisionSAESweepRunner:
         """Train the SAEs not yet finished (a finished run's ``final/`` is kept as it is) and
         return every SAE's saved inference SAE."""
         parallel = self.parallel
-        with ExitStack() as held:  # one run at a time per run_dir (rank 0 holds them)
+        with ExitStack() as held:  # one run at a time per run directory (rank 0 holds them)
             if parallel.is_main:
                 for job in self.jobs:
                     held.enter_context(owned_directory(job.run_dir, "training run"))
@@ -150,7 +152,7 @@ class VisionSAESweepRunner:
             for hook in hooks:
                 if any(job.cfg.scale_inputs for job in jobs if job.cfg.hook_name == hook):
                     stream = self.sources[hook].make_batches(first.seed + SCALING_SEED_OFFSET)
-                    local = mean_squared_norm(stream, first.n_batches_for_scaling)
+                    local = mean_squared_norm(stream, first.n_batches_for_norm_estimate)
                     scaling[hook] = paper_scaling_factor(parallel.mean(local))
         for job in jobs:
             factor = scaling.get(job.cfg.hook_name) if job.cfg.scale_inputs else None
@@ -165,7 +167,7 @@ class VisionSAESweepRunner:
         wandb_run = self._start_wandb(jobs) if parallel.is_main else None
         description = "train SAE" if len(jobs) == 1 else f"train {len(jobs)} SAEs"
         bar = tqdm(
-            total=first.training_steps,
+            total=first.total_training_steps,
             initial=start,
             desc=description,
             unit="step",
@@ -175,13 +177,13 @@ class VisionSAESweepRunner:
         governed = first.adaptive_threads and torch.device(jobs[0].device).type == "cpu"
         try:
             with governor.loop(on_cpu=governed):
-                for step in range(start, first.training_steps):
+                for step in range(start, first.total_training_steps):
                     batches = {hook: _next_batch(stream, step) for hook, stream in streams.items()}
                     with governor.unit(on_cpu=governed):
                         losses = [
                             job.train_step(batches[job.cfg.hook_name], wandb_run) for job in jobs
                         ]
-                    if (step + 1) % first.log_every_steps == 0:
+                    if (step + 1) % first.logger.wandb_log_frequency == 0:
                         bar.set_postfix(loss=" ".join(f"{loss.item():.4g}" for loss in losses))
                     bar.update(1)
         finally:
@@ -233,7 +235,7 @@ class VisionSAESweepRunner:
 
     def _start_wandb(self, jobs: list[TrainingJob]) -> Any:
         first = self.configs[0]
-        if not first.log_to_wandb:
+        if not first.logger.log_to_wandb:
             return None
         import wandb
 
@@ -247,16 +249,17 @@ class VisionSAESweepRunner:
 
 def wandb_settings(cfg: VisionSAERunnerConfig) -> dict[str, Any]:
     """``wandb.init`` arguments of a run: project, entity, name, id (resumed if it exists),
-    tags and directory (``wandb_dir``, else ``$WANDB_DIR``, else ``run_dir``)."""
+    tags and directory (``logger.wandb_dir``, else ``$WANDB_DIR``, else ``checkpoint_path``)."""
+    logger = cfg.logger
     settings: dict[str, Any] = {
-        "project": cfg.wandb_project,
-        "entity": cfg.wandb_entity,
-        "name": cfg.run_name,
-        "id": cfg.wandb_id,
-        "tags": list(cfg.wandb_tags) or None,
-        "dir": cfg.wandb_dir or os.environ.get("WANDB_DIR") or str(cfg.run_dir),
+        "project": logger.wandb_project,
+        "entity": logger.wandb_entity,
+        "name": logger.run_name,
+        "id": logger.wandb_id,
+        "tags": list(logger.wandb_tags) or None,
+        "dir": logger.wandb_dir or os.environ.get("WANDB_DIR") or str(cfg.checkpoint_path),
     }
-    if cfg.wandb_id is not None:
+    if logger.wandb_id is not None:
         settings["resume"] = "allow"
     return settings
 
@@ -264,25 +267,34 @@ def wandb_settings(cfg: VisionSAERunnerConfig) -> dict[str, Any]:
 def _check_shared_settings(configs: Sequence[VisionSAERunnerConfig]) -> None:
     first = configs[0]
     for cfg in configs[1:]:
-        different = [name for name in SHARED_SETTINGS if getattr(cfg, name) != getattr(first, name)]
+        different = [name for name in SHARED_SETTINGS if _get(cfg, name) != _get(first, name)]
         if different:
             raise ValueError(
                 f"the SAEs of a sweep share one activation stream, so they must agree on "
-                f"{', '.join(SHARED_SETTINGS)}; {cfg.run_dir} differs from {first.run_dir} in "
-                f"{', '.join(different)}"
+                f"{', '.join(SHARED_SETTINGS)}; {cfg.checkpoint_path} differs from "
+                f"{first.checkpoint_path} in {', '.join(different)}"
             )
-    run_dirs = [str(Path(cfg.run_dir).resolve()) for cfg in configs]
+    run_dirs = [str(Path(cfg.checkpoint_path).resolve()) for cfg in configs]
     duplicates = sorted({d for d in run_dirs if run_dirs.count(d) > 1})
     if duplicates:
-        raise ValueError(f"every SAE of a sweep needs its own run_dir; shared: {duplicates}")
+        raise ValueError(
+            f"every SAE of a sweep needs its own checkpoint_path; shared: {duplicates}"
+        )
+
+
+def _get(cfg: VisionSAERunnerConfig, name: str) -> Any:
+    """The setting ``name`` of ``cfg``; ``logger.NAME`` reads the logger's."""
+    head, _, rest = name.partition(".")
+    value = getattr(cfg, head)
+    return getattr(value, rest) if rest else value
 
 
 def _job_names(configs: Sequence[VisionSAERunnerConfig]) -> list[str]:
     """Prefixes of each SAE's entries in a shared wandb run: none for one SAE, else the
-    run_dir's name (or ``sae{i}`` when those repeat)."""
+    run directory's name (or ``sae{i}`` when those repeat)."""
     if len(configs) == 1:
         return [""]
-    names = [Path(cfg.run_dir).name for cfg in configs]
+    names = [Path(cfg.checkpoint_path).name for cfg in configs]
     if len(set(names)) < len(names):
         return [f"sae{i}" for i in range(len(configs))]
     return names
