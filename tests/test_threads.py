@@ -95,6 +95,24 @@ def test_the_window_spans_the_time_between_units_too(machine):
     assert governor.threads == 2  # round(4 - 1.6)
 
 
+def test_in_a_loop_the_governed_count_holds_between_units_and_the_callers_returns_after(
+    machine,
+):
+    governor = ThreadGovernor(window=0.25)
+    machine.others = 2.2
+    between = []
+    with governor.loop():
+        with governor.loop():  # an inner loop leaves the outer one in charge
+            for _ in range(6):
+                with governor.unit():
+                    machine.own = float(torch.get_num_threads())
+                    machine.advance()
+                between.append(torch.get_num_threads())  # reading the next batch, say
+        assert torch.get_num_threads() == 2  # the inner loop's end restored nothing
+    assert between == [4, 4, 2, 2, 2, 2]  # the window (3 units) decided 2 for what follows
+    assert torch.get_num_threads() == 4  # the caller's count is back after the loop
+
+
 def test_it_can_be_switched_off_and_leaves_non_cpu_work_and_other_systems_alone(
     machine, monkeypatch
 ):

@@ -18,6 +18,7 @@ from sae_vlm_plugin.families.base import Preprocessor
 from sae_vlm_plugin.hooks import HookPoint
 from sae_vlm_plugin.images import ImageReadError, ImageSource, open_image_source
 from sae_vlm_plugin.model import ModelLike, VisionModel, as_vision_model
+from sae_vlm_plugin.threads import ThreadGovernor
 from sae_vlm_plugin.tokens import TokenSelection
 
 if TYPE_CHECKING:
@@ -138,6 +139,11 @@ def _collate(
     return [i for i, _ in read], skipped, pixels
 
 
+_GOVERNOR = ThreadGovernor()
+"""Fewer CPU threads for the forwards while other processes share the cores; one for the
+process, so that what it learnt of the load carries over from one extraction to the next."""
+
+
 def iter_extracted_batches(
     model: VisionModel,
     source: ImageSource,
@@ -149,7 +155,10 @@ def iter_extracted_batches(
     skip_unreadable: bool = False,
     num_workers: int = 0,
 ) -> Iterator[ExtractedBatch]:
-    """Extract ``points`` for the images at ``indices``, ``batch_size`` images at a time."""
+    """Extract ``points`` for the images at ``indices``, ``batch_size`` images at a time. On
+    the CPU the forwards run on the cores other processes leave free (``ThreadGovernor``;
+    ``SAE_VLM_ADAPTIVE_THREADS=0``: always on the caller's threads, bit for bit whatever the
+    load)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dataset = _PreprocessedImages(source, indices, model.preprocess, skip_unreadable)
@@ -157,21 +166,25 @@ def iter_extracted_batches(
         dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
     )
     names = [p.name for p in points]
-    for image_indices, skipped_indices, pixels in loader:
-        skipped = [source.ids[i] for i in skipped_indices]
-        if pixels is None:
-            yield ExtractedBatch([], skipped, {})
-            continue
-        values = model.capture(pixels, names)
-        image_ids = [source.ids[i] for i in image_indices]
-        yield ExtractedBatch(
-            image_indices,
-            skipped,
-            {
-                p.name: select_rows(p, values[p.name], tokens, image_ids, image_indices)
-                for p in points
-            },
-        )
+    governor = _GOVERNOR
+    on_cpu = model.device is None or torch.device(model.device).type == "cpu"
+    with governor.loop(on_cpu=on_cpu):
+        for image_indices, skipped_indices, pixels in loader:
+            skipped = [source.ids[i] for i in skipped_indices]
+            if pixels is None:
+                yield ExtractedBatch([], skipped, {})
+                continue
+            with governor.unit(on_cpu=on_cpu):
+                values = model.capture(pixels, names)
+            image_ids = [source.ids[i] for i in image_indices]
+            yield ExtractedBatch(
+                image_indices,
+                skipped,
+                {
+                    p.name: select_rows(p, values[p.name], tokens, image_ids, image_indices)
+                    for p in points
+                },
+            )
 
 
 def extract_activations(

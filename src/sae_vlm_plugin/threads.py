@@ -15,7 +15,10 @@ does not judge from this process's own CPU time: work with serial stretches (sor
 uses fewer cores than it has threads on an idle machine too, and would be cut for nothing.
 Each unit runs with the chosen count; the caller's count is restored afterwards.
 
-Only CPU work is governed (a CUDA step leaves the CPU idle by design), and only where
+It governs MS calls and extraction's forwards by default, and training steps with
+``adaptive_threads`` (the demo's SAEs). In a loop of units (``loop``) the work between them
+keeps the governed count too. Only CPU work is governed (a CUDA step leaves the CPU idle by
+design), and only where
 ``/proc/stat`` exists (Linux); elsewhere the caller's count is kept. A thread count can move
 floating-point sums in their last bits, so governed work repeats bit for bit only while the
 load does; ``SAE_VLM_ADAPTIVE_THREADS=0`` turns the governor off.
@@ -70,7 +73,7 @@ class ThreadGovernor:
         batch, bookkeeping) keeps the governed count too, and the caller's count comes back when
         the loop ends. Switching back to the caller's count after every unit would run that
         in-between work on all threads, which on shared cores costs more than the units."""
-        if not (on_cpu and self.enabled):
+        if not (on_cpu and self.enabled) or self._caller is not None:  # inner loops: the outer's
             yield
             return
         self._caller = torch.get_num_threads()

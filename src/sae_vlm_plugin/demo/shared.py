@@ -87,7 +87,10 @@ def train_demo_sae(
 ) -> tuple[Any, Any]:
     """Cache ``tokens`` of ``hook`` under ``out/cache`` (once: a finished cache is reused) and
     train the paper's Matryoshka-BatchTopK SAE with ``seed`` on them into ``out/run_name``;
-    returns ``(sae, runner config)``."""
+    returns ``(sae, runner config)``. The steps run on fewer threads while other processes
+    share the cores (``adaptive_threads``: the small SAE's steps are many short ops, which on
+    shared cores wait at every op for a parked thread); on a quiet machine, or with
+    ``SAE_VLM_ADAPTIVE_THREADS=0``, on all of the caller's threads, bit for bit as before."""
     from sae_vlm_plugin.cache import extract_to_cache
     from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
     from sae_vlm_plugin.training.runner_config import VisionLoggingConfig, VisionSAERunnerConfig
@@ -112,6 +115,7 @@ def train_demo_sae(
         n_batches_for_norm_estimate=4,
         logger=VisionLoggingConfig(wandb_log_frequency=50, eval_every_n_wandb_logs=20),
         checkpoint_every_steps=0,
+        adaptive_threads=True,
     )
     return VisionSAETrainingRunner(run_config, progress=config.progress).run(), run_config
 
