@@ -11,14 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from sae_vlm_plugin.threads import ENVIRONMENT_SWITCH
 from sae_vlm_plugin.tiny import models as tiny_models
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist, each worker takes its share of the cores for torch's intra-op
-    threads, so that the workers together do not oversubscribe the machine; the processes a
-    test starts inherit the same count (``OMP_NUM_THREADS``), so that a result they write
-    equals, bit for bit, the one the test computes itself."""
+    """Results are compared bit for bit across runs and processes, so the thread governor,
+    which follows the machine's load, stays off (its own tests turn it on). Under pytest-xdist,
+    each worker takes its share of the cores for torch's intra-op threads, so that the workers
+    together do not oversubscribe the machine; the processes a test starts inherit the same
+    count (``OMP_NUM_THREADS``), so that a result they write equals, bit for bit, the one the
+    test computes itself."""
+    os.environ.setdefault(ENVIRONMENT_SWITCH, "0")
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)

@@ -60,9 +60,11 @@ def test_visaebench_metrics_run_on_a_plugin_sae(world):
     by_name = {r.metric_name: r for r in results}
     assert set(by_name) == {
         "fvu", "downstream_preservation", "feature_localization", "absorption_rate",
-        "monosemanticity",
+        "sparse_probing_auc", "monosemanticity",
     }  # fmt: skip
     assert all(math.isfinite(r.value) for r in results)
+    # ViSAEBench's k-sparse probes of the max-pooled codes, an AUC over k normalised to [0, 1]
+    assert 0.0 <= by_name["sparse_probing_auc"].value <= 1.0
     # ViSAEBench's FVU over every patch row (N rows; its sums run over rows and dims):
     # (sum r^2 / N - (sum r / N)^2) / (sum x^2 / N - (sum x / N)^2), r = x - SAE(x).
     rows = patch_activations(VisionModelBackbone(model), images, 2).reshape(-1, sae.cfg.d_in)

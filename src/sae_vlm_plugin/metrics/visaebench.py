@@ -25,10 +25,13 @@ from torch import Tensor
 from sae_vlm_plugin.hooks import block_hook_name
 from sae_vlm_plugin.model import ModelLike, VisionModel, as_vision_model
 
-FREE_METRICS: tuple[str, ...] = ("localization", "fvu", "downstream_preservation", "absorption")
-"""ViSAEBench metrics that run on given activations and labels without a download. Left out:
-``cross_domain`` (fetches OOD datasets), ``sparse_probing`` (calls ``numpy.trapezoid``, numpy
-2 only, while this install has numpy 1.26), and ``monosemanticity``, whose evaluator
+FREE_METRICS: tuple[str, ...] = (
+    "localization", "fvu", "downstream_preservation", "absorption", "sparse_probing",
+)  # fmt: skip
+"""ViSAEBench metrics that run on given activations and labels without a download
+(``sparse_probing`` calls ``numpy.trapezoid``, numpy 2's name: on this install's numpy < 2
+``visaebench_evaluate`` adds the alias, ``_compat.patch_numpy_trapezoid``). Left out:
+``cross_domain`` (fetches OOD datasets), and ``monosemanticity``, whose evaluator
 ``evaluate`` would fetch: ``visaebench_evaluate`` runs it with ``evaluator``. ``absorption``
 needs ``sibling_groups=`` unless the labels are ImageNet's (ViSAEBench ships those groups)."""
 
@@ -111,6 +114,8 @@ def visaebench_evaluate(
     import visaebench
     from visaebench.metrics import METRIC_REGISTRY, MonosemanticityScore
 
+    from sae_vlm_plugin._compat import patch_numpy_trapezoid
+
     valid = (*FREE_METRICS, "monosemanticity")
     unknown = [name for name in metrics if name not in valid]
     if unknown:
@@ -118,6 +123,8 @@ def visaebench_evaluate(
     backbone = VisionModelBackbone(model, prefix=prefix)
     bench_sae = BenchSAE(sae)
     free = [name for name in metrics if name in FREE_METRICS]
+    if "sparse_probing" in free:
+        patch_numpy_trapezoid()
     with tempfile.TemporaryDirectory() as folder:
         # One shard file of (n_images, n_patches, d): every ViSAEBench metric reads shards so
         # (its FVU takes a tensor as already flattened rows).
