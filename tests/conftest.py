@@ -51,8 +51,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         callspec = getattr(item, "callspec", None)
         params = callspec.params if callspec is not None else {}
-        key = "".join(f"[{name}={params[name]}]" for name in shared if name in params)
-        item.add_marker(pytest.mark.xdist_group(f"{item.path}{key}"))
+        key = "".join(f",{name}={params[name]}" for name in shared if name in params)
+        # xdist reads the group after the node id's last "@" only when no "]" follows it
+        group = f"{item.path}{key}".replace("[", "(").replace("]", ")")
+        item.add_marker(pytest.mark.xdist_group(group))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 

@@ -141,3 +141,22 @@ def test_shell_commands_live_in_commands_modules(call):
     }
     allowed = {"cli.py", "command_line.py"}
     assert {b for b in builders if Path(b).name != "commands.py"} <= allowed
+
+
+@pytest.fixture(scope="module", params=["first", "second"])
+def shared_fixture(request) -> str:
+    return request.param
+
+
+def test_tests_that_share_a_module_fixture_share_a_worker(shared_fixture, request):
+    """``conftest.py`` puts the tests of a file that use one module-scoped fixture (one
+    parameter of it) in one ``xdist_group``, so that the fixture is built once; pytest-xdist's
+    scheduler reads the group from the node id's ``@`` suffix, which pytest 9.2 no longer keeps
+    (then every test runs alone, and the real-size encoders are built once per test)."""
+    if not hasattr(request.config, "workerinput"):
+        pytest.skip("runs on a pytest-xdist worker (the default `pytest`; not `-n 0`)")
+    group = request.node.get_closest_marker("xdist_group").args[0]
+    assert group.endswith(f",shared_fixture={shared_fixture}")
+    assert request.node.nodeid.endswith(f"@{group}"), (
+        f"pytest-xdist dropped the group from {request.node.nodeid}"
+    )
