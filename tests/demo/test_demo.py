@@ -83,6 +83,44 @@ def _assert_chosen_latents_fire_on_read_tokens(out, steering) -> None:
             assert set(run[rule]["rates"]) == {"2", "8"}
 
 
+def test_side_by_side_training_gives_the_weights_of_training_in_turn(tmp_path):
+    """The 5-seed demo trains its SAEs in worker processes on one thread each, then loads them;
+    they are the SAEs the demo trains in its own process on two threads, bit for bit."""
+    from sae_vlm_plugin.demo.shared import (
+        DemoConfig,
+        demo_sae_config,
+        train_demo_sae,
+        train_side_by_side,
+    )
+    from sae_vlm_plugin.model import VisionModel
+    from sae_vlm_plugin.toy import world_images
+
+    model, (images, _) = VisionModel("toy-clip"), world_images(256, seed=3)
+    config = DemoConfig(out_dir=tmp_path, training_steps=120, progress=False)
+    hook = "blocks.2.hook_resid_post"
+    seeds = {"cls": 0, "random_2": 1}
+    side_by_side = [
+        demo_sae_config(model, images, hook, tmp_path / tokens, config, tokens, seed=seed)
+        for tokens, seed in seeds.items()
+    ]
+    train_side_by_side(side_by_side, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for tokens, seed in seeds.items():
+            loaded, _ = train_demo_sae(
+                model, images, hook, tmp_path / tokens, config, tokens, seed=seed
+            )
+            alone, _ = train_demo_sae(
+                model, images, hook, tmp_path / f"{tokens}-alone", config, tokens, seed=seed
+            )
+            assert loaded.state_dict().keys() == alone.state_dict().keys()
+            for name, value in alone.state_dict().items():
+                assert torch.equal(loaded.state_dict()[name], value), (tokens, name)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_random_demo_runs_end_to_end_and_writes_loadable_outputs(tmp_path, capsys):
     argv = ["demo", "--random", "--out", str(tmp_path), "--n-images", "270", "--steps", "120"]
     assert cli_main(argv) == 0

@@ -3,15 +3,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sae_vlm_plugin.demo.findings import concept_purity
 from sae_vlm_plugin.metrics.evaluation import TOP_IMAGES
+
+if TYPE_CHECKING:
+    from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 
 DEFAULT_N_IMAGES = 810
 DEFAULT_WORLD_IMAGES = 10_000
@@ -74,7 +78,7 @@ def label_embeddings(attributes: Sequence[tuple[str, ...]]) -> torch.Tensor:
     return embeddings / n_attributes**0.5
 
 
-def train_demo_sae(
+def demo_sae_config(
     model: Any,
     images: Any,
     hook: str,
@@ -84,22 +88,21 @@ def train_demo_sae(
     default_steps: int = DEFAULT_STEPS,
     seed: int = 0,
     run_name: str = "run",
-) -> tuple[Any, Any]:
+) -> VisionSAERunnerConfig:
     """Cache ``tokens`` of ``hook`` under ``out/cache`` (once: a finished cache is reused) and
-    train the paper's Matryoshka-BatchTopK SAE with ``seed`` on them into ``out/run_name``;
-    returns ``(sae, runner config)``. The steps run on fewer threads while other processes
-    share the cores (``adaptive_threads``: the small SAE's steps are many short ops, which on
-    shared cores wait at every op for a parked thread); on a quiet machine, or with
+    return the run config of the paper's Matryoshka-BatchTopK SAE with ``seed`` on them, in
+    ``out/run_name``. The steps run on fewer threads while other processes share the cores
+    (``adaptive_threads``: the small SAE's steps are many short ops, which on shared cores wait
+    at every op for a parked thread); on a quiet machine, or with
     ``SAE_VLM_ADAPTIVE_THREADS=0``, on all of the caller's threads, bit for bit as before."""
     from sae_vlm_plugin.cache import extract_to_cache
-    from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
     from sae_vlm_plugin.training.runner_config import VisionLoggingConfig, VisionSAERunnerConfig
 
     cache = extract_to_cache(
         model, images, hook, out / "cache", tokens=tokens, progress=config.progress
     )
     steps = config.training_steps or default_steps
-    run_config = VisionSAERunnerConfig(
+    return VisionSAERunnerConfig(
         cached_activations_path=str(cache.path),
         hook_name=hook,
         architecture="paper_matryoshka_batchtopk",
@@ -117,7 +120,60 @@ def train_demo_sae(
         checkpoint_every_steps=0,
         adaptive_threads=True,
     )
+
+
+def train_demo_sae(
+    model: Any,
+    images: Any,
+    hook: str,
+    out: Path,
+    config: DemoConfig,
+    tokens: str,
+    default_steps: int = DEFAULT_STEPS,
+    seed: int = 0,
+    run_name: str = "run",
+) -> tuple[Any, VisionSAERunnerConfig]:
+    """Train the SAE of ``demo_sae_config`` (a run ``train_side_by_side`` finished is loaded as
+    it is); returns ``(sae, runner config)``."""
+    from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
+
+    run_config = demo_sae_config(
+        model, images, hook, out, config, tokens, default_steps, seed, run_name
+    )
     return VisionSAETrainingRunner(run_config, progress=config.progress).run(), run_config
+
+
+def train_side_by_side(run_configs: Sequence[VisionSAERunnerConfig], progress: bool) -> None:
+    """Train the runs of ``run_configs`` in worker processes, one per core, each on
+    ``cores // workers`` threads: the demo's SAEs are small, and their steps are short ops that
+    two threads do not speed up, so two runs side by side take the time of about one. A run
+    trains to the same weights, bit for bit, on any number of threads (its ops are too small
+    to be split), and the demo then loads each finished run."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from tqdm.auto import tqdm
+
+    workers = max(1, min(len(run_configs), os.cpu_count() or 1))
+    threads = max(1, torch.get_num_threads() // workers)
+    context = multiprocessing.get_context("spawn")
+    bar = tqdm(
+        total=len(run_configs), desc="train SAEs side by side", unit="SAE", disable=not progress
+    )
+    with bar, ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [pool.submit(_train_run, c.to_dict(), threads) for c in run_configs]
+        for future in as_completed(futures):
+            future.result()
+            bar.update(1)
+
+
+def _train_run(values: dict[str, Any], threads: int) -> None:
+    """One run of ``train_side_by_side``, in a worker process."""
+    from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
+    from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
+
+    torch.set_num_threads(threads)
+    VisionSAETrainingRunner(VisionSAERunnerConfig.from_dict(values), progress=False).run()
 
 
 def chance_purity(

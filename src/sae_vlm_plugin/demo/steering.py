@@ -37,12 +37,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sae_vlm_plugin.demo.findings import Finding
-from sae_vlm_plugin.demo.shared import WORLD_STEPS, label_embeddings, train_demo_sae
+from sae_vlm_plugin.demo.shared import WORLD_STEPS, demo_sae_config, label_embeddings
 from sae_vlm_plugin.steering.census import (
     CENSUS_MULTIPLES,
     CENSUS_PROMPTS,
@@ -53,6 +53,9 @@ from sae_vlm_plugin.steering.census import (
     neutral_images,
 )
 from sae_vlm_plugin.steering.evaluation import INSERTION_PROMPTS
+
+if TYPE_CHECKING:
+    from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 
 CONCEPT = ("colour", "red")
 STEERING_SEEDS = (0, 1, 2, 3, 4)
@@ -121,7 +124,7 @@ def steering_findings(
     )
     runs = []
     for seed in seeds:
-        sae = _steering_sae(clip, train_images, hook, out, config, seed)
+        sae = _steering_sae(clip, train_images, out, config, seed)
         run, labels, census = _one_seed(context, sae, seed, images, objects, index, has_concept)
         census.save(out / f"run-seed{seed}" / "final")
         labels.save(out / f"run-seed{seed}" / "final")
@@ -169,11 +172,14 @@ class _Context:
         self.selection_image, self.evaluation_images = selection_image, evaluation_images
 
 
-def _steering_sae(
-    clip: Any, train_images: list[Any], hook: str, out: Path, config: Any, seed: int
-) -> Any:
-
-    sae, _ = train_demo_sae(
+def steering_sae_config(
+    clip: Any, train_images: list[Any], out: Path, config: Any, seed: int
+) -> VisionSAERunnerConfig:
+    """The run config of the steering SAE of ``seed``: random pairs of the toy CLIP's tokens
+    at block ``n - 2`` (its cache under ``out/cache``, made once), trained in
+    ``out/run-seed{seed}``."""
+    hook = f"blocks.{clip.n_layers - 2}.hook_resid_post"
+    return demo_sae_config(
         clip,
         train_images,
         hook,
@@ -184,7 +190,13 @@ def _steering_sae(
         seed=seed,
         run_name=f"run-seed{seed}",
     )
-    return sae
+
+
+def _steering_sae(clip: Any, train_images: list[Any], out: Path, config: Any, seed: int) -> Any:
+    from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
+
+    run_config = steering_sae_config(clip, train_images, out, config, seed)
+    return VisionSAETrainingRunner(run_config, progress=config.progress).run()
 
 
 def _one_seed(

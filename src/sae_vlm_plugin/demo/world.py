@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -40,10 +40,14 @@ from sae_vlm_plugin.demo.shared import (
     TOP_IMAGES,
     WORLD_STEPS,
     chance_purity,
+    demo_sae_config,
     label_embeddings,
     mean_std,
-    train_demo_sae,
+    train_side_by_side,
 )
+
+if TYPE_CHECKING:
+    from sae_vlm_plugin.training.runner_config import VisionSAERunnerConfig
 
 EVAL_IMAGES = 2000
 
@@ -55,7 +59,7 @@ def run_world_demo(config: Any) -> dict[str, Any]:
     returns the summary (``run_demo`` writes it to ``summary.json``): seed 0's measures in
     full, every seed's figures under ``"seeds"``, and each finding held in how many seeds."""
     from sae_vlm_plugin.dashboard import build_dashboard
-    from sae_vlm_plugin.demo.steering import steering_findings
+    from sae_vlm_plugin.demo.steering import steering_findings, steering_sae_config
     from sae_vlm_plugin.metrics.embeddings import image_embeddings
     from sae_vlm_plugin.model import VisionModel
     from sae_vlm_plugin.toy import ATTRIBUTES, world_images
@@ -74,6 +78,15 @@ def run_world_demo(config: Any) -> dict[str, Any]:
         images, model, hook="hook_image_embeds", progress=False
     ).embeddings
     world = _World(model, train_images, images, objects, hook, clip_scoring, out, config)
+    if config.seeds > 1:  # each seed's two SAEs, side by side first, then measured in turn
+        train_side_by_side(
+            [_sae_config(world, seed) for seed in range(config.seeds)]
+            + [
+                steering_sae_config(model, train_images, out / "steering", config, seed)
+                for seed in range(config.seeds)
+            ],
+            config.progress,
+        )
     runs = [_measure_seed(world, seed) for seed in range(config.seeds)]
     first = runs[0]
     report, attributes = first.pop("_report"), first.pop("_attributes")
@@ -151,17 +164,9 @@ class _World:
     config: Any
 
 
-def _measure_seed(world: _World, seed: int) -> dict[str, Any]:
-    """Train the CLS SAE with ``seed`` (seed 0 in ``out/run``, others in ``out/run-seed{n}``)
-    and measure every finding's figure on it."""
-    from sae_vlm_plugin.demo.naming import naming_finding
-    from sae_vlm_plugin.metrics.evaluation import evaluate_sae, ms_statistics
-    from sae_vlm_plugin.metrics.monosemanticity import monosemanticity_score
-    from sae_vlm_plugin.metrics.top_activations import top_activations
-    from sae_vlm_plugin.toy import taxonomy
-
-    run_name = "run" if seed == 0 else f"run-seed{seed}"
-    sae, run_config = train_demo_sae(
+def _sae_config(world: _World, seed: int) -> VisionSAERunnerConfig:
+    """The CLS SAE of ``seed``: seed 0 in ``out/run``, others in ``out/run-seed{n}``."""
+    return demo_sae_config(
         world.model,
         world.train_images,
         world.hook,
@@ -170,8 +175,22 @@ def _measure_seed(world: _World, seed: int) -> dict[str, Any]:
         tokens="cls",
         default_steps=WORLD_STEPS,
         seed=seed,
-        run_name=run_name,
+        run_name="run" if seed == 0 else f"run-seed{seed}",
     )
+
+
+def _measure_seed(world: _World, seed: int) -> dict[str, Any]:
+    """Train the CLS SAE of ``seed`` (or load it, trained side by side) and measure every
+    finding's figure on it."""
+    from sae_vlm_plugin.demo.naming import naming_finding
+    from sae_vlm_plugin.metrics.evaluation import evaluate_sae, ms_statistics
+    from sae_vlm_plugin.metrics.monosemanticity import monosemanticity_score
+    from sae_vlm_plugin.metrics.top_activations import top_activations
+    from sae_vlm_plugin.toy import taxonomy
+    from sae_vlm_plugin.training.runner import VisionSAETrainingRunner
+
+    run_config = _sae_config(world, seed)
+    sae = VisionSAETrainingRunner(run_config, progress=world.config.progress).run()
     report = evaluate_sae(
         sae,
         world.model,
@@ -199,7 +218,7 @@ def _measure_seed(world: _World, seed: int) -> dict[str, Any]:
     )
     concept_labels, naming, naming_check = naming_finding(
         sae, world.model, world.images, world.objects, report.image_codes, order,
-        world.out / run_name / "final",
+        Path(run_config.checkpoint_path) / "final",
     )  # fmt: skip
     return {
         "seed": seed,

@@ -23,37 +23,66 @@ STOPWORDS = frozenset(_FUNCTION_WORDS.split())
 """Function words (and the words every image prompt invites), never counted as concepts."""
 
 
+_WORD = re.compile(r"[a-z]+")
+
+
 def words(text: str) -> list[str]:
     """The lower-cased words of ``text``."""
-    return re.findall(r"[a-z]+", text.lower())
+    return _WORD.findall(text.lower())
+
+
+def _says(said: Sequence[str], said_set: frozenset[str], target: Sequence[str]) -> bool:
+    """Whether the words ``said`` contain the words ``target`` in a row (``said_set`` is
+    ``said``'s set: most targets are one word, or have a word that was not said)."""
+    if not target or not said_set.issuperset(target):
+        return False
+    n = len(target)
+    return any(said[i : i + n] == target for i in range(len(said) - n + 1))
 
 
 def mentions(text: str, phrase: str) -> bool:
     """Whether ``text`` names ``phrase`` (one or more words, matched whole, case-insensitive)."""
-    target = words(phrase)
-    if not target:
-        return False
     said = words(text)
-    n = len(target)
-    return any(said[i : i + n] == target for i in range(len(said) - n + 1))
+    return _says(said, frozenset(said), words(phrase))
 
 
 def concepts_named(text: str, vocabulary: Sequence[str] | None) -> set[str]:
     """The vocabulary entries ``text`` names; without a vocabulary, its words that are not
     ``STOPWORDS``."""
-    if vocabulary is None:
-        return {w for w in words(text) if w not in STOPWORDS}
-    return {entry for entry in vocabulary if mentions(text, entry)}
+    return ConceptReader(vocabulary).named(text)
+
+
+class ConceptReader:
+    """``concepts_named`` and ``gained`` over many answers: the vocabulary's words split once,
+    each distinct answer read once."""
+
+    def __init__(self, vocabulary: Sequence[str] | None) -> None:
+        self.entries = None if vocabulary is None else [(e, words(e)) for e in vocabulary]
+        self.seen: dict[str, set[str]] = {}
+
+    def named(self, text: str) -> set[str]:
+        if text not in self.seen:
+            said = words(text)
+            if self.entries is None:
+                self.seen[text] = {w for w in said if w not in STOPWORDS}
+            else:
+                said_set = frozenset(said)
+                self.seen[text] = {e for e, target in self.entries if _says(said, said_set, target)}
+        return self.seen[text]
+
+    def gained(self, steered: Sequence[str], unsteered: Sequence[str]) -> Counter[str]:
+        """For each concept, the number of answer pairs in which steering added it."""
+        counts: Counter[str] = Counter()
+        for after, before in zip(steered, unsteered, strict=True):
+            counts.update(self.named(after) - self.named(before))
+        return counts
 
 
 def gained(
     steered: Sequence[str], unsteered: Sequence[str], vocabulary: Sequence[str] | None = None
 ) -> Counter[str]:
     """For each concept, the number of answer pairs in which steering added it."""
-    counts: Counter[str] = Counter()
-    for after, before in zip(steered, unsteered, strict=True):
-        counts.update(concepts_named(after, vocabulary) - concepts_named(before, vocabulary))
-    return counts
+    return ConceptReader(vocabulary).gained(steered, unsteered)
 
 
 def degenerate(text: str) -> bool:

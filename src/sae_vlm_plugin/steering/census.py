@@ -38,7 +38,7 @@ from torch import Tensor
 
 from sae_vlm_plugin.model import ModelLike, as_vision_model
 from sae_vlm_plugin.steering.activity import LatentActivity
-from sae_vlm_plugin.steering.answers import degenerate, gained, most_common_answer
+from sae_vlm_plugin.steering.answers import ConceptReader, degenerate, most_common_answer
 from sae_vlm_plugin.steering.batched import RowEdit, generate_rows
 from sae_vlm_plugin.steering.evaluation import INSERTION_PROMPTS, ONE_WORD_PROMPT
 
@@ -264,12 +264,11 @@ def steerability(
                 steered[e] += answers[n * (e + 1) : n * (e + 2)]
             bar.update(1)
     measured = [u for u in units if not u.note]
+    reader = ConceptReader(vocabulary)
     for u, unit in enumerate(measured):
         for m, multiple in enumerate(multiples):
-            _read_answers(
-                unit, f"{multiple:g}", steered[u * len(multiples) + m], unsteered, vocabulary
-            )
-        _summarise(unit, trials, unsteered, vocabulary)
+            _read_answers(unit, f"{multiple:g}", steered[u * len(multiples) + m], unsteered, reader)
+        _summarise(unit, trials, unsteered, reader)
     _rank_against_nulls(units)
     if labels is not None and text_tower is not None:
         _label_gains(measured, labels, text_tower, unsteered)
@@ -326,14 +325,15 @@ def _read_answers(
     key: str,
     answers: list[str],
     unsteered: list[str],
-    vocabulary: Sequence[str] | None,
+    reader: ConceptReader,
 ) -> None:
     n = len(answers)
-    fluent = [(a, b) for a, b in zip(answers, unsteered, strict=True) if not degenerate(a)]
-    counts = gained([a for a, _ in fluent], [b for _, b in fluent], vocabulary)
+    repeats = [degenerate(a) for a in answers]
+    fluent = [(a, b) for a, b, r in zip(answers, unsteered, repeats, strict=True) if not r]
+    counts = reader.gained([a for a, _ in fluent], [b for _, b in fluent])
     unit.answers[key] = answers
     unit.rates[key] = {w: c / n for w, c in sorted(counts.items(), key=lambda x: (-x[1], x[0]))}
-    unit.degenerate[key] = sum(map(degenerate, answers)) / n
+    unit.degenerate[key] = sum(repeats) / n
     unit.changed[key] = sum(a != b for a, b in zip(answers, unsteered, strict=True)) / n
 
 
@@ -341,7 +341,7 @@ def _summarise(
     unit: UnitSteering,
     trials: list[tuple[str, int]],
     unsteered: list[str],
-    vocabulary: Sequence[str] | None,
+    reader: ConceptReader,
 ) -> None:
     words = sorted({w for rates in unit.rates.values() for w in rates})
     if words:
@@ -350,7 +350,7 @@ def _summarise(
         unit.best_multiple = max(unit.rates, key=lambda m: unit.rates[m].get(top, 0.0))
     answers = unit.answers[_best(unit)]
     other = [
-        bool(set(gained([after], [before], vocabulary)) - {unit.top_word})
+        bool(reader.named(after) - reader.named(before) - {unit.top_word})
         for after, before in zip(answers, unsteered, strict=True)
     ]
     unit.off_target = sum(other) / len(other)
