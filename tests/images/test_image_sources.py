@@ -68,10 +68,19 @@ def _extract(checkpoint: Path, form: Form, out: Path, *extra: str) -> int:
     )
 
 
-def _assert_same_rows(a: ActivationCache, b: ActivationCache) -> None:
+def _assert_same_rows(a: ActivationCache, b: ActivationCache, *, exact: bool = True) -> None:
+    """The same rows of the same images, bit for bit; with ``exact=False`` the activations to
+    float rounding: an indexed source is read in batches within each cache shard, a streamed one
+    across them, and on more than one thread a matmul's sums split by batch size."""
     rows_a, rows_b = a.load(), b.load()
-    for key in ("activations", "image_index", "token_index"):
+    for key in ("image_index", "token_index"):
         assert torch.equal(rows_a[key], rows_b[key]), key
+    if exact:
+        assert torch.equal(rows_a["activations"], rows_b["activations"])
+    else:
+        torch.testing.assert_close(
+            rows_a["activations"], rows_b["activations"], rtol=1e-5, atol=1e-5
+        )
 
 
 def test_every_form_of_the_toy_world_gives_the_same_cache(tmp_path, forms, checkpoint):
@@ -86,7 +95,7 @@ def test_every_form_of_the_toy_world_gives_the_same_cache(tmp_path, forms, check
         assert cache.labels == labels, letter
         assert cache.n_rows() == N_IMAGES, letter
         assert verify_cache(cache.path).ok, verify_cache(cache.path).problems
-        _assert_same_rows(cache, caches["a"])
+        _assert_same_rows(cache, caches["a"], exact=cache.stream is None)
     assert caches["e"].stream is not None
     assert caches["e"].stream["resume"] == "skip by count"
     assert [s["n_images"] for s in caches["e"].stream["shards"]] == [7, 7, 6]
@@ -113,7 +122,7 @@ def test_the_python_api_takes_dataset_objects(tmp_path, forms):
     one = extract_to_cache(model, saved, BLOCK, tmp_path / "one", split="train", progress=False)
     two = extract_to_cache(model, streamed, BLOCK, tmp_path / "two", progress=False)
     assert one.labels == two.labels
-    _assert_same_rows(one, two)
+    _assert_same_rows(one, two, exact=False)  # one streamed
 
 
 def test_a_root_with_split_folders_is_refused_unless_a_split_is_named(
