@@ -147,8 +147,8 @@ def train_side_by_side(run_configs: Sequence[VisionSAERunnerConfig], progress: b
     """Train the runs of ``run_configs`` in worker processes, one per core, each on
     ``cores // workers`` threads: the demo's SAEs are small, and their steps are short ops that
     two threads do not speed up, so two runs side by side take the time of about one. A run
-    trains to the same weights, bit for bit, on any number of threads (its ops are too small
-    to be split), and the demo then loads each finished run."""
+    trains to the same weights, bit for bit, on one thread as on two (tested; its ops are too
+    small to be split), and the demo then loads each finished run."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
