@@ -46,21 +46,17 @@ def mentions(text: str, phrase: str) -> bool:
     return _says(said, frozenset(said), words(phrase))
 
 
-def concepts_named(text: str, vocabulary: Sequence[str] | None) -> set[str]:
-    """The vocabulary entries ``text`` names; without a vocabulary, its words that are not
-    ``STOPWORDS``."""
-    return ConceptReader(vocabulary).named(text)
-
-
 class ConceptReader:
-    """``concepts_named`` and ``gained`` over many answers: the vocabulary's words split once,
-    each distinct answer read once."""
+    """The concepts answers name, and what steering added, over many answers: the vocabulary's
+    words split once, each distinct answer read once."""
 
     def __init__(self, vocabulary: Sequence[str] | None) -> None:
         self.entries = None if vocabulary is None else [(e, words(e)) for e in vocabulary]
         self.seen: dict[str, set[str]] = {}
 
     def named(self, text: str) -> set[str]:
+        """The vocabulary entries ``text`` names; without a vocabulary, its words that are not
+        ``STOPWORDS``."""
         if text not in self.seen:
             said = words(text)
             if self.entries is None:
