@@ -14,6 +14,7 @@ as ``sae_vlm_plugin.tiny.real_size`` builds them): extraction and the x64 traini
 Each figure runs in a fresh process, so that its peak memory is its own: on the CPU the
 process's peak resident memory during the measured work (``VmHWM``, reset before it; the
 weights and torch included), on CUDA peak allocated memory; there the models run in bfloat16.
+``quick`` (a smoke run): the training step at d_sae 4096 and one 224 px encoder, in this process.
 
     python benchmarks/run.py --only real_size [--quick] [--device cuda]
 """
@@ -151,11 +152,17 @@ def training_figures(quick: bool, device: str) -> list[Figure]:
     return step_figures(d_in, d_sae, batch_size, repeats=2, device=device, benchmark=BENCHMARK)
 
 
+def _in_this_process(fn: Callable[..., list[Figure]], *args: object) -> list[Figure]:
+    return fn(*args)
+
+
 def run(quick: bool, device: str = "cpu") -> list[Figure]:
-    figures = _in_fresh_process(training_figures, quick, device)
-    encoders = [e for e in ENCODERS if e[2] == 224][:1] if quick else ENCODERS  # quick: a 224 px
+    # quick (a smoke run): one 224 px encoder, in this process (its peak memory not its own)
+    call = _in_this_process if quick else _in_fresh_process
+    figures = call(training_figures, quick, device)
+    encoders = [e for e in ENCODERS if e[2] == 224][:1] if quick else ENCODERS
     for name, builder, size, has_cls in encoders:
-        figures += _in_fresh_process(
+        figures += call(
             extraction_figures, name, builder, size, has_cls, 2 if quick else 4, 2, device
         )
     return figures
