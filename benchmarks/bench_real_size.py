@@ -14,7 +14,8 @@ as ``sae_vlm_plugin.tiny.real_size`` builds them): extraction and the x64 traini
 Each figure runs in a fresh process, so that its peak memory is its own: on the CPU the
 process's peak resident memory during the measured work (``VmHWM``, reset before it; the
 weights and torch included), on CUDA peak allocated memory; there the models run in bfloat16.
-``quick`` (a smoke run): the training step at d_sae 4096 and one 224 px encoder, in this process.
+``quick`` (a smoke run): the training step at d_sae 4096 and one 224 px encoder on one image, in
+this process.
 
     python benchmarks/run.py --only real_size [--quick] [--device cuda]
 """
@@ -161,8 +162,7 @@ def run(quick: bool, device: str = "cpu") -> list[Figure]:
     call = _in_this_process if quick else _in_fresh_process
     figures = call(training_figures, quick, device)
     encoders = [e for e in ENCODERS if e[2] == 224][:1] if quick else ENCODERS
+    n_images, repeats = (1, 1) if quick else (4, 2)
     for name, builder, size, has_cls in encoders:
-        figures += call(
-            extraction_figures, name, builder, size, has_cls, 2 if quick else 4, 2, device
-        )
+        figures += call(extraction_figures, name, builder, size, has_cls, n_images, repeats, device)
     return figures
