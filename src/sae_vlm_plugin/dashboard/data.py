@@ -103,8 +103,10 @@ def check_latents(latents: Sequence[int] | Tensor | None, d_sae: int) -> Tensor:
     """The latent ids as a long tensor, all of them when None; ValueError if any is out of range."""
     if latents is None:
         return torch.arange(d_sae)
-    if isinstance(latents, range) and latents and max(latents) >= d_sae:  # before building it
-        raise ValueError(f"latent {max(latents)} is out of range; valid latents are 0..{d_sae - 1}")
+    if isinstance(latents, range) and latents:  # checked before the list is built
+        top = max(latents[0], latents[-1])  # a range's largest element, without walking it
+        if top >= d_sae:
+            raise ValueError(f"latent {top} is out of range; valid latents are 0..{d_sae - 1}")
     ids = torch.as_tensor(list(latents) if not isinstance(latents, Tensor) else latents)
     ids = ids.long().reshape(-1)
     if ids.numel() == 0:
