@@ -156,7 +156,10 @@ def _text_encoder(module: Any, tokenizer: Any) -> Callable[[list[str]], Tensor]:
                         f"{text!r} is {len(ids)} tokens long, but the text tower reads at most "
                         f"{context} tokens; shorten it"
                     )
-            inputs = tokenizer(texts, padding=padding, truncation=True, return_tensors="pt")
+            # Nothing is longer than the tower reads (refused above), so only SigLIP, padded to
+            # its full length, truncates (a tokenizer without a model_max_length, as the toy
+            # CLIP's, would warn at every call that it cannot truncate)
+            inputs = tokenizer(texts, padding=padding, truncation=siglip, return_tensors="pt")
             device = next(module.parameters()).device
             return module.get_text_features(**{k: v.to(device) for k, v in inputs.items()})
 
