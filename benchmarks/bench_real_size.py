@@ -158,7 +158,6 @@ def _in_this_process(fn: Callable[..., list[Figure]], *args: object) -> list[Fig
 
 
 def run(quick: bool, device: str = "cpu") -> list[Figure]:
-    # quick (a smoke run): one 224 px encoder, in this process (its peak memory not its own)
     call = _in_this_process if quick else _in_fresh_process
     figures = call(training_figures, quick, device)
     encoders = [e for e in ENCODERS if e[2] == 224][:1] if quick else ENCODERS
